@@ -1,0 +1,3 @@
+"""musicgend: real-time MIDI improvisation daemon."""
+
+__version__ = "0.1.0"

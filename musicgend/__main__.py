@@ -1,0 +1,5 @@
+"""``python -m musicgend`` runs the CLI."""
+
+from musicgend.cli import main
+
+main()

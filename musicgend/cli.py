@@ -1,0 +1,71 @@
+"""The ``musicgend`` command line. Thin: parse, load config, call into the package.
+
+Every :class:`~musicgend.errors.MusicgendError` becomes one ``error: …`` line on stderr and
+exit code 1; usage errors exit 2 (typer's convention).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from musicgend import __version__
+from musicgend.errors import MusicgendError
+
+
+class _App(typer.Typer):
+    """A Typer app that turns the project's errors into one line and exit code 1."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except MusicgendError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+
+app = _App(
+    name="musicgend",
+    help="Real-time MIDI improvisation daemon: a BiGRU plays chords with you.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch training data.", no_args_is_help=True)
+vocab_app = typer.Typer(help="Build and inspect chord vocabularies.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(vocab_app, name="vocab")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear error line and return the Exit to raise."""
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"musicgend {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """musicgend: quantise what you play at 5 frames/s, let a BiGRU answer with chords."""
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+# -- vocab --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Entry point (``python -m musicgend``)."""
+    app()

@@ -1,0 +1,1 @@
+"""I/O: MIDI files and ports, MQTT, session logs."""
