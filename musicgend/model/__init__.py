@@ -1,0 +1,1 @@
+"""The model: BiGRU builder, artifacts on disk, fast per-frame inference."""

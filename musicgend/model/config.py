@@ -1,0 +1,52 @@
+"""Model configurations. ``seed`` is the original write-up's network, exactly.
+
+This module imports no TensorFlow, so the daemon can read a model's config without it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelConfig(BaseModel):
+    """Architecture and vocabulary settings, saved with every model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "seed"
+    window_frames: int = Field(50, ge=1, le=1024)
+    embed_dim: int = Field(100, ge=1)
+    gru_units: int = Field(128, ge=1)
+    gru_layers: int = Field(3, ge=1)
+    dense_units: int = Field(256, ge=1)
+    leaky_relu_alpha: float = Field(0.3, ge=0.0)
+    embed_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    gru_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    copy_gate: bool = False
+    """Mix a learned "repeat the previous chord" expert into the softmax."""
+    min_count: int = Field(2, ge=1)
+    """Training tokens seen fewer times map to ``<unk>``."""
+    fs: int = Field(5, ge=1, le=100)
+    first_track_only: bool = False
+    activation_dtype: Literal["float32"] = "float32"
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The write-up's network: Embedding(100) → 3 × BiGRU(128) → Dense(256)+LeakyReLU → softmax.
+    "seed": ModelConfig(name="seed"),
+    # The seed network plus what measurably helps on Bach: dropout and a copy gate.
+    "musicgend": ModelConfig(name="musicgend", embed_dropout=0.1, gru_dropout=0.2, copy_gate=True),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    from musicgend.errors import ConfigError
+
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model config {name!r}; choose one of {', '.join(PRESETS)}"
+        ) from None
