@@ -21,7 +21,7 @@ class CopyMix(layers.Layer):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
 
-    def call(self, logits, gate, token_ids):  # type: ignore[no-untyped-def,override]
+    def call(self, logits, gate, token_ids):
         probs = ops.softmax(logits, axis=-1)
         last = ops.one_hot(token_ids[:, -1], self.vocab_size, dtype=probs.dtype)
         return gate * last + (1.0 - gate) * probs
