@@ -1,0 +1,529 @@
+"""The daemon's configuration: a TOML file, then ``MUSICGEND_*`` environment variables, then
+command-line flags (later sources win), validated once at start.
+
+Environment variables name nested keys with ``__``: ``MUSICGEND_MQTT__URL``,
+``MUSICGEND_ENGINE__CALL_RESPONSE__SILENCE_S``. ``MUSICGEND_CONFIG`` names the TOML file when
+``--config`` isn't given. Every section forbids unknown keys, so a typo is an error rather than a
+silently ignored setting. :func:`load_config` turns every validation problem into one line of a
+:class:`~musicgend.errors.ConfigError` naming the key, where it came from, the value and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from musicgend.errors import ConfigError
+
+ENV_PREFIX = "MUSICGEND_"
+CONFIG_ENV = "MUSICGEND_CONFIG"
+"""Environment variable naming the TOML file when no ``--config`` is given."""
+
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+"""The model ``run`` uses when none is configured."""
+
+MASK = "**********"
+
+_TOPIC_SEGMENT = re.compile(r"^[^/+#\x00]+$")
+
+CcParam = Literal["temperature", "top_p", "top_k", "density", "hold_bias"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_pattern(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return value
+
+
+def default_session_dir() -> Path:
+    """``$STATE_DIRECTORY/sessions`` under systemd, else the user's state directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "sessions"
+    from platformdirs import user_state_path
+
+    return user_state_path("musicgend") / "sessions"
+
+
+class MidiSettings(_Section):
+    backend: Literal["auto", "jack", "alsa"] = "auto"
+    """``auto``: JACK if a server runs, else ALSA, else a private JACK dummy server."""
+    client_name: str = Field("musicgend", min_length=1, max_length=63)
+    in_port: str = Field("in", min_length=1, max_length=63)
+    out_port: str = Field("out", min_length=1, max_length=63)
+    connect_in: str | None = None
+    """Regular expression: connect every matching output port to our input (also later)."""
+    connect_out: str | None = None
+    """Regular expression: connect our output to every matching input port (also later)."""
+    channel: int = Field(1, ge=1, le=16)
+    """MIDI channel the daemon plays on (1–16)."""
+    velocity: int = Field(80, ge=1, le=127)
+    transpose: int = Field(0, ge=-48, le=48)
+    """Semitones added to every played pitch."""
+    lowest_pitch: int = Field(0, ge=0, le=127)
+    highest_pitch: int = Field(127, ge=0, le=127)
+    sysex_limit_bytes: int = Field(4096, ge=0, le=1 << 20)
+    """Longer incoming SysEx messages are dropped (and counted)."""
+    input_queue_size: int = Field(1024, ge=1, le=1 << 20)
+
+    _patterns = field_validator("connect_in", "connect_out")(_check_pattern)
+
+    @model_validator(mode="after")
+    def _pitch_range(self) -> MidiSettings:
+        if self.lowest_pitch > self.highest_pitch:
+            raise ValueError(
+                f"lowest_pitch ({self.lowest_pitch}) <= highest_pitch ({self.highest_pitch})"
+            )
+        return self
+
+
+class CallResponseSettings(_Section):
+    silence_s: float = Field(1.0, gt=0, le=60)
+    """The player's silence after which the daemon answers."""
+    answer_s: float = Field(4.0, gt=0, le=600)
+    """How long an answer lasts at most."""
+
+
+class EngineSettings(_Section):
+    model: Path = BUNDLED_MODEL_DIR
+    runtime: Literal["auto", "numpy", "litert", "tf", "keras"] = "auto"
+    mode: Literal["accompany", "call-response", "solo"] = "accompany"
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    """0 = no top-k cut."""
+    density: float = Field(1.0, ge=0, le=1)
+    """1 = play as the model samples; lower values thin the output out."""
+    seed: int | None = None
+    """Sampling seed; unset = a fresh seed each run."""
+    hold_bias: float = Field(0.0, ge=0, le=10)
+    """Extra log-probability for repeating the chord that sounds (fewer scattered notes)."""
+    call_response: CallResponseSettings = Field(default_factory=CallResponseSettings)
+    cc: dict[CcParam, int] = Field(default_factory=dict)
+    """MIDI CC bindings, e.g. ``{temperature = 21}`` (CC numbers 0–119)."""
+
+    @field_validator("cc")
+    @classmethod
+    def _cc_numbers(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, number in value.items():
+            if not 0 <= number <= 119:
+                raise ValueError(f"CC numbers 0-119, got {name} = {number}")
+        numbers = list(value.values())
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("each CC number bound to one parameter only")
+        return value
+
+
+class SessionSettings(_Section):
+    enabled: bool = True
+    dir: Path = Field(default_factory=default_session_dir)
+
+
+class TlsSettings(_Section):
+    ca: Path | None = None
+    """CA bundle to verify the broker; unset = the system's trust store."""
+    cert: Path | None = None
+    """Client certificate (with ``key``) for brokers that require one."""
+    key: Path | None = None
+    insecure: bool = False
+    """Skip host-name verification (testing only)."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key both set, or neither")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name} to be a readable file, got {str(path)!r}")
+        return self
+
+
+class HomeAssistantSettings(_Section):
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _check_topic(value)
+
+
+def _check_topic(value: str) -> str:
+    parts = value.split("/")
+    if not all(_TOPIC_SEGMENT.match(p) for p in parts):
+        raise ValueError(
+            "an MQTT topic of non-empty '/'-separated levels without '+', '#' or NUL, "
+            f"got {value!r}"
+        )
+    return value
+
+
+class MqttSettings(_Section):
+    url: str | None = None
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` (TLS); unset = no MQTT."""
+    instance: str = "default"
+    prefix: str | None = None
+    """Topic prefix; unset = ``musicgend/<instance>``."""
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    """A file holding the password (first line), e.g. a systemd credential."""
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    client_id: str | None = None
+    """Unset = ``musicgend-<instance>``."""
+    qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    metrics_interval_s: float = Field(5.0, gt=0, le=3600)
+    reconnect_min_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+
+    _password_from_file: SecretStr | None = PrivateAttr(None)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt://host[:port] or mqtts://host[:port], got {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"a port 1-65535 in the URL, got {value!r}") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"no path, query or fragment in the URL, got {value!r}")
+        if parts.username or parts.password:
+            raise ValueError("credentials in username/password(_file), not in the URL")
+        return value
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        if not _TOPIC_SEGMENT.match(value):
+            raise ValueError(f"one topic level without '/', '+', '#', got {value!r}")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        return None if value is None else _check_topic(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password or password_file, not both")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) <= "
+                f"reconnect_max_s ({self.reconnect_max_s})"
+            )
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"password_file readable as UTF-8 text ({str(self.password_file)!r}: {exc})"
+                ) from None
+            lines = text.splitlines()
+            self._password_from_file = SecretStr(lines[0] if lines else "")
+        return self
+
+    # -- derived values ------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else f"musicgend/{self.instance}"
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id if self.client_id is not None else f"musicgend-{self.instance}"
+
+    @property
+    def use_tls(self) -> bool:
+        return self.url is not None and urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        if self.url is None:
+            raise ConfigError("mqtt.url is not set")
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        if self.url is None:
+            raise ConfigError("mqtt.url is not set")
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    def password_value(self) -> str | None:
+        """The password in clear text (from ``password`` or ``password_file``), or None."""
+        secret = self.password if self.password is not None else self._password_from_file
+        return None if secret is None else secret.get_secret_value()
+
+
+class ClockSettings(_Section):
+    fs: Literal[5] = 5
+    """Frames per second (fixed: the models are trained at 5)."""
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The already parsed TOML file as a settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+    )
+
+    midi: MidiSettings = Field(default_factory=MidiSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: command-line flags, then the environment, then the file.
+        return init_settings, env_settings, _TomlSource(settings_cls, _FILE_DATA.get())
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration as JSON-able data, secrets masked."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        if self.mqtt.password is not None or self.mqtt.password_file is not None:
+            data["mqtt"]["password"] = MASK
+        return data
+
+
+class _FileData:
+    """Hands the parsed TOML to :meth:`Settings.settings_customise_sources` (a classmethod)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        return self._data
+
+    def set(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+
+_FILE_DATA = _FileData()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML config file; errors name the file (and line, for syntax errors)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: can't read config file ({exc.strerror or exc})") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _nest(overrides: Mapping[str, object]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _check_env_sections(environ: Mapping[str, str]) -> None:
+    sections = set(Settings.model_fields)
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or "__" not in upper:
+            continue
+        section = upper[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in sections:
+            raise ConfigError(
+                f"environment variable {name}: unknown section {section!r}; "
+                f"expected one of {', '.join(sorted(sections))}"
+            )
+
+
+def _describe(
+    exc: ValidationError,
+    file: Path | None,
+    file_data: Mapping[str, Any],
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> str:
+    env_upper = {k.upper() for k in environ}
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if _lookup(flags, loc):
+            origin = "command line"
+        elif loc and _env_name(loc) in env_upper:
+            origin = f"environment {_env_name(loc)}"
+        elif file is not None and (_lookup(file_data, loc) or _lookup(file_data, loc[:-1])):
+            origin = str(file)
+        else:
+            origin = "default"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key missing"
+        elif message.startswith("Value error, "):
+            message = "expected " + message[len("Value error, ") :]
+        elif message.startswith("Input should be "):
+            message = "expected " + message[len("Input should be ") :]
+        if err["type"] in ("extra_forbidden", "missing") or not loc:
+            value = ""
+        else:
+            shown = MASK if loc[-1] == "password" else err["input"]
+            value = f" = {shown!r}"
+        lines.append(f"{key}{value} ({origin}): {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def config_path(path: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read: ``path`` if given, else ``$MUSICGEND_CONFIG``, else none."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return path
+    named = env.get(CONFIG_ENV)
+    return Path(named) if named else None
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Read, merge and validate the configuration once.
+
+    ``path``: the TOML file (else ``$MUSICGEND_CONFIG``, else no file). ``overrides``: command-
+    line flags as dotted keys, e.g. ``{"midi.backend": "jack", "mqtt.url": None}``; None values
+    (flags not given) are dropped. Raises :class:`ConfigError` listing every problem.
+    """
+    environ = dict(os.environ)
+    file = config_path(path, environ)
+    file_data = read_toml(file) if file is not None else {}
+    flags = _nest(overrides or {})
+    _check_env_sections(environ)
+    _FILE_DATA.set(file_data)
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, file, file_data, flags, environ)) from None
+    finally:
+        _FILE_DATA.set({})
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render JSON-able nested data as TOML (unset values become comments)."""
+    out: list[str] = []
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        return json.dumps(str(value), ensure_ascii=False)
+
+    def table(name: str, node: Mapping[str, Any]) -> None:
+        leaves = {k: v for k, v in node.items() if not isinstance(v, Mapping) or not v}
+        subs = {k: v for k, v in node.items() if isinstance(v, Mapping) and v}
+        if name:
+            out.append(f"[{name}]")
+        for key, value in leaves.items():
+            if value is None:
+                out.append(f"# {key} = (unset)")
+            elif isinstance(value, Mapping):
+                out.append(f"{key} = {{}}")
+            else:
+                out.append(f"{key} = {scalar(value)}")
+        if name:
+            out.append("")
+        for key, value in subs.items():
+            table(f"{name}.{key}" if name else key, value)
+
+    table("", data)
+    return "\n".join(out).rstrip() + "\n"

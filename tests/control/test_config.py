@@ -1,0 +1,203 @@
+"""Config: TOML file < MUSICGEND_* environment < flags, validated once, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicgend.config import BUNDLED_MODEL_DIR, MASK, load_config, read_toml, to_toml
+from musicgend.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "systemd" / "musicgend.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("MUSICGEND_") or name == "STATE_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config()
+    assert cfg.midi.backend == "auto"
+    assert cfg.midi.channel == 1
+    assert cfg.engine.model == BUNDLED_MODEL_DIR
+    assert cfg.mqtt.enabled is False
+    assert cfg.mqtt.topic_prefix == "musicgend/default"
+    assert cfg.clock.fs == 5
+
+
+def test_example_config_validates() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.mqtt.url == "mqtt://localhost:1883"
+    assert cfg.mqtt.topic_prefix == "musicgend/studio"
+    assert cfg.engine.cc == {"temperature": 21, "top_p": 22, "density": 23}
+    assert cfg.midi.lowest_pitch == 36
+    # Every key of the example is a real key: rendering the effective config keeps them all.
+    example = read_toml(EXAMPLE)
+    effective = cfg.public_dict()
+    for section, values in example.items():
+        for key in values:
+            assert key in effective[section], f"{section}.{key}"
+
+
+def test_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        '[midi]\nchannel = 3\nvelocity = 90\nclient_name = "file"\n'
+        '[mqtt]\nurl = "mqtt://file:1883"\nqos = 0\n',
+    )
+    monkeypatch.setenv("MUSICGEND_MIDI__CHANNEL", "4")
+    monkeypatch.setenv("MUSICGEND_MQTT__URL", "mqtt://env:1884")
+    cfg = load_config(path, {"midi.channel": 5, "midi.backend": None, "mqtt.qos": 2})
+    assert cfg.midi.channel == 5  # flag beats env and file
+    assert cfg.mqtt.url == "mqtt://env:1884"  # env beats file
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("env", 1884)
+    assert cfg.mqtt.qos == 2
+    assert cfg.midi.velocity == 90  # file beats default; sibling keys survive the merge
+    assert cfg.midi.client_name == "file"
+    assert cfg.midi.backend == "auto"  # a flag not given (None) changes nothing
+
+
+def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[engine]\nmode = "solo"\n')
+    monkeypatch.setenv("MUSICGEND_CONFIG", str(path))
+    assert load_config().engine.mode == "solo"
+    other = write(tmp_path, '[engine]\nmode = "call-response"\n', "other.toml")
+    assert load_config(other).engine.mode == "call-response"
+
+
+def test_every_problem_named_with_key_value_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        '[midi]\nchannel = 17\nchanel = 3\nconnect_in = "a("\n'
+        '[mqtt]\nurl = "http://broker"\nqos = 3\n',
+    )
+    monkeypatch.setenv("MUSICGEND_ENGINE__TEMPERATURE", "hot")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"midi.velocity": 0})
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    text = "\n".join(lines)
+    assert f"midi.channel = 17 ({path}): expected less than or equal to 16" in text
+    assert f"midi.chanel ({path}): unknown key" in text
+    assert "midi.connect_in = 'a(' " in text and "regular expression" in text
+    assert "mqtt.url = 'http://broker'" in text and "mqtt://host[:port]" in text
+    assert "mqtt.qos = 3" in text and "expected 0, 1 or 2" in text
+    assert "midi.velocity = 0 (command line)" in text
+    assert "engine.temperature = 'hot' (environment MUSICGEND_ENGINE__TEMPERATURE)" in text
+    assert len(lines) == 1 + 7
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[midi]\nchannel = = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: invalid TOML: .*line 2"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_unknown_env_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEND_MIDDI__CHANNEL", "3")
+    with pytest.raises(ConfigError, match="MUSICGEND_MIDDI__CHANNEL: unknown section 'middi'"):
+        load_config()
+
+
+def test_cross_field_checks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lowest_pitch"):
+        load_config(None, {"midi.lowest_pitch": 90, "midi.highest_pitch": 30})
+    with pytest.raises(ConfigError, match="reconnect_min_s"):
+        load_config(None, {"mqtt.reconnect_min_s": 10, "mqtt.reconnect_max_s": 1})
+    with pytest.raises(ConfigError, match="each CC number bound to one parameter only"):
+        load_config(None, {"engine.cc": {"temperature": 21, "density": 21}})
+    with pytest.raises(ConfigError, match=r"engine\.cc\.volume"):
+        load_config(None, {"engine.cc": {"volume": 7}})
+    with pytest.raises(ConfigError, match=r"mqtt\.instance = 'a/b'"):
+        load_config(None, {"mqtt.instance": "a/b"})
+    with pytest.raises(ConfigError, match="cert and key both set, or neither"):
+        load_config(None, {"mqtt.tls.cert": str(write(tmp_path, "x", "c.pem"))})
+
+
+def test_password_file_and_masking(tmp_path: Path) -> None:
+    secret = write(tmp_path, "s3cret\n", "pw")
+    cfg = load_config(None, {"mqtt.username": "u", "mqtt.password_file": str(secret)})
+    assert cfg.mqtt.password_value() == "s3cret"
+    shown = json.dumps(cfg.public_dict())
+    assert "s3cret" not in shown and cfg.public_dict()["mqtt"]["password"] == MASK
+    cfg = load_config(None, {"mqtt.password": "plain"})
+    assert cfg.mqtt.password_value() == "plain"
+    assert "plain" not in to_toml(cfg.public_dict())
+    with pytest.raises(ConfigError, match="password_file readable"):
+        load_config(None, {"mqtt.password_file": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="password or password_file, not both"):
+        load_config(None, {"mqtt.password": "a", "mqtt.password_file": str(secret)})
+
+
+def test_toml_rendering_round_trips() -> None:
+    cfg = load_config(EXAMPLE)
+    import tomllib
+
+    parsed = tomllib.loads(to_toml(cfg.public_dict()))
+    data = cfg.public_dict()
+    # Unset values are comments in TOML; everything else comes back equal.
+    data["mqtt"] = {k: v for k, v in data["mqtt"].items() if v is not None}
+    data["mqtt"]["tls"] = {k: v for k, v in data["mqtt"]["tls"].items() if v is not None}
+    data["engine"] = {k: v for k, v in data["engine"].items() if v is not None}
+    data["midi"] = {k: v for k, v in data["midi"].items() if v is not None}
+    assert parsed == data
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MUSICGEND_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "musicgend", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_config_show(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mqtt]\nurl = "mqtt://h"\npassword = "topsecret"\n')
+    done = run_cli("config", "show", "--config", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["mqtt"]["url"] == "mqtt://h"
+    assert data["mqtt"]["password"] == MASK
+    assert "topsecret" not in done.stdout
+    done = run_cli("config", "show", env={"MUSICGEND_ENGINE__MODE": "solo"})
+    assert done.returncode == 0, done.stderr
+    assert 'mode = "solo"' in done.stdout
+
+
+def test_cli_config_show_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[midi]\nchannel = 0\n")
+    done = run_cli("config", "show", "--config", str(path))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: invalid configuration:")
+    assert "midi.channel = 0" in done.stderr
+    assert "Traceback" not in done.stderr
