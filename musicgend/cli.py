@@ -6,7 +6,9 @@ exit code 1; usage errors exit 2 (typer's convention).
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +39,8 @@ data_app = typer.Typer(help="Fetch training data.", no_args_is_help=True)
 vocab_app = typer.Typer(help="Build and inspect chord vocabularies.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(vocab_app, name="vocab")
+config_app = typer.Typer(help="Inspect the daemon's configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -64,6 +68,27 @@ def _root(
 
 
 # -- vocab --------------------------------------------------------------------------------
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (default: $MUSICGEND_CONFIG, else none)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+) -> None:
+    """Print the effective configuration (file, then MUSICGEND_* env), secrets masked."""
+    from musicgend.config import load_config, to_toml
+
+    data = load_config(config).public_dict()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(to_toml(data), end="")
 
 
 def main() -> None:
