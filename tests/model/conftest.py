@@ -1,0 +1,84 @@
+"""Tiny real models for artifact/runtime/generation tests (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgend.core.spelling import PitchPrior
+from musicgend.core.tokens import token_from_pitches
+from musicgend.core.vocab import Vocab
+from musicgend.model.config import ModelConfig
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def tiny_vocab() -> Vocab:
+    """A vocabulary of silence plus 30 chords around middle C, with made-up counts."""
+    rng = np.random.default_rng(7)
+    counts: dict[str, int] = {"e": 50}
+    for i in range(30):
+        root = 55 + i % 12
+        chord = {root, root + 4, root + 7} if i % 3 else {root}
+        counts[token_from_pitches(chord)] = int(rng.integers(2, 40))
+    counts["90,91,92"] = 1  # rarer than min_count: counted under <unk>
+    return Vocab.from_counts(counts, min_count=2)
+
+
+def tiny_config(copy_gate: bool = False) -> ModelConfig:
+    return ModelConfig(
+        name="tiny",
+        window_frames=12,
+        embed_dim=8,
+        gru_units=6,
+        gru_layers=2,
+        dense_units=10,
+        copy_gate=copy_gate,
+    )
+
+
+def tiny_prior() -> PitchPrior:
+    probs = np.full(128, 0.01)
+    probs[55:80] = 0.2
+    return PitchPrior(probs)
+
+
+def randomize(model, seed: int = 0) -> None:
+    """Random weights everywhere (biases too), so every parameter matters in comparisons."""
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [rng.normal(0.0, 0.4, size=w.shape).astype(np.float32) for w in model.get_weights()]
+    )
+
+
+def build_tiny(copy_gate: bool = False, seed: int = 0):
+    from musicgend.model.bigru import build_model
+
+    vocab = tiny_vocab()
+    config = tiny_config(copy_gate)
+    model = build_model(len(vocab), config)
+    randomize(model, seed)
+    return model, vocab, config
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[bool, Path]:
+    """Saved tiny artifacts (with LiteRT export), keyed by copy_gate."""
+    from musicgend.model.artifact import save_artifact
+
+    out: dict[bool, Path] = {}
+    root = tmp_path_factory.mktemp("artifacts")
+    for copy_gate in (False, True):
+        model, vocab, config = build_tiny(copy_gate, seed=int(copy_gate))
+        out[copy_gate] = save_artifact(
+            root / f"tiny-{int(copy_gate)}",
+            model,
+            vocab,
+            config,
+            tiny_prior(),
+            {"epochs": 0, "note": "random weights"},
+        )
+    return out

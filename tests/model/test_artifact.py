@@ -1,0 +1,216 @@
+"""Artifact save → load round trip, and a clear ModelError for every kind of bad artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgend.core.vocab import Vocab
+from musicgend.errors import ModelError
+from musicgend.model.artifact import (
+    METADATA_JSON,
+    TFLITE,
+    WEIGHTS_H5,
+    WEIGHTS_NPZ,
+    load_artifact,
+    save_artifact,
+)
+from tests.model.conftest import build_tiny, tiny_prior
+
+pytestmark = pytest.mark.tf
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rehash(path: Path, name: str) -> None:
+    """Make metadata.json's checksum agree with a tampered file (corruption past the hash)."""
+    meta = json.loads((path / METADATA_JSON).read_text())
+    meta["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    (path / METADATA_JSON).write_text(json.dumps(meta))
+
+
+def _window(vocab_size: int, n: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, size=(n, width), dtype=np.int32)
+
+
+@pytest.mark.parametrize("copy_gate", [False, True])
+def test_round_trip_gives_identical_probabilities(tmp_path, copy_gate):
+    model, vocab, config = build_tiny(copy_gate, seed=3)
+    path = save_artifact(
+        tmp_path / "m", model, vocab, config, tiny_prior(), {"epochs": 2}, export_tflite=False
+    )
+    art = load_artifact(path)
+    assert art.config == config
+    assert art.vocab.tokens == vocab.tokens
+    assert np.allclose(art.pitch_prior.probs, tiny_prior().probs)
+    assert art.training == {"epochs": 2}
+    assert art.metadata["vocab_hash"] == vocab.hash
+    assert art.tflite_path is None
+    x = _window(len(vocab), 4, config.window_frames)
+    expected = np.asarray(model(x, training=False))
+    again = np.asarray(art.keras_model()(x, training=False))
+    assert np.array_equal(expected, again)
+
+
+def test_saved_artifact_has_every_file_and_checksums(tiny_artifacts):
+    path = tiny_artifacts[True]
+    meta = json.loads((path / METADATA_JSON).read_text())
+    assert meta["format"] == "musicgend-model"
+    assert set(meta["files"]) == {
+        WEIGHTS_H5,
+        WEIGHTS_NPZ,
+        TFLITE,
+        "vocab.json",
+        "config.json",
+        "pitch_prior.json",
+    }
+    for name, digest in meta["files"].items():
+        assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest
+    assert load_artifact(path).tflite_path == path / TFLITE
+
+
+def test_save_replaces_an_existing_model_and_leaves_no_temp_dirs(tmp_path):
+    model, vocab, config = build_tiny(seed=1)
+    target = tmp_path / "m"
+    save_artifact(target, model, vocab, config, tiny_prior(), {"run": 1}, export_tflite=False)
+    save_artifact(target, model, vocab, config, tiny_prior(), {"run": 2}, export_tflite=False)
+    assert load_artifact(target).training == {"run": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_save_refuses_to_replace_a_foreign_directory(tmp_path):
+    model, vocab, config = build_tiny()
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.txt").write_text("do not delete")
+    with pytest.raises(ModelError, match="refusing to replace"):
+        save_artifact(target, model, vocab, config, tiny_prior(), {}, export_tflite=False)
+    assert (target / "thesis.txt").read_text() == "do not delete"
+
+
+def test_save_rejects_a_vocab_of_the_wrong_size(tmp_path):
+    model, _, config = build_tiny()
+    small = Vocab.from_counts({"e": 3, "60": 2})
+    with pytest.raises(ModelError, match="vocab has 3"):
+        save_artifact(tmp_path / "m", model, small, config, tiny_prior(), {}, export_tflite=False)
+
+
+def test_missing_directory_and_not_a_directory(tmp_path):
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_artifact(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match="not a directory"):
+        load_artifact(tmp_path / "file")
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_H5, WEIGHTS_NPZ, "vocab.json", "config.json", TFLITE])
+def test_missing_file(tiny_artifacts, tmp_path, name):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    (path / name).unlink()
+    with pytest.raises(ModelError, match=rf"{name}: missing"):
+        load_artifact(path)
+
+
+def test_not_a_model_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"metadata.json: missing"):
+        load_artifact(tmp_path / "empty")
+
+
+def test_corrupt_metadata_json(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    (path / METADATA_JSON).write_text('{"format": "musicgend-model", ')
+    with pytest.raises(ModelError, match=r"metadata.json: not valid JSON"):
+        load_artifact(path)
+
+
+def test_truncated_weights_fail_the_checksum(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    data = (path / WEIGHTS_H5).read_bytes()
+    (path / WEIGHTS_H5).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=rf"{WEIGHTS_H5}: checksum mismatch"):
+        load_artifact(path)
+
+
+def test_corrupt_h5_with_matching_checksum_fails_cleanly_in_keras_model(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    (path / WEIGHTS_H5).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    _rehash(path, WEIGHTS_H5)
+    art = load_artifact(path)  # the NumPy weights are fine: TF-free loading works
+    with pytest.raises(ModelError, match=rf"{WEIGHTS_H5}: can't load Keras weights"):
+        art.keras_model()
+
+
+def test_corrupt_npz_with_matching_checksum(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    (path / WEIGHTS_NPZ).write_bytes(b"PK\x03\x04 not really a zip")
+    _rehash(path, WEIGHTS_NPZ)
+    with pytest.raises(ModelError, match=rf"{WEIGHTS_NPZ}: can't load weights"):
+        load_artifact(path)
+
+
+def test_corrupt_config_json(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    (path / "config.json").write_text('{"gru_units": -3}')
+    _rehash(path, "config.json")
+    with pytest.raises(ModelError, match=r"config.json: invalid config at gru_units"):
+        load_artifact(path)
+
+
+def test_vocab_hash_mismatch(tiny_artifacts, tmp_path):
+    """A vocab.json from another model (valid on its own) is caught by the hash."""
+    path = _copy(tiny_artifacts[False], tmp_path)
+    vocab = load_artifact(path).vocab
+    other = Vocab(vocab.tokens[:2] + vocab.tokens[3:] + vocab.tokens[2:3], vocab.counts)
+    (path / "vocab.json").write_text(other.dumps())
+    _rehash(path, "vocab.json")
+    with pytest.raises(ModelError, match=r"vocab.json: vocabulary hash .* does not match"):
+        load_artifact(path)
+
+
+def test_vocab_size_does_not_match_weights(tiny_artifacts, tmp_path):
+    """Weights for another vocabulary size behind a self-consistent vocab and metadata."""
+    path = _copy(tiny_artifacts[False], tmp_path)
+    art = load_artifact(path)
+    bigger = Vocab((*art.vocab.tokens, "100"), (*art.vocab.counts, 2))
+    (path / "vocab.json").write_text(bigger.dumps())
+    meta = json.loads((path / METADATA_JSON).read_text())
+    meta["vocab_hash"], meta["vocab_size"] = bigger.hash, len(bigger)
+    (path / METADATA_JSON).write_text(json.dumps(meta))
+    _rehash(path, "vocab.json")
+    with pytest.raises(ModelError, match=r"weights are for a vocabulary of \d+ tokens"):
+        load_artifact(path)
+
+
+def test_edited_vocab_json_is_caught(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    data = json.loads((path / "vocab.json").read_text())
+    data["tokens"][2], data["tokens"][3] = data["tokens"][3], data["tokens"][2]
+    (path / "vocab.json").write_text(json.dumps(data))
+    _rehash(path, "vocab.json")
+    with pytest.raises(ModelError, match=r"vocab.json: vocabulary hash does not match its tokens"):
+        load_artifact(path)
+
+
+def test_loading_imports_no_tensorflow(tiny_artifacts):
+    code = (
+        "import sys; from musicgend.model.artifact import load_artifact; "
+        f"a = load_artifact({str(tiny_artifacts[True])!r}); "
+        "assert a.weights['embedding'].shape[0] == len(a.vocab); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
