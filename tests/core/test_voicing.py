@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from musicgend.core.voicing import (
-    VoicingSettings,
     Voicer,
+    VoicingSettings,
     note_off,
     note_on,
     panic_messages,
