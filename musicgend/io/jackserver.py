@@ -1,0 +1,292 @@
+"""Which MIDI backend to use, and a private JACK server when there is none.
+
+- :func:`jack_running` probes a JACK server by name (``JACK_DEFAULT_SERVER``, else "default")
+  by opening a client that never starts a server.
+- :func:`alsa_sequencer_present` checks for ``/dev/snd/seq``.
+- :func:`resolve_backend` picks ``auto`` → running JACK → jack; ALSA sequencer → alsa; else an
+  embedded JACK server with the dummy driver.
+- :class:`EmbeddedJack` starts ``jackd -n <unique> -d dummy`` and stops it on exit (also on
+  exceptions); while it runs, ``os.environ["JACK_DEFAULT_SERVER"]`` names it, so every JACK
+  client of this process (JACK-Client, python-rtmidi) uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from musicgend.errors import MidiPortError
+
+log = logging.getLogger(__name__)
+
+SERVER_ENV = "JACK_DEFAULT_SERVER"
+ALSA_SEQ_DEVICE = Path("/dev/snd/seq")
+Backend = Literal["jack", "alsa"]
+BackendRequest = Literal["auto", "jack", "alsa"]
+
+_quiet_installed = False
+
+
+class JackServerError(MidiPortError):
+    """jackd is missing, won't start, or no JACK server can be reached."""
+
+
+def quiet_libjack() -> None:
+    """Route libjack's error/info chatter (e.g. "Cannot connect to server socket" on every
+    probe) to this module's logger at debug level instead of stderr. Idempotent."""
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    import jack
+
+    jack.set_error_function(lambda msg: log.debug("libjack: %s", msg))
+    jack.set_info_function(lambda msg: log.debug("libjack: %s", msg))
+    _quiet_installed = True
+
+
+def jack_server_name() -> str:
+    """The JACK server this process talks to: ``$JACK_DEFAULT_SERVER`` or "default"."""
+    return os.environ.get(SERVER_ENV) or "default"
+
+
+def jack_running(server_name: str | None = None) -> bool:
+    """True when a JACK server named ``server_name`` (default: :func:`jack_server_name`)
+    accepts clients. Never starts a server."""
+    try:
+        import jack
+    except OSError:  # libjack not installed
+        return False
+    quiet_libjack()
+    name = server_name or jack_server_name()
+    try:
+        client = jack.Client(
+            f"musicgend-probe-{os.getpid()}", no_start_server=True, servername=name
+        )
+    except jack.JackError:
+        return False
+    client.close()
+    return True
+
+
+def alsa_sequencer_present(device: Path = ALSA_SEQ_DEVICE) -> bool:
+    """True when the ALSA sequencer device exists and is readable and writable."""
+    return device.exists() and os.access(device, os.R_OK | os.W_OK)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """The backend to open ports on; ``embedded`` means: start :class:`EmbeddedJack` first."""
+
+    backend: Backend
+    embedded: bool
+    reason: str
+
+
+def resolve_backend(requested: BackendRequest = "auto") -> BackendChoice:
+    """``auto``: a running JACK server → jack; else an ALSA sequencer → alsa; else an embedded
+    JACK server (dummy driver). ``jack`` with no server running also means embedded.
+    ``alsa`` without a sequencer raises :class:`~musicgend.errors.MidiPortError`."""
+    if requested == "alsa":
+        if not alsa_sequencer_present():
+            raise MidiPortError(f"backend alsa: {ALSA_SEQ_DEVICE} does not exist or is not usable")
+        return BackendChoice("alsa", False, "requested")
+    if requested not in ("auto", "jack"):
+        raise MidiPortError(f"unknown backend {requested!r}; choose auto, jack or alsa")
+    server = jack_server_name()
+    if jack_running(server):
+        return BackendChoice("jack", False, f"JACK server {server!r} is running")
+    if requested == "auto" and alsa_sequencer_present():
+        return BackendChoice("alsa", False, f"no JACK server; {ALSA_SEQ_DEVICE} present")
+    return BackendChoice("jack", True, f"no JACK server {server!r} running; starting a private one")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: jackd ends if we are SIGKILLed
+
+
+class EmbeddedJack:
+    """A private ``jackd -d dummy`` server for this process.
+
+    ``with EmbeddedJack() as server:`` starts it, waits until it accepts clients (at most
+    ``start_timeout_s``), and sets ``os.environ["JACK_DEFAULT_SERVER"] = server.name``; exit
+    stops it (SIGTERM, then SIGKILL after ``stop_timeout_s``) and restores the environment.
+    :meth:`stop` and :meth:`start` may also be called in between (tests restart the server
+    under the same name). On Linux the server gets SIGTERM if this process dies, so a
+    SIGKILLed daemon leaves no server behind.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        rate_hz: int = 48000,
+        period_frames: int = 256,
+        jackd: str = "jackd",
+        start_timeout_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
+        set_environment: bool = True,
+    ) -> None:
+        self.name = name or f"musicgend-{os.getpid()}-{secrets.token_hex(3)}"
+        self.rate_hz = rate_hz
+        self.period_frames = period_frames
+        self.jackd = jackd
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.set_environment = set_environment
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._saved_env: str | None = None
+        self._env_set = False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        return [
+            self.jackd,
+            "-n",
+            self.name,
+            "-d",
+            "dummy",
+            "-r",
+            str(self.rate_hz),
+            "-p",
+            str(self.period_frames),
+        ]
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts clients."""
+        if self.running:
+            return
+        exe = shutil.which(self.jackd)
+        if exe is None:
+            raise JackServerError(
+                f"{self.jackd!r} not found on PATH: install JACK 2 (Debian: apt install jackd2) "
+                "or use --backend alsa"
+            )
+        if jack_running(self.name):
+            raise JackServerError(f"a JACK server named {self.name!r} is already running")
+        env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+        env.pop("JACK_NO_START_SERVER", None)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as jackd)
+            prefix="musicgend-jackd-", suffix=".log"
+        )
+        cmd = self.command()
+        cmd[0] = exe
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,  # only prctl in the child
+        )
+        deadline_ns = time.monotonic_ns() + int(self.start_timeout_s * 1e9)
+        while not jack_running(self.name):
+            if self._proc.poll() is not None:
+                output = self._log_tail()
+                self._cleanup()
+                raise JackServerError(
+                    f"jackd exited with code {self._proc.returncode} while starting "
+                    f"({' '.join(cmd)}): {output}"
+                )
+            if time.monotonic_ns() > deadline_ns:
+                output = self._log_tail()
+                self.stop()
+                raise JackServerError(
+                    f"jackd did not accept clients within {self.start_timeout_s:g} s "
+                    f"({' '.join(cmd)}): {output}"
+                )
+            time.sleep(0.02)  # poll interval while waiting for the server socket
+        log.info("embedded JACK server %r started (pid %d)", self.name, self._proc.pid)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it to exit. Idempotent."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.info("embedded JACK server %r stopped", self.name)
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the server (tests: a server that dies without a goodbye)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_tail(self, limit: int = 600) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        text = Path(self._log.name).read_bytes().decode("utf-8", "replace")
+        lines = [ln for ln in text.splitlines() if ln.strip() and "Copyright" not in ln]
+        return " | ".join(lines)[-limit:] or "(no output)"
+
+    def __enter__(self) -> EmbeddedJack:
+        self.start()
+        if self.set_environment:
+            self._saved_env = os.environ.get(SERVER_ENV)
+            os.environ[SERVER_ENV] = self.name
+            self._env_set = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._env_set:
+                if self._saved_env is None:
+                    os.environ.pop(SERVER_ENV, None)
+                else:
+                    os.environ[SERVER_ENV] = self._saved_env
+                self._env_set = False
+
+
+@contextlib.contextmanager
+def backend_context(requested: BackendRequest = "auto") -> Iterator[BackendChoice]:
+    """Resolve the backend; when that needs an embedded JACK server, run one for the duration.
+
+    ``with backend_context(args.backend) as choice: open_ports(PortConfig(choice.backend))``
+    """
+    choice = resolve_backend(requested)
+    if not choice.embedded:
+        yield choice
+        return
+    with EmbeddedJack():
+        yield choice
