@@ -1,0 +1,623 @@
+"""Evaluation: NLL, top-1 and OOV rate of a model, next to two baselines on the same frames.
+
+The scoring rule (DESIGN.md §4, a contract):
+
+* Every frame of every readable piece is scored, also frames whose chord the vocabulary
+  doesn't know. Pieces are read with :func:`musicgend.io.midifile.read_piece` at the model's
+  ``fs`` and ``first_track_only``.
+* A distribution ``p`` over the vocabulary's ids gives a chord the probability ``p(token)``
+  when the vocabulary knows it, else ``p(<unk>) × p_spell(chord)`` (the model's saved
+  :class:`~musicgend.core.spelling.PitchPrior`). The NLL is the mean of ``−ln`` of that, in
+  nats per frame. A probability that underflowed to 0 counts as the smallest normal float32.
+* The model's context for frame t is the ``window_frames`` previous frames, left-padded with
+  ``"e"`` (:func:`musicgend.core.window.training_windows`), each mapped to its vocabulary id
+  with unknown chords → ``<unk>`` (as in training, :meth:`Vocab.ids`).
+* Top-1: a frame is right only when the argmax id is exactly its chord's token; an unknown
+  chord is never right (the argmax ``<unk>`` doesn't name a chord).
+* Baselines (:mod:`musicgend.training.ngram`), scored by the same rule on the same frames:
+  ``repeat`` = λ·[id = previous id] + (1 − λ)·uniform over the vocabulary, and
+  ``kn5_repeat`` = λ·[id = previous id] + (1 − λ)·interpolated Kneser-Ney 5-gram over ids.
+  The previous id of a piece's first frame is ``"e"``. Both are fit on the model's training
+  split pieces (as read, without augmentation) and each λ minimises the NLL on its validation
+  pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+import numpy as np
+
+from musicgend.core.spelling import PitchPrior
+from musicgend.core.vocab import UNK_ID, Vocab
+from musicgend.core.window import training_windows
+from musicgend.errors import CorpusError, MidiFileError, ModelError
+from musicgend.io.midifile import Piece, find_midi_files, iter_pieces
+from musicgend.training.ngram import (
+    FrameStats,
+    KneserNey,
+    kn_stats,
+    tune_lambda,
+    uniform_stats,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from musicgend.model.artifact import Artifact
+
+KN_ORDER = 5
+SPLITS = ("test", "val", "train", "all")
+LOG_FLOOR = math.log(float(np.finfo(np.float32).tiny))
+"""``ln`` of the smallest normal float32: the log-probability of a probability that is 0."""
+
+
+class Predictor(Protocol):
+    """Anything that maps ``(N, W)`` int32 windows to ``(N, V)`` probabilities."""
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray: ...
+
+
+# -- pieces → ids ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedPiece:
+    """One piece as the scorer sees it: ids, and ln p_spell of each unknown chord (else 0)."""
+
+    path: Path
+    ids: np.ndarray
+    log_spell: np.ndarray
+    known: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_piece(piece: Piece, vocab: Vocab, prior: PitchPrior) -> EncodedPiece:
+    ids = np.asarray(vocab.ids(piece.tokens), dtype=np.int32)
+    known = ids != UNK_ID
+    log_spell = np.zeros(len(ids), dtype=np.float64)
+    for t in np.flatnonzero(~known):
+        log_spell[t] = prior.log_p(piece.frames[t])
+    return EncodedPiece(piece.path, ids, log_spell, known)
+
+
+@dataclass
+class PieceSet:
+    """The readable pieces of a list of files, and the files skipped with their reasons."""
+
+    pieces: list[EncodedPiece] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return sum(len(p) for p in self.pieces)
+
+
+def read_pieces(
+    files: Sequence[Path],
+    vocab: Vocab,
+    prior: PitchPrior,
+    fs: int,
+    first_track_only: bool,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> PieceSet:
+    """Read and encode every file; an unreadable one is recorded (and reported) and skipped."""
+    out = PieceSet()
+    for item in iter_pieces(list(files), fs, first_track_only):
+        if isinstance(item, MidiFileError):
+            path = Path(str(item.path))
+            out.skipped.append((path, item.reason))
+            if on_skip is not None:
+                on_skip(path, item.reason)
+        else:
+            out.pieces.append(encode_piece(item, vocab, prior))
+    return out
+
+
+# -- scores ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """Mean NLL (nats/frame) and top-1 accuracy over ``frames`` frames."""
+
+    nll_nats_per_frame: float
+    top1: float
+    frames: int
+    lam: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "nll_nats_per_frame": self.nll_nats_per_frame,
+            "top1": self.top1,
+            "frames": self.frames,
+        }
+        if self.lam is not None:
+            out["lambda"] = self.lam
+        out.update(self.extra)
+        return out
+
+
+def _batches(
+    pieces: Sequence[EncodedPiece], window: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(x, y)`` batches of ``batch_size`` windows over all pieces in order."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    held = 0
+    for piece in pieces:
+        x, y = training_windows(piece.ids.tolist(), window)
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        while held >= batch_size:
+            x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+            yield x_all[:batch_size], y_all[:batch_size]
+            xs, ys = [x_all[batch_size:]], [y_all[batch_size:]]
+            held -= batch_size
+    if held:
+        yield np.concatenate(xs), np.concatenate(ys)
+
+
+def score_model(
+    predictor: Predictor,
+    pieces: Sequence[EncodedPiece],
+    vocab_size: int,
+    window_frames: int,
+    batch_size: int = 256,
+    on_batch: Callable[[], None] | None = None,
+) -> Score:
+    """Score a model's predictions on every frame of ``pieces`` by the scoring rule."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    frames = sum(len(p) for p in pieces)
+    if frames == 0:
+        raise CorpusError("no frames to score")
+    log_spell = np.concatenate([p.log_spell for p in pieces])
+    log_p = np.empty(frames, dtype=np.float64)
+    correct = np.empty(frames, dtype=bool)
+    start = 0
+    for x, y in _batches(pieces, window_frames, batch_size):
+        probs = np.asarray(predictor.predict_batch(x.astype(np.int32, copy=False)))
+        if probs.shape != (len(x), vocab_size):
+            raise ModelError(
+                f"the model returned probabilities of shape {probs.shape} for {len(x)} windows "
+                f"and a vocabulary of {vocab_size}"
+            )
+        rows = np.arange(len(y))
+        p = probs[rows, y].astype(np.float64)
+        with np.errstate(divide="ignore"):
+            log_p[start : start + len(y)] = np.maximum(np.log(p), LOG_FLOOR)
+        correct[start : start + len(y)] = (probs.argmax(axis=1) == y) & (y != UNK_ID)
+        start += len(y)
+        if on_batch is not None:
+            on_batch()
+    total = log_p + log_spell
+    return Score(float(-total.mean()), float(correct.mean()), frames)
+
+
+# -- baselines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The fitted baselines: the Kneser-Ney model and each mixture's tuned λ."""
+
+    vocab_size: int
+    kn: KneserNey
+    lam_repeat: float
+    lam_kn: float
+    val_frames: int
+    train_frames: int
+    fit_seconds: float
+
+
+def fit_baselines(
+    train: Sequence[EncodedPiece],
+    val: Sequence[EncodedPiece],
+    vocab_size: int,
+    order: int = KN_ORDER,
+) -> Baselines:
+    """Fit the n-gram on the training pieces and tune both λ on the validation pieces."""
+    if not train or not sum(len(p) for p in train):
+        raise CorpusError("the baselines need at least one readable training piece")
+    if not val or not sum(len(p) for p in val):
+        raise CorpusError("the baselines need at least one readable validation piece")
+    t0 = time.perf_counter()
+    kn = KneserNey.fit([p.ids.tolist() for p in train], order, vocab_size)
+    spell = float(sum(p.log_spell.sum() for p in val))
+    uni = FrameStats.concat([uniform_stats(p.ids.tolist(), vocab_size) for p in val])
+    lam_repeat, _ = tune_lambda(uni, spell)
+    kns = FrameStats.concat([kn_stats(kn, p.ids.tolist()) for p in val])
+    lam_kn, _ = tune_lambda(kns, spell)
+    return Baselines(
+        vocab_size,
+        kn,
+        lam_repeat,
+        lam_kn,
+        val_frames=len(uni),
+        train_frames=sum(len(p) for p in train),
+        fit_seconds=time.perf_counter() - t0,
+    )
+
+
+def _mixture_score(stats: FrameStats, log_spell: np.ndarray, lam: float, **extra: Any) -> Score:
+    log_p = np.maximum(stats.log_probs(lam), LOG_FLOOR) + log_spell
+    return Score(
+        float(-log_p.mean()), float(stats.correct(lam).mean()), len(stats), lam, dict(extra)
+    )
+
+
+def score_baselines(baselines: Baselines, pieces: Sequence[EncodedPiece]) -> dict[str, Score]:
+    """``{"repeat": …, "kn5_repeat": …}`` on every frame of ``pieces``."""
+    log_spell = np.concatenate([p.log_spell for p in pieces])
+    v = baselines.vocab_size
+    uni = FrameStats.concat([uniform_stats(p.ids.tolist(), v) for p in pieces])
+    kns = FrameStats.concat([kn_stats(baselines.kn, p.ids.tolist()) for p in pieces])
+    return {
+        "repeat": _mixture_score(uni, log_spell, baselines.lam_repeat),
+        f"kn{baselines.kn.order}_repeat": _mixture_score(
+            kns, log_spell, baselines.lam_kn, discounts=list(baselines.kn.discounts)
+        ),
+    }
+
+
+# -- which files ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to score (files, under which split name) and what the baselines are fit on."""
+
+    files: list[Path]
+    split: str
+    train_files: list[Path] | None
+    val_files: list[Path] | None
+    baseline_problem: str | None = None
+
+
+def _training_info(artifact: Artifact) -> tuple[Path | None, dict[str, list[str]] | None]:
+    """The training data directory and the saved split (train/val/test file lists)."""
+    meta = artifact.metadata
+    sources = [artifact.training, meta]
+    data_dir: Path | None = None
+    split: dict[str, list[str]] | None = None
+    for src in sources:
+        if data_dir is None and isinstance(src.get("data_dir"), str):
+            data_dir = Path(src["data_dir"])
+        raw = src.get("split")
+        if (
+            split is None
+            and isinstance(raw, dict)
+            and all(isinstance(raw.get(k), list) for k in ("train", "val", "test"))
+        ):
+            split = {k: [str(f) for f in raw[k]] for k in ("train", "val", "test")}
+    return data_dir, split
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _split_files(root: Path, names: Iterable[str], what: str) -> list[Path]:
+    files = [root / n for n in names]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise CorpusError(
+            f"{len(missing)} of the {len(files)} {what} files are missing under {root} "
+            f"(first: {missing[0]})"
+        )
+    return files
+
+
+def plan(
+    artifact: Artifact,
+    midi_dir: Path,
+    split: str | None = None,
+    train_data: Path | None = None,
+    baselines: bool = True,
+) -> Plan:
+    """Decide which files to score and where the baselines' training pieces are.
+
+    With ``split`` unset: the saved test split when ``midi_dir`` is the model's training data
+    directory, else every MIDI file under ``midi_dir``. ``split`` test/val/train picks that
+    part of the saved split under ``midi_dir``; ``all`` every file.
+    """
+    if split is not None and split not in SPLITS:
+        raise CorpusError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not midi_dir.exists():
+        raise CorpusError(f"{midi_dir}: no such file or directory")
+    data_dir, saved = _training_info(artifact)
+    if split is None:
+        split = "test" if data_dir is not None and _same_dir(midi_dir, data_dir) else "all"
+    if split == "all":
+        files = (
+            [
+                f
+                for f in find_midi_files([midi_dir])
+                if not any(part.startswith(".") for part in f.relative_to(midi_dir).parts)
+            ]
+            if midi_dir.is_dir()
+            else [midi_dir]
+        )
+        if not files:
+            raise CorpusError(f"{midi_dir}: no MIDI files (hidden files are ignored)")
+    else:
+        if saved is None:
+            raise CorpusError(
+                f"{artifact.path}: the model has no saved train/val/test split; use --split all"
+            )
+        if not midi_dir.is_dir():
+            raise CorpusError(f"{midi_dir}: --split {split} needs the training data directory")
+        files = _split_files(midi_dir, saved[split], f"{split}-split")
+        if not files:
+            raise CorpusError(f"the saved {split} split is empty")
+
+    if not baselines:
+        return Plan(files, split, None, None)
+    problem: str | None = None
+    root = train_data if train_data is not None else data_dir
+    train_files = val_files = None
+    if saved is None:
+        problem = f"{artifact.path}: the model has no saved train/val split to fit them on"
+    elif root is None:
+        problem = f"{artifact.path}: the model doesn't say where its training data is"
+    elif not root.is_dir():
+        problem = f"the model's training data directory {root} is not there"
+    else:
+        try:
+            train_files = _split_files(root, saved["train"], "training-split")
+            val_files = _split_files(root, saved["val"], "validation-split")
+        except CorpusError as exc:
+            problem = str(exc)
+            train_files = val_files = None
+    if problem is not None:
+        problem = (
+            f"can't fit the baselines: {problem}; pass --train-data DIR (the directory the "
+            "model was trained on) or --no-baselines"
+        )
+    return Plan(files, split, train_files, val_files, problem)
+
+
+# -- the whole evaluation ------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Everything ``musicgend evaluate`` prints."""
+
+    model: str
+    split: str
+    score: Score
+    baselines: dict[str, Score]
+    pieces: int
+    oov_rate: float
+    skipped: list[tuple[Path, str]]
+    baseline_info: dict[str, Any]
+    seconds: dict[str, float]
+    runtime: str
+
+    @property
+    def nll_ratio(self) -> float | None:
+        kn = self.baselines.get(f"kn{KN_ORDER}_repeat")
+        if kn is None or kn.nll_nats_per_frame <= 0:
+            return None
+        return self.score.nll_nats_per_frame / kn.nll_nats_per_frame
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "split": self.split,
+            "runtime": self.runtime,
+            "pieces": self.pieces,
+            "frames": self.score.frames,
+            "oov_rate": self.oov_rate,
+            "nll_nats_per_frame": self.score.nll_nats_per_frame,
+            "top1": self.score.top1,
+            "baselines": {k: v.to_json() for k, v in self.baselines.items()},
+            "nll_ratio_vs_kn5_repeat": self.nll_ratio,
+            "baseline_data": self.baseline_info,
+            "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+            "seconds": self.seconds,
+        }
+
+
+def evaluate(
+    model_name: str,
+    predictor: Predictor,
+    vocab: Vocab,
+    prior: PitchPrior,
+    window_frames: int,
+    fs: int,
+    first_track_only: bool,
+    plan_: Plan,
+    *,
+    batch_size: int = 256,
+    runtime: str = "",
+    on_skip: Callable[[Path, str], None] | None = None,
+    progress_factory: Callable[[int], Any] | None = None,
+) -> Report:
+    """Read the plan's pieces, score the model and (if the plan has them) the baselines."""
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    target = read_pieces(plan_.files, vocab, prior, fs, first_track_only, on_skip)
+    seconds["read"] = time.perf_counter() - t0
+    if not target.pieces:
+        raise CorpusError(
+            f"none of the {len(plan_.files)} files could be read "
+            f"(first: {target.skipped[0][0]}: {target.skipped[0][1]})"
+        )
+    frames = target.frames
+    oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / frames
+
+    t0 = time.perf_counter()
+    n_batches = math.ceil(frames / batch_size)
+    if progress_factory is not None:
+        with progress_factory(n_batches) as bar:
+            score = score_model(
+                predictor, target.pieces, len(vocab), window_frames, batch_size, bar.advance
+            )
+    else:
+        score = score_model(predictor, target.pieces, len(vocab), window_frames, batch_size)
+    seconds["model"] = time.perf_counter() - t0
+
+    baselines: dict[str, Score] = {}
+    info: dict[str, Any] = {}
+    if plan_.train_files is not None and plan_.val_files is not None:
+        t0 = time.perf_counter()
+        train = read_pieces(plan_.train_files, vocab, prior, fs, first_track_only)
+        val = read_pieces(plan_.val_files, vocab, prior, fs, first_track_only)
+        fitted = fit_baselines(train.pieces, val.pieces, len(vocab))
+        baselines = score_baselines(fitted, target.pieces)
+        seconds["baselines"] = time.perf_counter() - t0
+        info = {
+            "train_pieces": len(train.pieces),
+            "train_frames": fitted.train_frames,
+            "val_pieces": len(val.pieces),
+            "val_frames": fitted.val_frames,
+            "skipped": len(train.skipped) + len(val.skipped),
+        }
+    return Report(
+        model_name,
+        plan_.split,
+        score,
+        baselines,
+        len(target.pieces),
+        oov,
+        target.skipped,
+        info,
+        seconds,
+        runtime,
+    )
+
+
+def run_evaluation(
+    model_dir: str | Path,
+    midi_dir: str | Path,
+    *,
+    split: str | None = None,
+    train_data: str | Path | None = None,
+    runtime: str = "auto",
+    batch_size: int = 256,
+    baselines: bool = True,
+    on_skip: Callable[[Path, str], None] | None = None,
+    progress_factory: Callable[[int], Any] | None = None,
+) -> Report:
+    """``musicgend evaluate``: load the model, pick the files, score model and baselines.
+
+    Raises :class:`~musicgend.errors.ModelError` for a broken model directory and
+    :class:`~musicgend.errors.CorpusError` when the files to score, or the pieces the
+    baselines need, can't be found.
+    """
+    from musicgend.model.artifact import load_artifact
+    from musicgend.model.runtime import load_predictor
+
+    if batch_size < 1:
+        raise CorpusError(f"--batch-size must be >= 1, got {batch_size}")
+    artifact = load_artifact(model_dir)
+    the_plan = plan(
+        artifact,
+        Path(midi_dir),
+        split,
+        Path(train_data) if train_data is not None else None,
+        baselines,
+    )
+    if the_plan.baseline_problem is not None:
+        raise CorpusError(the_plan.baseline_problem)
+    cfg = artifact.config
+    with load_predictor(artifact, runtime) as predictor:
+        return evaluate(
+            str(model_dir),
+            predictor,
+            artifact.vocab,
+            artifact.pitch_prior,
+            cfg.window_frames,
+            cfg.fs,
+            cfg.first_track_only,
+            the_plan,
+            batch_size=batch_size,
+            runtime=predictor.runtime,
+            on_skip=on_skip,
+            progress_factory=progress_factory,
+        )
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _rows(report: Report) -> list[tuple[str, str, str, str]]:
+    rows = [
+        (
+            "model",
+            f"{report.score.nll_nats_per_frame:.3f}",
+            f"{100 * report.score.top1:.1f} %",
+            "",
+        )
+    ]
+    for name, s in report.baselines.items():
+        lam = f"{s.lam:.3f}" if s.lam is not None else ""
+        rows.append((name, f"{s.nll_nats_per_frame:.3f}", f"{100 * s.top1:.1f} %", lam))
+    return rows
+
+
+def _summary(report: Report) -> list[str]:
+    lines = [
+        f"model {report.model} ({report.runtime or 'default runtime'}), split: {report.split}",
+        f"{report.pieces} pieces, {report.score.frames} frames, "
+        f"{100 * report.oov_rate:.1f} % unknown chords, {len(report.skipped)} files skipped",
+    ]
+    if report.baseline_info:
+        b = report.baseline_info
+        lines.append(
+            f"baselines fit on {b['train_pieces']} training pieces ({b['train_frames']} frames), "
+            f"λ tuned on {b['val_pieces']} validation pieces ({b['val_frames']} frames)"
+        )
+    ratio = report.nll_ratio
+    if ratio is not None:
+        lines.append(f"model NLL / kn{KN_ORDER}_repeat NLL = {ratio:.3f}")
+    return lines
+
+
+def render_report(report: Report, stream: TextIO, rich: bool = False) -> None:
+    """A readable table: rich on a terminal, plain aligned text otherwise."""
+    headers = ("", "NLL nats/frame", "top-1", "λ")
+    rows = _rows(report)
+    summary = _summary(report)
+    if rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="musicgend evaluate")
+        for i, h in enumerate(headers):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console = Console(file=stream)
+        console.print(table)
+        for line in summary:
+            console.print(line, highlight=False)
+        return
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+    for r in (headers, *rows):
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        print("  ".join(cells).rstrip(), file=stream)
+    for line in summary:
+        print(line, file=stream)
+
+
+def dumps(report: Report) -> str:
+    """The report as one JSON object (one line)."""
+    return json.dumps(report.to_json())
