@@ -91,6 +91,57 @@ def config_show(
         print(to_toml(data), end="")
 
 
+# -- evaluate -----------------------------------------------------------------------------
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    midi_dir: Annotated[Path, typer.Argument(help="MIDI file or directory to score.")],
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="test|val|train|all. Default: test when MIDI_DIR is the model's training "
+            "data, else all."
+        ),
+    ] = None,
+    train_data: Annotated[
+        Path | None,
+        typer.Option(help="The model's training data directory (default: as saved)."),
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="Inference runtime (auto, numpy, litert, tf…).")] = (
+        "auto"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Windows per inference batch.")] = 256,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Score the model only.")
+    ] = False,
+) -> None:
+    """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
+    from musicgend.progress import is_tty, progress
+    from musicgend.training.evaluate import dumps, render_report, run_evaluation
+
+    def skip(path: Path, reason: str) -> None:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+
+    report = run_evaluation(
+        model,
+        midi_dir,
+        split=split,
+        train_data=train_data,
+        runtime=runtime,
+        batch_size=batch_size,
+        baselines=not no_baselines,
+        on_skip=skip,
+        progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
+    )
+    if as_json:
+        print(dumps(report))
+    else:
+        render_report(report, sys.stdout, rich=is_tty(sys.stdout))
+
+
 def main() -> None:
     """Entry point (``python -m musicgend``)."""
     app()
