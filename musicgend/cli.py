@@ -142,6 +142,41 @@ def evaluate_cmd(
         render_report(report, sys.stdout, rich=is_tty(sys.stdout))
 
 
+# -- ports, session -----------------------------------------------------------------------
+
+session_app = typer.Typer(help="Session logs: recover a killed session.", no_args_is_help=True)
+app.add_typer(session_app, name="session")
+
+
+@app.command("ports")
+def ports_cmd(
+    backend: Annotated[
+        str, typer.Option(help="auto (running JACK, else ALSA), jack or alsa.")
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List MIDI ports: sources (for --connect-in) and destinations (for --connect-out)."""
+    from musicgend.io.midi import describe_ports
+
+    print(describe_ports(backend, as_json=as_json), end="")
+
+
+@session_app.command("recover")
+def session_recover(
+    session_dir: Annotated[Path, typer.Argument(help="Session directory (holds journal.jsonl).")],
+) -> None:
+    """Rebuild session.mid (human + machine tracks) from the journal of a killed session."""
+    from musicgend.io.session import recover_session
+
+    s = recover_session(session_dir)
+    tail = " (torn last line skipped)" if s.torn_tail else ""
+    ended = "clean stop" if s.clean_end else "no clean stop"
+    print(
+        f"{s.midi_path}: {s.human_events} human + {s.machine_events} machine events, "
+        f"{s.duration_s:.1f} s, {ended}{tail}"
+    )
+
+
 def main() -> None:
     """Entry point (``python -m musicgend``)."""
     app()

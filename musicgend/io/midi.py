@@ -697,6 +697,10 @@ class AlsaMidiPorts(MidiPorts):
     def _open(self) -> None:
         import rtmidi
 
+        from musicgend.io.jackserver import ALSA_SEQ_DEVICE, alsa_sequencer_present
+
+        if not alsa_sequencer_present():
+            raise MidiPortError(f"no ALSA sequencer: {ALSA_SEQ_DEVICE} missing or not usable")
         try:
             self._in = self._new_in()
             self._in.open_virtual_port(self.config.in_port)
@@ -825,6 +829,10 @@ def list_ports(backend: Backend) -> PortList:
     if backend == "alsa":
         import rtmidi
 
+        from musicgend.io.jackserver import ALSA_SEQ_DEVICE, alsa_sequencer_present
+
+        if not alsa_sequencer_present():
+            raise MidiPortError(f"no ALSA sequencer: {ALSA_SEQ_DEVICE} missing or not usable")
         if rtmidi.API_LINUX_ALSA not in rtmidi.get_compiled_api():
             raise MidiPortError("python-rtmidi was built without ALSA support")
         try:
@@ -834,3 +842,42 @@ def list_ports(backend: Backend) -> PortList:
             raise MidiPortError(f"ALSA sequencer unavailable: {exc}") from exc
         return PortList("alsa", list(sources), list(dests))
     raise MidiPortError(f"unknown MIDI backend {backend!r}; choose jack or alsa")
+
+
+def describe_ports(backend: str = "auto", as_json: bool = False) -> str:
+    """Text for ``musicgend ports``: the backend's MIDI sources and destinations.
+
+    ``auto`` lists a running JACK server's ports, else the ALSA sequencer's."""
+    import json
+
+    from musicgend.io.jackserver import alsa_sequencer_present
+
+    chosen: Backend
+    if backend == "auto":
+        if jack_running():
+            chosen = "jack"
+        elif alsa_sequencer_present():
+            chosen = "alsa"
+        else:
+            raise MidiPortError(
+                f"no JACK server {jack_server_name()!r} running and no ALSA sequencer: no ports "
+                "to list (musicgend run starts a private JACK server by itself)"
+            )
+    elif backend in ("jack", "alsa"):
+        chosen = "jack" if backend == "jack" else "alsa"
+    else:
+        raise MidiPortError(f"unknown backend {backend!r}; choose auto, jack or alsa")
+    found = list_ports(chosen)
+    if as_json:
+        payload = {
+            "backend": found.backend,
+            "sources": found.sources,
+            "destinations": found.destinations,
+        }
+        return json.dumps(payload, indent=2) + "\n"
+    where = f"JACK server {jack_server_name()!r}" if chosen == "jack" else "ALSA sequencer"
+    lines = [f"backend: {chosen} ({where})", "sources (use with --connect-in):"]
+    lines += [f"  {name}" for name in found.sources] or ["  (none)"]
+    lines.append("destinations (use with --connect-out):")
+    lines += [f"  {name}" for name in found.destinations] or ["  (none)"]
+    return "\n".join(lines) + "\n"
