@@ -67,7 +67,91 @@ def _root(
 # -- data ---------------------------------------------------------------------------------
 
 
+@data_app.command("bach")
+def data_bach(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the .mid files (created).")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="Re-export existing files.")] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N chorales (by name).")
+    ] = None,
+) -> None:
+    """Export the music21 Bach chorales as OUT_DIR/bwv<number>.mid, one file per chorale.
+
+    Files already there are kept unless --force. A chorale that fails is reported and
+    skipped; the exit code is 1 only when no file at all is usable.
+    """
+    from musicgend.errors import CorpusError
+    from musicgend.progress import progress
+    from musicgend.training.corpus import ScoreSource, bach_chorale_sources, export_scores
+
+    sources = bach_chorale_sources()[:limit]
+    if not sources:
+        raise CorpusError("music21 holds no Bach chorales (is its corpus installed?)")
+    with progress(len(sources), "export") as bar:
+
+        def on_result(source: ScoreSource, status: str, reason: str) -> None:
+            if status == "failed":
+                print(f"failed {source.name} ({source.path.name}): {reason}", file=sys.stderr)
+            bar.advance(f"{source.filename} {status}")
+
+        report = export_scores(sources, out_dir, jobs=jobs, force=force, on_result=on_result)
+    print(
+        f"exported {len(report.exported)}, skipped {len(report.existing)} (already there), "
+        f"failed {len(report.failed)} -> {out_dir}"
+    )
+    if report.usable == 0:
+        raise typer.Exit(1)
+
+
 # -- vocab --------------------------------------------------------------------------------
+
+
+@vocab_app.command("build")
+def vocab_build(
+    midi_dirs: Annotated[
+        list[Path], typer.Argument(help="Directories (searched recursively) or .mid files.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Vocabulary JSON to write.")],
+    fs: Annotated[int, typer.Option("--fs", min=1, help="Frames per second.")] = 5,
+    first_track_only: Annotated[
+        bool, typer.Option("--first-track-only", help="Only the first non-drum track (seed).")
+    ] = False,
+    augment_transpose: Annotated[
+        bool, typer.Option("--augment-transpose", help="Count all 12 transpositions (-5..+6).")
+    ] = False,
+    min_count: Annotated[
+        int, typer.Option("--min-count", min=1, help="Rarer chords map to <unk>.")
+    ] = 1,
+) -> None:
+    """Build a chord vocabulary from MIDI files, save it as JSON and print a summary.
+
+    Every unusable path gets one line on stderr; the exit code is 1 only when no piece
+    could be read.
+    """
+    from musicgend.progress import progress
+    from musicgend.training.corpus import (
+        build_vocab,
+        format_summary,
+        list_corpus,
+        save_vocab,
+    )
+
+    listing = list_corpus(midi_dirs)
+    with progress(len(listing.midi), "read", plain_every=100) as bar:
+        vocab, summary = build_vocab(
+            listing,
+            fs=fs,
+            first_track_only=first_track_only,
+            augment_transpose=augment_transpose,
+            min_count=min_count,
+            on_skip=lambda item: print(f"skipped {item}", file=sys.stderr),
+            on_file=lambda _path: bar.advance(),
+        )
+    saved = save_vocab(vocab, output)
+    for line in format_summary(summary, vocab, augment_transpose):
+        print(line)
+    print(f"vocabulary    {saved} (hash {vocab.hash[:12]})")
 
 
 # -- config -------------------------------------------------------------------------------
