@@ -1,0 +1,854 @@
+"""The real-time engine: one chord per frame, computed ahead, committed on the tick.
+
+Frame ``k`` starts at the absolute deadline ``t0 + k × 200 ms``. At that tick the machine
+changes from its chord of frame ``k - 1`` to its chord of frame ``k``: note-offs for pitches
+that stop, then note-ons for pitches that start (:mod:`musicgend.core.voicing`).
+
+The chord of frame ``k`` is sampled from the model's answer to the window of frames
+``..k-1``. Frame ``k - 1`` is only complete at tick ``k``, so the engine computes ahead:
+
+1. right after tick ``k - 1`` it snapshots the window with a *provisional* frame ``k - 1``
+   (keys held now are assumed held to the end of the frame) and runs inference + sampling
+   in a dedicated worker thread (:class:`FrameCore.compute` is pure computation);
+2. every input event that changes the frames bumps a version number; when the worker is
+   done and the version moved, it computes again with the new snapshot ("recompute only if
+   input arrives late");
+3. at tick ``k`` a dedicated tick thread, woken on the absolute deadline, takes the result
+   prepared for frame ``k``, voices it and writes the messages. Decision latency is the time
+   from the deadline to the last message of the frame written.
+
+A result computed from an older version is still played (it is on time and misses at most
+the last few milliseconds of input); it is counted as ``stale_frames``. When no result for
+frame ``k`` is ready at the tick, the machine holds what it plays and ``late_frames`` counts
+it; a result that arrives after its tick is dropped (``late_results``), never played late.
+The asyncio loop never waits for the worker or the tick thread.
+
+Echo guard: an incoming note-on (note-off) with the pitch of a note-on (note-off) the engine
+sent within ``echo_window_ns`` (30 ms) is dropped, so a routing loop that feeds the output
+back into the input doesn't teach the model its own playing (Notochord does the same).
+
+Every note-on gets its note-off: on chord changes, mode changes, model swaps, stop, panic,
+and in ``finally`` when the tick thread or the engine task fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from musicgend.core.clock import NS_PER_S, Clock, FrameGrid
+from musicgend.core.modes import CallResponseSettings, Mode, ModeMachine
+from musicgend.core.pianoroll import PEDAL_CC, StreamQuantiser
+from musicgend.core.tokens import PitchSet, pitches_from_token
+from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
+from musicgend.core.voicing import MidiBytes, Voicer, VoicingSettings
+from musicgend.core.window import WINDOW_FRAMES, RollingWindow
+
+log = logging.getLogger(__name__)
+
+ECHO_WINDOW_NS = 30_000_000
+LATENCY_SAMPLES = 20_000
+
+
+# -- seams ---------------------------------------------------------------------------------
+
+
+class Predictor(Protocol):
+    """One forward pass: a window of token ids ``(window,) int32`` → ``(V,)`` probabilities."""
+
+    def predict(self, window: np.ndarray) -> np.ndarray: ...
+
+
+class TokenSampler(Protocol):
+    """Draws the next token id from probabilities (``prev_id``: the chord that sounds)."""
+
+    def sample(self, probs: np.ndarray, prev_id: int) -> int: ...
+
+
+class MidiOut(Protocol):
+    """Where the machine's messages go (the output port). Must not block for long."""
+
+    def send(self, message: MidiBytes) -> None: ...
+
+
+class EventLog(Protocol):
+    """The session journal: every human and machine message with its monotonic time."""
+
+    def human(self, t_ns: int, message: MidiBytes) -> None: ...
+
+    def machine(self, t_ns: int, message: MidiBytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for the engine: its predictor, vocabulary and a name for status."""
+
+    predictor: Predictor
+    vocab: Vocab
+    name: str
+    runtime: str = ""
+
+    def warm_up(self, window_frames: int = WINDOW_FRAMES) -> None:
+        """One inference and the vocabulary's nearest-chord table, before the first tick."""
+        self.predictor.predict(np.full(window_frames, SILENCE_ID, dtype=np.int32))
+        self.vocab.nearest({60, 61, 62, 63, 64})
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Everything about playing that can change while the engine runs."""
+
+    mode: Mode = Mode.ACCOMPANY
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    density: float = 1.0
+    hold_bias: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.temperature <= 10.0:
+            raise ValueError(f"temperature must be in (0, 10], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.density <= 1.0:
+            raise ValueError(f"density must be in [0, 1], got {self.density}")
+        if not 0.0 <= self.hold_bias <= 10.0:
+            raise ValueError(f"hold_bias must be in [0, 10], got {self.hold_bias}")
+
+    def updated(self, **changes: Any) -> EngineParams:
+        """A copy with ``changes`` applied and checked; unknown names raise ValueError."""
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r}")
+        if "mode" in changes and not isinstance(changes["mode"], Mode):
+            changes["mode"] = Mode.parse(str(changes["mode"]))
+        for name in ("temperature", "top_p", "density", "hold_bias"):
+            if name in changes:
+                changes[name] = _number(name, changes[name], float)
+        if "top_k" in changes:
+            changes["top_k"] = _number("top_k", changes["top_k"], int)
+        if changes.get("seed") is not None:
+            changes["seed"] = _number("seed", changes["seed"], int)
+        return replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "density": self.density,
+            "hold_bias": self.hold_bias,
+            "seed": self.seed,
+        }
+
+
+def _number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is int and float(value) != int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return kind(value)
+
+
+CC_PARAMS = ("temperature", "top_p", "top_k", "density", "hold_bias", "mode")
+_MODES = tuple(Mode)
+
+
+def cc_value(param: str, value: int) -> Any:
+    """A controller value 0..127 as a parameter value.
+
+    temperature 0.05..2.0, top_p 0.01..1, top_k 0..127 (0 = off), density 0..1,
+    hold_bias 0..5, mode: thirds of the range → accompany, call-response, solo.
+    """
+    x = max(0, min(127, value)) / 127
+    if param == "temperature":
+        return 0.05 + 1.95 * x
+    if param == "top_p":
+        return max(0.01, x)
+    if param == "top_k":
+        return max(0, min(127, value))
+    if param == "density":
+        return x
+    if param == "hold_bias":
+        return 5.0 * x
+    if param == "mode":
+        return _MODES[min(len(_MODES) - 1, value * len(_MODES) // 128)]
+    raise ValueError(f"parameter {param!r} can't be bound to a CC (choose from {CC_PARAMS})")
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def percentiles_ms(samples_ns: Iterable[int]) -> dict[str, float | None]:
+    values = np.fromiter(samples_ns, dtype=np.int64)
+    if values.size == 0:
+        return {"p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {
+        "p50": round(float(p50) / 1e6, 4),
+        "p99": round(float(p99) / 1e6, 4),
+        "max": round(float(values.max()) / 1e6, 4),
+    }
+
+
+@dataclass
+class EngineMetrics:
+    """Counters and recent timings. Written by the tick/worker threads, read anywhere."""
+
+    frames: int = 0
+    late_frames: int = 0
+    stale_frames: int = 0
+    late_results: int = 0
+    missed_ticks: int = 0
+    inference_errors: int = 0
+    echo_dropped: int = 0
+    input_events: int = 0
+    ignored_input: int = 0
+    recomputes: int = 0
+    latency_ns: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
+    )
+    inference_ns: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
+    )
+    last_tick_ns: int = 0
+    last_frame_late: bool = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "frame_latency_ms": percentiles_ms(list(self.latency_ns)),
+            "inference_ms": percentiles_ms(list(self.inference_ns)),
+            "late_frames": self.late_frames,
+            "stale_frames": self.stale_frames,
+            "late_results": self.late_results,
+            "missed_ticks": self.missed_ticks,
+            "inference_errors": self.inference_errors,
+            "input_events": self.input_events,
+            "echo_dropped": self.echo_dropped,
+            "ignored_input": self.ignored_input,
+            "recomputes": self.recomputes,
+        }
+
+
+# -- the frame logic (no threads, no clock: testable step by step) -------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot to compute: the window that predicts ``frame``."""
+
+    frame: int
+    version: int
+    window: np.ndarray
+    prev_id: int
+    model: LoadedModel
+    sampler: TokenSampler
+
+
+@dataclass(frozen=True)
+class Result:
+    frame: int
+    version: int
+    token_id: int
+    chord: PitchSet
+    model: LoadedModel
+    infer_ns: int
+
+
+SamplerFactory = Callable[[EngineParams], TokenSampler]
+
+
+class FrameCore:
+    """The engine's state and its frame logic. Not thread-safe: :class:`Engine` locks it.
+
+    Frame indices are absolute grid frames. :meth:`tick` commits frame ``k`` and
+    :meth:`job` snapshots the window that predicts the next frame.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        grid: FrameGrid,
+        sampler_factory: SamplerFactory,
+        params: EngineParams | None = None,
+        voicing: VoicingSettings | None = None,
+        call: CallResponseSettings | None = None,
+        cc_bindings: Mapping[int, str] | None = None,
+        window_frames: int = WINDOW_FRAMES,
+        echo_window_ns: int = ECHO_WINDOW_NS,
+        metrics: EngineMetrics | None = None,
+        on_params: Callable[[EngineParams], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.grid = grid
+        self.params = params or EngineParams()
+        self._sampler_factory = sampler_factory
+        self.sampler = sampler_factory(self.params)
+        base_voicing = voicing or VoicingSettings()
+        self.voicer = Voicer(replace(base_voicing, density=self.params.density))
+        self.modes = ModeMachine(self.params.mode, call)
+        self.cc_bindings = dict(cc_bindings or {})
+        for number, name in self.cc_bindings.items():
+            if name not in CC_PARAMS or not 0 <= number <= 119:
+                raise ValueError(f"bad CC binding {number} → {name!r}")
+        self.window_frames = window_frames
+        self.echo_window_ns = echo_window_ns
+        self.metrics = metrics or EngineMetrics()
+        self.on_params = on_params
+        self.quantiser = StreamQuantiser(fs=round(grid.fs))
+        self._rng = random.Random(self.params.seed)
+        self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
+        self.window = RollingWindow(window_frames)
+        self.next_frame = 0
+        self.frame_done = -1  # last frame pushed into the window
+        self.machine_prev: PitchSet = frozenset()  # the model chord of frame next_frame - 1
+        self.version = 0
+        self.result: Result | None = None
+        self.playing = True
+        self.pending_model: LoadedModel | None = None
+        self._last_input_ns = grid.t0_ns
+        self._onset_frames: collections.deque[int] = collections.deque(maxlen=64)
+        self._sent_on_ns: dict[int, int] = {}
+        self._echo_open: set[int] = set()
+        self._pending_human: PitchSet = frozenset()
+
+    # -- input ------------------------------------------------------------------------------
+    def start_at(self, frame: int) -> None:
+        """The first frame to commit (frames before it are silence in the window)."""
+        self.next_frame = frame
+        self.frame_done = frame - 2
+        self.version += 1
+
+    def on_input(self, t_ns: int, message: MidiBytes) -> tuple[bool, list[MidiBytes]]:
+        """A human message. Returns (log it: not an echo, messages to send at once)."""
+        if not message:
+            return False, []
+        status = message[0] & 0xF0
+        if status in (0x80, 0x90) and len(message) >= 3:
+            pitch, velocity = message[1] & 0x7F, message[2] & 0x7F
+            is_on = status == 0x90 and velocity > 0
+            if is_on:
+                sent = self._sent_on_ns.get(pitch)
+                if sent is not None and 0 <= t_ns - sent <= self.echo_window_ns:
+                    self._echo_open.add(pitch)
+                    self.metrics.echo_dropped += 1
+                    return False, []
+            elif pitch in self._echo_open:  # the release of an echoed note
+                self._echo_open.discard(pitch)
+                self.metrics.echo_dropped += 1
+                return False, []
+            t_s = self._time_s(t_ns)
+            self.metrics.input_events += 1
+            self.version += 1
+            if not is_on:
+                self.quantiser.note_off(t_s, pitch)
+                return True, []
+            self.quantiser.note_on(t_s, pitch, velocity)
+            self._onset_frames.append(self.grid.frame_at(t_ns))
+            if self.modes.human_note_on():
+                return True, self.voicer.release()
+            return True, []
+        if status == 0xB0 and len(message) >= 3:
+            number, value = message[1] & 0x7F, message[2] & 0x7F
+            self.metrics.input_events += 1
+            if number == PEDAL_CC:
+                self.quantiser.control_change(self._time_s(t_ns), number, value)
+                self.version += 1
+            name = self.cc_bindings.get(number)
+            if name is not None:
+                return True, self.set_params(**{name: cc_value(name, value)})
+            return True, []
+        self.metrics.ignored_input += 1
+        return True, []
+
+    def _time_s(self, t_ns: int) -> float:
+        # the quantiser needs time order and non-negative times
+        self._last_input_ns = max(self._last_input_ns, t_ns)
+        return self.grid.seconds(self._last_input_ns)
+
+    # -- control ----------------------------------------------------------------------------
+    def set_params(self, **changes: Any) -> list[MidiBytes]:
+        """Apply parameter changes (checked); returns note-offs if the mode changed."""
+        params = self.params.updated(**changes)
+        messages: list[MidiBytes] = []
+        if params.mode != self.params.mode and self.modes.set_mode(params.mode):
+            messages = self.voicer.release()
+        if params.density != self.params.density:
+            self.voicer.configure(replace(self.voicer.settings, density=params.density))
+        sampler_keys = ("temperature", "top_p", "top_k", "hold_bias", "seed")
+        if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
+            self.sampler = self._sampler_factory(params)
+        if params.seed != self.params.seed and params.seed is not None:
+            self._rng = random.Random(params.seed)
+        self.params = params
+        self.version += 1
+        if self.on_params is not None:
+            self.on_params(params)
+        return messages
+
+    def configure_voicing(self, settings: VoicingSettings) -> list[MidiBytes]:
+        self.version += 1
+        return self.voicer.configure(replace(settings, density=self.params.density))
+
+    def release(self) -> list[MidiBytes]:
+        self.version += 1
+        return self.voicer.release()
+
+    def panic(self) -> list[MidiBytes]:
+        self.version += 1
+        return self.voicer.panic()
+
+    def set_playing(self, playing: bool) -> list[MidiBytes]:
+        self.playing = playing
+        self.version += 1
+        return [] if playing else self.voicer.release()
+
+    # -- computing ahead --------------------------------------------------------------------
+    def _human_frame(self, k: int) -> PitchSet:
+        # "now" = just past the end of frame k: keys still down count as held through it
+        end_s = (k + 1) / self.quantiser.fs + 1e-6
+        return self.quantiser.frame(k, end_s)
+
+    def _frame_id(self, human: PitchSet, machine: PitchSet) -> int:
+        chord = (human | machine) if self.modes.hears_human else machine
+        return self.model.vocab.nearest(chord)
+
+    def job(self) -> Job | None:
+        """The snapshot that predicts ``next_frame`` (None before the window is ready)."""
+        k = self.next_frame - 1  # the frame still in progress
+        if self.frame_done != k - 1:
+            return None
+        provisional = self._frame_id(self._human_frame(k), self.voicer.chord)
+        window = self.window.array()
+        window[:-1] = window[1:]
+        window[-1] = provisional
+        prev_id = self.model.vocab.nearest(self.voicer.chord)
+        return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
+
+    @staticmethod
+    def compute(job: Job) -> Result:
+        """Inference and sampling for a job (runs in the worker thread; pure computation)."""
+        t0 = time.perf_counter_ns()
+        probs = np.asarray(job.model.predictor.predict(job.window), dtype=np.float64)
+        infer_ns = time.perf_counter_ns() - t0
+        probs = probs.copy()
+        probs[UNK_ID] = 0.0  # <unk> names no chord: it can't be played
+        total = probs.sum()
+        if not np.isfinite(total) or total <= 0:
+            token_id = SILENCE_ID
+        else:
+            token_id = int(job.sampler.sample(probs / total, job.prev_id))
+        if token_id == UNK_ID or not 0 <= token_id < len(job.model.vocab):
+            token_id = SILENCE_ID
+        chord = pitches_from_token(job.model.vocab.token(token_id))
+        return Result(job.frame, job.version, token_id, chord, job.model, infer_ns)
+
+    def offer(self, result: Result) -> bool:
+        """A finished result. Kept if it is for the frame to come, else dropped as late."""
+        self.metrics.inference_ns.append(result.infer_ns)
+        if result.frame != self.next_frame or result.model is not self.model:
+            self.metrics.late_results += 1
+            return False
+        if self.result is None or result.version >= self.result.version:
+            self.result = result
+        return True
+
+    # -- the tick ---------------------------------------------------------------------------
+    def tick(self, k: int) -> list[MidiBytes]:
+        """Commit frame ``k``: decide and voice its chord. Cheap: no inference here."""
+        if k < self.next_frame:
+            raise ValueError(f"frame {k} was already committed (next is {self.next_frame})")
+        if k > self.next_frame:  # the tick thread missed frames: they stay as they were
+            self.metrics.missed_ticks += k - self.next_frame
+            self._catch_up(k)
+        messages: list[MidiBytes] = []
+        swapped = self.pending_model is not None
+        if self.pending_model is not None:
+            messages += self.voicer.release()
+            self._swap(self.pending_model)
+            self.pending_model = None
+        human_prev = self._human_frame(k - 1)
+        active = bool(human_prev) or (k - 1) in self._onset_frames
+        plays = self.modes.end_frame(active) and self.playing
+        result, self.result = self.result, None
+        self.metrics.frames += 1
+        late = False
+        if result is not None and result.frame != k:
+            result = None
+        if not plays:
+            messages += self.voicer.release()
+        elif result is None:
+            late = not swapped  # right after a swap the pause is on purpose
+            self.metrics.late_frames += late
+            messages += self.voicer.step(self.voicer.chord, 0.0)  # hold (max-hold applies)
+        else:
+            if result.version != self.version:
+                self.metrics.stale_frames += 1
+            messages += self.voicer.step(result.chord, self._rng.random())
+        self.metrics.last_frame_late = late
+        self._pending_human = human_prev
+        self.next_frame = k + 1
+        return messages
+
+    def after_tick(self, k: int) -> None:
+        """Push frame ``k - 1`` into the window (after the messages are out)."""
+        if self.frame_done < k - 1:
+            self.window.push(self._frame_id(self._pending_human, self.machine_prev))
+            self.history.append(self._pending_human | self.machine_prev)
+            self.frame_done = k - 1
+        self.machine_prev = self.voicer.chord
+        self.version += 1
+
+    def _catch_up(self, k: int) -> None:
+        while self.frame_done < k - 2:
+            j = self.frame_done + 1
+            human = self._human_frame(j)
+            self.window.push(self._frame_id(human, self.machine_prev))
+            self.history.append(human | self.machine_prev)
+            self.frame_done = j
+        self.next_frame = k
+        self.result = None
+
+    def note_sent(self, t_ns: int, message: MidiBytes) -> None:
+        """Remember the machine's note-ons, for the echo guard."""
+        if message[0] & 0xF0 == 0x90 and message[2] > 0:
+            self._sent_on_ns[message[1]] = t_ns
+
+    # -- model swap -------------------------------------------------------------------------
+    def _swap(self, model: LoadedModel) -> None:
+        self.model = model
+        self.result = None
+        ids = [model.vocab.nearest(chord) for chord in self.history]
+        self.window = RollingWindow(self.window_frames, initial=ids)
+        self.version += 1
+
+
+# -- the control interface other parts (MQTT, CLI) use ---------------------------------------
+
+
+class EngineControl(Protocol):
+    """What the MQTT control (and anything else) may do with a running engine.
+
+    All methods are called from the asyncio loop thread and return quickly.
+    ``set_params`` raises ``ValueError`` naming the parameter on a bad value; ``load_model``
+    raises :class:`~musicgend.errors.ModelError` on a bad model (the old one keeps playing).
+    """
+
+    def start(self) -> None:
+        """Resume playing (the engine starts playing by default)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop playing: release every note; input is still heard and logged."""
+        ...
+
+    def panic(self) -> None:
+        """Note-off for every sounding note, CC64 = 0 and CC123 on all 16 channels."""
+        ...
+
+    def set_params(self, **params: Any) -> None:
+        """Change ``mode``, ``temperature``, ``top_p``, ``top_k``, ``density``,
+        ``hold_bias``, ``seed``."""
+        ...
+
+    async def load_model(self, path: str | Path) -> None:
+        """Load a model directory and swap it in at the next frame boundary."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """``online``, ``playing``, ``mode``, ``model``, ``runtime``, ``params``,
+        ``session``."""
+        ...
+
+    def metrics(self) -> dict[str, Any]:
+        """Frame latency percentiles, late frames, dropped input and more counters."""
+        ...
+
+
+ModelLoader = Callable[[Path], LoadedModel]
+
+
+class MonotonicClock:
+    """``time.monotonic_ns`` and a precise wait: sleep until shortly before the deadline,
+    then spin. ``stop`` interrupts a wait."""
+
+    def __init__(self, stop: threading.Event | None = None, spin_ns: int = 1_000_000) -> None:
+        self.stop = stop or threading.Event()
+        self.spin_ns = spin_ns
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def wait_until_ns(self, deadline_ns: int) -> bool:
+        while True:
+            remaining = deadline_ns - time.monotonic_ns()
+            if remaining <= 0:
+                return not self.stop.is_set()
+            if remaining > self.spin_ns:
+                if self.stop.wait((remaining - self.spin_ns) / NS_PER_S):
+                    return False
+            elif self.stop.is_set():
+                return False
+
+
+def _try_realtime_priority() -> str:
+    """Give the calling thread SCHED_FIFO if allowed; returns what it got."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (AttributeError, OSError):
+        return "normal"
+    return "fifo"
+
+
+class Engine:
+    """Runs a :class:`FrameCore` in real time: a tick thread commits frames on their
+    deadlines, one worker thread computes ahead, the asyncio loop feeds input and control.
+
+    Use :meth:`run` as a task; :meth:`feed` for every incoming message. Implements
+    :class:`EngineControl`.
+    """
+
+    def __init__(
+        self,
+        core: FrameCore,
+        out: MidiOut,
+        *,
+        clock: Clock | None = None,
+        journal: EventLog | None = None,
+        loader: ModelLoader | None = None,
+        session_info: Callable[[], Any] | None = None,
+    ) -> None:
+        self.core = core
+        self.out = out
+        self._stop = threading.Event()
+        self.clock: Clock = clock or MonotonicClock(self._stop)
+        self.journal = journal
+        self.loader = loader
+        self.session_info = session_info
+        self.lock = threading.Lock()
+        self._journal_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="musicgend-infer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight = False
+        self._rerun = False
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._done: asyncio.Event | None = None
+        self.priority = "normal"
+        self.online = False
+
+    # -- sending ----------------------------------------------------------------------------
+    def _send_locked(self, messages: list[MidiBytes]) -> int:
+        """Write messages (lock held); returns the time the last one was written."""
+        for message in messages:
+            self.out.send(message)
+        now = self.clock.now_ns()
+        for message in messages:
+            self.core.note_sent(now, message)
+        return now
+
+    def _journal_machine(self, t_ns: int, messages: list[MidiBytes]) -> None:
+        if self.journal is not None and messages:
+            with self._journal_lock:
+                for message in messages:
+                    self.journal.machine(t_ns, message)
+
+    def _emit(self, messages: list[MidiBytes]) -> None:
+        """Send messages from the loop thread (lock held by the caller)."""
+        if messages:
+            t = self._send_locked(messages)
+            self._journal_machine(t, messages)
+
+    # -- input ------------------------------------------------------------------------------
+    def feed(self, t_ns: int, message: MidiBytes) -> None:
+        """One incoming message with its monotonic receive time (loop thread)."""
+        with self.lock:
+            accepted, immediate = self.core.on_input(t_ns, message)
+            self._emit(immediate)
+        if accepted and self.journal is not None:
+            with self._journal_lock:
+                self.journal.human(t_ns, message)
+        if accepted:
+            self._schedule()
+
+    # -- computing ahead --------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if self._loop is None or self._stop.is_set():
+            return
+        if self._inflight:
+            self._rerun = True
+            return
+        with self.lock:
+            job = self.core.job()
+        if job is None:
+            return
+        self._inflight = True
+        self._rerun = False
+        future = self._executor.submit(FrameCore.compute, job)
+        loop = self._loop
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_result, f, job))
+
+    def _on_result(self, future: Future[Result], job: Job) -> None:
+        self._inflight = False
+        try:
+            result = future.result()
+        except Exception:
+            self.core.metrics.inference_errors += 1
+            log.exception("inference failed for frame %d", job.frame)
+            return
+        with self.lock:
+            kept = self.core.offer(result)
+            moved = self.core.version != result.version or self.core.next_frame != result.frame
+        if (kept and moved) or self._rerun:
+            if kept:
+                self.core.metrics.recomputes += 1
+            self._schedule()
+
+    def _after_tick(self) -> None:
+        self._schedule()
+
+    # -- the tick thread --------------------------------------------------------------------
+    def _tick_loop(self, first_frame: int) -> None:
+        self.priority = _try_realtime_priority()
+        grid = self.core.grid
+        k = first_frame
+        metrics = self.core.metrics
+        loop = self._loop
+        assert loop is not None
+        try:
+            while not self._stop.is_set():
+                deadline = grid.deadline_ns(k)
+                if not self.clock.wait_until_ns(deadline):
+                    break
+                with self.lock:
+                    messages = self.core.tick(k)
+                    sent_ns = self._send_locked(messages)
+                metrics.latency_ns.append(sent_ns - deadline)
+                metrics.last_tick_ns = sent_ns
+                self._journal_machine(sent_ns, messages)
+                with self.lock:
+                    self.core.after_tick(k)
+                loop.call_soon_threadsafe(self._after_tick)
+                k += 1
+                now = self.clock.now_ns()
+                if now >= grid.deadline_ns(k + 1):  # overslept past a whole frame
+                    k = grid.frame_at(now)
+        except BaseException as exc:
+            self._failure = exc
+            log.exception("tick thread failed")
+        finally:
+            with contextlib.suppress(Exception), self.lock:
+                self._emit(self.core.release())
+            if self._done is not None:
+                loop.call_soon_threadsafe(self._done.set)
+
+    async def run(self) -> None:
+        """Run until cancelled or :meth:`close`. On any exit every machine note is released."""
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        await asyncio.to_thread(self.core.model.warm_up, self.core.window_frames)
+        grid = self.core.grid
+        first = max(1, grid.next_frame(self.clock.now_ns()))
+        with self.lock:
+            self.core.start_at(first)
+        self.online = True
+        self._thread = threading.Thread(
+            target=self._tick_loop, args=(first,), name="musicgend-tick", daemon=True
+        )
+        self._thread.start()
+        self._schedule()
+        try:
+            await self._done.wait()
+            if self._failure is not None:
+                raise RuntimeError("the engine's tick thread failed") from self._failure
+        finally:
+            self.online = False
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the tick thread and release the machine's notes (idempotent)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            await asyncio.to_thread(thread.join, 5.0)
+        with self.lock:
+            self._emit(self.core.release())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown_messages(self) -> list[MidiBytes]:
+        """Panic messages for the final stop (note-offs, CC64 = 0, CC123 × 16); sent too."""
+        with self.lock:
+            messages = self.core.panic()
+            self._emit(messages)
+        return messages
+
+    # -- EngineControl ----------------------------------------------------------------------
+    def start(self) -> None:
+        with self.lock:
+            self._emit(self.core.set_playing(True))
+        self._schedule()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._emit(self.core.set_playing(False))
+
+    def panic(self) -> None:
+        with self.lock:
+            self._emit(self.core.panic())
+        self._schedule()
+
+    def set_params(self, **params: Any) -> None:
+        with self.lock:
+            self._emit(self.core.set_params(**params))
+        self._schedule()
+
+    async def load_model(self, path: str | Path) -> None:
+        if self.loader is None:
+            raise ValueError("this engine has no model loader")
+        model = await asyncio.to_thread(self.loader, Path(path))
+        await asyncio.to_thread(model.warm_up, self.core.window_frames)
+        with self.lock:
+            self.core.pending_model = model
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            "online": self.online,
+            "playing": core.playing,
+            "mode": core.params.mode.value,
+            "model": core.model.name,
+            "runtime": core.model.runtime,
+            "params": core.params.public(),
+            "session": None if self.session_info is None else self.session_info(),
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        data = self.core.metrics.snapshot()
+        data["priority"] = self.priority
+        return data
+
+    def frames_on_time(self, within_ns: int | None = None) -> bool:
+        """True while ticks keep coming and the last frame was not late (for the watchdog)."""
+        m = self.core.metrics
+        window = within_ns if within_ns is not None else 2 * self.core.grid.frame_ns
+        if m.frames == 0 or self._stop.is_set():
+            return False
+        return self.clock.now_ns() - m.last_tick_ns <= window and not m.last_frame_late

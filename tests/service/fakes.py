@@ -1,0 +1,104 @@
+"""Fakes for engine unit tests: a predictor that favours chosen tokens, an argmax sampler,
+a recording MIDI output, and a clock the test steps frame by frame."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from musicgend.core.tokens import token_from_pitches
+from musicgend.core.vocab import Vocab
+from musicgend.core.voicing import MidiBytes
+from musicgend.service.engine import EngineParams, LoadedModel
+
+CHORDS = [{60, 64, 67}, {62, 65, 69}, {59, 62, 67}, {60}, {48, 60}, {57, 60, 64}]
+
+
+def small_vocab() -> Vocab:
+    counts = {"e": 10}
+    for i, chord in enumerate(CHORDS):
+        counts[token_from_pitches(chord)] = 20 - i
+    return Vocab.from_counts(counts)
+
+
+class ScriptedPredictor:
+    """Puts almost all mass on ``script[n % len]`` for the n-th call; records windows."""
+
+    def __init__(self, vocab: Vocab, script: list[str]) -> None:
+        self.vocab = vocab
+        self.script = script
+        self.calls = 0
+        self.windows: list[np.ndarray] = []
+
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        self.windows.append(window.copy())
+        probs = np.full(len(self.vocab), 1e-6)
+        probs[self.vocab.id(self.script[self.calls % len(self.script)])] = 1.0
+        self.calls += 1
+        return probs / probs.sum()
+
+
+class ArgmaxSampler:
+    def __init__(self, params: EngineParams) -> None:
+        self.params = params
+
+    def sample(self, probs: np.ndarray, prev_id: int) -> int:
+        return int(np.argmax(probs))
+
+
+def model(script: list[str], name: str = "fake") -> tuple[LoadedModel, ScriptedPredictor]:
+    vocab = small_vocab()
+    predictor = ScriptedPredictor(vocab, script)
+    return LoadedModel(predictor, vocab, name, "fake"), predictor
+
+
+class RecordingOut:
+    def __init__(self) -> None:
+        self.sent: list[MidiBytes] = []
+        self.lock = threading.Lock()
+
+    def send(self, message: MidiBytes) -> None:
+        with self.lock:
+            self.sent.append(tuple(message))
+
+
+class StepClock:
+    """``wait_until_ns`` blocks until the test has released time up to the deadline."""
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self._now = start_ns
+        self._allowed = start_ns
+        self._cond = threading.Condition()
+        self.stopped = False
+        self.waiting_for: int | None = None
+
+    def now_ns(self) -> int:
+        with self._cond:
+            return self._now
+
+    def release_until(self, t_ns: int) -> None:
+        with self._cond:
+            self._allowed = max(self._allowed, t_ns)
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.stopped = True
+            self._cond.notify_all()
+
+    def wait_until_ns(self, deadline_ns: int) -> bool:
+        with self._cond:
+            self.waiting_for = deadline_ns
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self.stopped or self._allowed >= deadline_ns, 10.0)
+            if self.stopped:
+                return False
+            self._now = max(self._now, deadline_ns)
+            self.waiting_for = None
+            return True
+
+    def wait_waiting(self, deadline_ns: int, timeout_s: float = 5.0) -> bool:
+        """Block the test until the tick thread waits for ``deadline_ns``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.waiting_for == deadline_ns, timeout_s)

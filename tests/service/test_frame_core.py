@@ -1,0 +1,237 @@
+"""FrameCore step by step: no threads, no clock, no sleeps."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from musicgend.core.clock import FrameGrid
+from musicgend.core.modes import CallResponseSettings, Mode
+from musicgend.core.tokens import pitches_from_token, token_from_pitches
+from musicgend.core.voicing import VoicingSettings, note_off, note_on
+from musicgend.service.engine import EngineParams, FrameCore, cc_value
+from tests.service.fakes import ArgmaxSampler, model
+
+F = 200_000_000  # ns per frame
+C, DM, G = "60,64,67", "62,65,69", "59,62,67"
+
+
+def make_core(script: list[str], **kw) -> tuple[FrameCore, object]:
+    m, predictor = model(script)
+    core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler, **kw)
+    core.start_at(1)
+    return core, predictor
+
+
+def frame(core: FrameCore, compute: bool = True) -> list:
+    """One frame the way the engine runs it: compute ahead, tick, push."""
+    k = core.next_frame
+    if compute:
+        job = core.job()
+        assert job is not None
+        core.offer(FrameCore.compute(job))
+    messages = core.tick(k)
+    core.after_tick(k)
+    return messages
+
+
+def test_computed_chord_is_played_on_the_tick_offs_before_ons() -> None:
+    core, _ = make_core([C, DM])
+    assert frame(core) == [note_on(0, 60, 80), note_on(0, 64, 80), note_on(0, 67, 80)]
+    assert frame(core) == [
+        note_off(0, 60),
+        note_off(0, 64),
+        note_off(0, 67),
+        note_on(0, 62, 80),
+        note_on(0, 65, 80),
+        note_on(0, 69, 80),
+    ]
+    assert core.metrics.frames == 2
+    assert core.metrics.late_frames == 0
+
+
+def test_no_result_at_the_tick_holds_and_counts_a_late_frame() -> None:
+    core, _ = make_core([C])
+    frame(core)
+    assert frame(core, compute=False) == []  # holds C
+    assert core.voicer.chord == pitches_from_token(C)
+    assert core.metrics.late_frames == 1
+
+
+def test_a_result_after_its_tick_is_dropped_not_played() -> None:
+    core, _ = make_core([C, DM])
+    job = core.job()
+    assert job is not None
+    core.tick(1)  # the tick came first
+    core.after_tick(1)
+    assert core.offer(FrameCore.compute(job)) is False
+    assert core.metrics.late_results == 1
+    assert core.metrics.late_frames == 1
+    assert core.voicer.sounding == frozenset()
+
+
+def test_input_after_the_snapshot_makes_the_result_stale_but_on_time() -> None:
+    core, _ = make_core([C, DM])
+    job = core.job()
+    assert job is not None
+    result = FrameCore.compute(job)
+    core.on_input(50_000_000, (0x90, 72, 100))  # arrives while frame 0 is in progress
+    core.offer(result)
+    assert core.tick(1)  # still played
+    assert core.metrics.stale_frames == 1
+
+
+def test_window_holds_human_and_machine_of_each_frame() -> None:
+    core, predictor = make_core([C])
+    vocab = core.model.vocab
+    # human holds the D minor triad through frame 1 (t = 0.2 .. 0.4 s)
+    for p in (62, 65, 69):
+        core.on_input(F + 1_000_000, (0x90, p, 90))
+    frame(core)  # tick 1: machine plays C during frame 1
+    for p in (62, 65, 69):
+        core.on_input(2 * F + 10_000_000, (0x80, p, 0))
+    frame(core)  # tick 2: frame 1 goes into the window
+    window = core.window.array()
+    both = pitches_from_token(C) | {62, 65, 69}
+    assert window[-1] == vocab.nearest(both)
+    # the job computed ahead for frame 2 saw the provisional frame 1 (keys held to its end)
+    assert predictor.windows[1][-1] == vocab.nearest(both)
+
+
+def test_solo_ignores_the_human_in_the_window() -> None:
+    core, _ = make_core([C], params=EngineParams(mode=Mode.SOLO))
+    core.on_input(F + 1, (0x90, 50, 90))
+    frame(core)
+    frame(core)
+    assert core.window.array()[-1] == core.model.vocab.id(C)
+
+
+def test_echo_of_own_output_is_not_heard() -> None:
+    core, _ = make_core([C])
+    messages = frame(core)
+    for m in messages:
+        core.note_sent(F, m)
+    accepted, _ = core.on_input(F + 5_000_000, (0x90, 60, 80))  # loop-back, 5 ms later
+    assert not accepted
+    accepted, _ = core.on_input(F + 6_000_000, (0x80, 60, 0))  # its release
+    assert not accepted
+    assert core.metrics.echo_dropped == 2
+    assert core.quantiser.held_pitches == frozenset()
+    accepted, _ = core.on_input(F + 60_000_000, (0x90, 60, 80))  # the human, later
+    assert accepted
+    assert core.quantiser.held_pitches == {60}
+
+
+def test_call_response_stops_at_once_when_the_human_plays() -> None:
+    call = CallResponseSettings(silence_frames=1, answer_frames=10)
+    core, _ = make_core([C], params=EngineParams(mode=Mode.CALL_RESPONSE), call=call)
+    assert frame(core) == []  # tick 1: nothing heard yet, no answer
+    core.on_input(F + 1, (0x90, 62, 90))
+    core.on_input(F + 50_000_000, (0x80, 62, 0))
+    assert frame(core) == []  # tick 2: frame 1 had the human: listening
+    assert frame(core)  # tick 3: frame 2 silent → answers
+    t = 3 * F + 1_000
+    accepted, messages = core.on_input(t, (0x90, 64, 90))
+    assert accepted
+    assert messages == [note_off(0, 60), note_off(0, 64), note_off(0, 67)]
+    assert frame(core) == []
+
+
+def test_cc_bindings_change_parameters() -> None:
+    core, _ = make_core([C], cc_bindings={21: "temperature", 22: "mode", 23: "density"})
+    core.on_input(0, (0xB0, 21, 127))
+    assert core.params.temperature == pytest.approx(2.0)
+    frame(core)
+    _, messages = core.on_input(F + 1, (0xB0, 22, 127))
+    assert core.params.mode == Mode.SOLO
+    assert messages == [note_off(0, 60), note_off(0, 64), note_off(0, 67)]  # mode change
+    core.on_input(F + 2, (0xB0, 23, 0))
+    assert core.params.density == 0.0
+    assert core.voicer.settings.density == 0.0
+    assert cc_value("mode", 0) == Mode.ACCOMPANY
+    assert cc_value("mode", 64) == Mode.CALL_RESPONSE
+    with pytest.raises(ValueError):
+        FrameCore(core.model, core.grid, ArgmaxSampler, cc_bindings={21: "volume"})
+
+
+def test_set_params_checks_values() -> None:
+    core, _ = make_core([C])
+    with pytest.raises(ValueError, match="temperature"):
+        core.set_params(temperature=0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        core.set_params(volume=3)
+    with pytest.raises(ValueError, match="unknown mode"):
+        core.set_params(mode="jazz")
+    core.set_params(mode="call-response", top_p=0.5, seed=3)
+    assert core.params.mode == Mode.CALL_RESPONSE
+    assert core.sampler.params.top_p == 0.5  # type: ignore[attr-defined]
+
+
+def test_model_swap_happens_at_a_frame_boundary_with_note_offs() -> None:
+    core, _ = make_core([C])
+    frame(core)
+    new, new_predictor = model([G], name="new")
+    core.pending_model = new
+    messages = frame(core)  # the old model's result is dropped; the new one starts clean
+    assert messages == [note_off(0, 60), note_off(0, 64), note_off(0, 67)]
+    assert core.model is new
+    assert core.metrics.late_frames == 0
+    assert frame(core) == [note_on(0, 59, 80), note_on(0, 62, 80), note_on(0, 67, 80)]
+    assert new_predictor.calls == 1
+
+
+def test_missed_ticks_catch_up_without_replaying() -> None:
+    core, _ = make_core([C])
+    frame(core)
+    messages = core.tick(5)  # the tick thread overslept frames 2..4
+    core.after_tick(5)
+    assert messages == []
+    assert core.metrics.missed_ticks == 3
+    assert core.next_frame == 6
+    assert core.frame_done == 4
+    assert core.job() is not None
+
+
+def test_every_note_on_gets_its_note_off_whatever_happens() -> None:
+    rng = random.Random(1)
+    vocab_tokens = [C, DM, G, "60", "48,60", "e"]
+    core, _ = make_core(
+        vocab_tokens, voicing=VoicingSettings(max_voices=2), params=EngineParams(density=0.7)
+    )
+    on: set[tuple[int, int]] = set()
+
+    def apply(messages: list) -> None:
+        for status, pitch, velocity in messages:
+            key = (status & 0x0F, pitch)
+            if status & 0xF0 == 0x90 and velocity:
+                assert key not in on
+                on.add(key)
+            elif status & 0xF0 in (0x80, 0x90):
+                on.discard(key)
+            elif status & 0xF0 == 0xB0 and pitch == 123:
+                on.difference_update({k for k in on if k[0] == status & 0x0F})
+
+    for _ in range(300):
+        k = core.next_frame
+        r = rng.random()
+        if r < 0.05:
+            apply(core.set_params(mode=rng.choice(list(Mode))))
+        elif r < 0.08:
+            apply(core.panic())
+        elif r < 0.1:
+            apply(core.configure_voicing(VoicingSettings(channel=rng.randrange(16))))
+        elif r < 0.3:
+            t = core.grid.deadline_ns(k - 1) + rng.randrange(F)
+            apply(core.on_input(t, (0x90, rng.randrange(50, 70), 80))[1])
+        apply(frame(core, compute=rng.random() < 0.9))
+        assert {p for _, p in on} == set(core.voicer.sounding)
+    apply(core.release())
+    assert on == set()
+
+
+def test_unk_is_never_played() -> None:
+    core, _ = make_core(["<unk>"])
+    assert frame(core) == []
+    assert core.voicer.chord == frozenset()
+    assert token_from_pitches(core.voicer.chord) == "e"
