@@ -9,7 +9,8 @@
   with an input and an output port. It records every incoming event with its absolute JACK
   frame time (cycle start + offset: frame-accurate, for jitter measurements) and plays raw
   byte strings, valid or not, as many per cycle as asked.
-- :func:`wait_until`: poll a condition with a timeout (never a blind sleep).
+- :func:`wait_until` / :func:`await_until`: poll a condition with a timeout (never a blind
+  sleep); the second from a coroutine.
 
 Use from another test module: ``from tests.jackutil import JackPeer, jackd, wait_until``.
 """
@@ -62,6 +63,22 @@ def wait_until(
         if time.monotonic_ns() > deadline_ns:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what or predicate}")
         time.sleep(interval_s)
+
+
+async def await_until(
+    predicate: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.02, what: str = ""
+) -> Any:
+    """:func:`wait_until` for coroutines: polls without blocking the event loop."""
+    import asyncio
+
+    deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic_ns() > deadline_ns:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what or predicate}")
+        await asyncio.sleep(interval_s)
 
 
 class JackPeer:

@@ -176,7 +176,10 @@ class SessionRecorder:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closed = False
-        self.recorded = 0
+        self.recorded = 0  # MIDI events handed to record()
+        self._queued = 0  # entries queued (events + metadata updates); caller's thread
+        self._flushed = 0  # entries flushed to the OS; writer thread
+        self._flushed_cond = threading.Condition()
         self.midi_path: Path | None = None
 
     @property
@@ -223,6 +226,7 @@ class SessionRecorder:
             return
         self._queue.put((t_ns - self.start_ns, _DIR_CODE[direction], bytes(data)))
         self.recorded += 1
+        self._queued += 1
 
     def human(self, data: bytes, t_ns: int) -> None:
         self.record("human", data, t_ns)
@@ -235,6 +239,14 @@ class SessionRecorder:
         self.metadata.update(values)
         if not self._closed:
             self._queue.put(("meta", time.monotonic_ns() - self.start_ns, dict(values)))
+            self._queued += 1
+
+    def sync(self, timeout_s: float = 5.0) -> bool:
+        """Block until everything recorded so far is flushed to the OS (it then survives a
+        SIGKILL). Not for the event loop; for tests and shutdown paths. False on timeout."""
+        target = self._queued
+        with self._flushed_cond:
+            return self._flushed_cond.wait_for(lambda: self._flushed >= target, timeout_s)
 
     def _writer(self, fh: Any) -> None:
         last_sync_ns = time.monotonic_ns()
@@ -266,6 +278,9 @@ class SessionRecorder:
                     fh.write("\n".join(lines) + "\n")
                     fh.flush()
                     dirty = True
+                    with self._flushed_cond:
+                        self._flushed += len(lines)
+                        self._flushed_cond.notify_all()
                 now_ns = time.monotonic_ns()
                 if dirty and (stop or now_ns - last_sync_ns >= interval_ns):
                     os.fsync(fh.fileno())

@@ -1,0 +1,128 @@
+"""Backend choice, the embedded JACK server, `musicgend ports`, and the ALSA path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from musicgend.io import jackserver
+from musicgend.io.jackserver import (
+    EmbeddedJack,
+    JackServerError,
+    alsa_sequencer_present,
+    jack_running,
+    resolve_backend,
+)
+from musicgend.io.midi import PortConfig, open_ports
+from tests.jackutil import JackPeer, jackd
+
+__all__ = ["jackd"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.jack
+def test_embedded_jack_starts_names_itself_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "previous-value")
+    with EmbeddedJack() as server:
+        assert server.running and jack_running(server.name)
+        assert os.environ["JACK_DEFAULT_SERVER"] == server.name
+        assert resolve_backend("auto").backend == "jack"
+        assert not resolve_backend("auto").embedded
+        pid = server.pid
+    assert not jack_running(server.name)
+    assert os.environ["JACK_DEFAULT_SERVER"] == "previous-value"
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.jack
+def test_embedded_jack_stops_on_exceptions() -> None:
+    with pytest.raises(RuntimeError, match="boom"), EmbeddedJack() as server:
+        raise RuntimeError("boom")
+    assert not jack_running(server.name)
+
+
+def test_missing_jackd_is_a_clear_error() -> None:
+    with pytest.raises(JackServerError, match="'no-such-jackd' not found on PATH"):
+        EmbeddedJack(jackd="no-such-jackd").start()
+
+
+@pytest.mark.jack
+def test_jackd_that_fails_to_start_is_a_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "jackd"
+    fake.write_text("#!/bin/sh\necho 'cannot open driver' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(JackServerError, match=r"exited with code 3 .*cannot open driver"):
+        EmbeddedJack(jackd=str(fake)).start()
+
+
+def test_auto_backend_without_any_server_means_embedded_jack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "musicgend-nothing-here")
+    monkeypatch.setattr(jackserver, "ALSA_SEQ_DEVICE", Path("/nonexistent/seq"))
+    choice = resolve_backend("auto")
+    assert (choice.backend, choice.embedded) == ("jack", True)
+    with pytest.raises(Exception, match="backend alsa: /nonexistent/seq does not exist"):
+        resolve_backend("alsa")
+
+
+@pytest.mark.jack
+def test_ports_command_lists_sources_and_destinations(jackd: Any) -> None:
+    async def main() -> str:
+        with open_ports(PortConfig()), JackPeer("keys"):
+            result = subprocess.run(
+                [sys.executable, "-m", "musicgend", "ports", "--json"],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    listed = json.loads(asyncio.run(main()))
+    assert listed == {
+        "backend": "jack",
+        "sources": ["keys:out", "musicgend:out"],
+        "destinations": ["keys:in", "musicgend:in"],
+    }
+
+
+def test_ports_command_without_any_backend_fails_clearly(tmp_path: Path) -> None:
+    env = dict(os.environ, JACK_DEFAULT_SERVER="musicgend-nothing-here")
+    result = subprocess.run(
+        [sys.executable, "-m", "musicgend", "ports", "--backend", "jack"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no JACK server 'musicgend-nothing-here' is running"
+
+
+@pytest.mark.skipif(
+    not alsa_sequencer_present(), reason="no ALSA sequencer (/dev/snd/seq) on this machine"
+)
+def test_alsa_ports_receive_from_another_sequencer_client() -> None:
+    import rtmidi
+
+    async def main() -> None:
+        with open_ports(PortConfig(backend="alsa", client_name="mgalsa")) as ports:
+            sender = rtmidi.MidiOut(rtmidi.API_LINUX_ALSA, name="mgalsa-test-sender")
+            names = sender.get_ports()
+            (index,) = [i for i, n in enumerate(names) if n.startswith("mgalsa:in")]
+            sender.open_port(index)
+            sender.send_message([0x90, 60, 100])
+            event = await asyncio.wait_for(ports.get(), 5)
+            assert event.data == bytes([0x90, 60, 100])
+            sender.close_port()
+
+    asyncio.run(main())

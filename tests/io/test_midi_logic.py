@@ -1,0 +1,92 @@
+"""Pure logic of the MIDI layer: message validation, echo guard, config checks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from musicgend.errors import MidiPortError
+from musicgend.io.midi import Check, EchoGuard, PortConfig, check_message
+
+VALID = [
+    b"\x90\x3c\x64",  # note-on
+    b"\x80\x3c\x00",  # note-off
+    b"\xa0\x3c\x10",  # poly aftertouch
+    b"\xbf\x40\x7f",  # CC64 channel 16
+    b"\xc5\x07",  # program change
+    b"\xd0\x40",  # channel pressure
+    b"\xe0\x00\x40",  # pitch bend
+    b"\xf0\x7e\x7f\x06\x01\xf7",  # sysex
+    b"\xf1\x10",  # MTC quarter frame
+    b"\xf2\x00\x10",  # song position
+    b"\xf3\x01",  # song select
+    b"\xf6",  # tune request
+    b"\xf8",  # clock
+    b"\xfa",  # start
+    b"\xfb",  # continue
+    b"\xfc",  # stop
+    b"\xfe",  # active sensing
+    b"\xff",  # reset
+]
+MALFORMED = [
+    b"",
+    b"\x3c\x64",  # running status (no status byte)
+    b"\x90\x3c",  # truncated
+    b"\x90\x3c\x64\x3c\x64",  # two messages sharing a status byte
+    b"\xc0\x01\x02",  # program change too long
+    b"\xf4",  # undefined
+    b"\xf5",
+    b"\xf9",
+    b"\xfd",
+    b"\xf7",  # stray end of sysex
+    b"\x90\x80\x10",  # status among data bytes
+    b"\xf0\x01\x02",  # unterminated sysex
+    b"\xf0\x01\x90\xf7",  # status inside sysex
+    b"\xf8\xf8",  # real-time with extra byte
+]
+
+
+@pytest.mark.parametrize("data", VALID, ids=lambda d: d.hex())
+def test_valid_messages_pass(data: bytes) -> None:
+    assert check_message(data) is Check.OK
+
+
+@pytest.mark.parametrize("data", MALFORMED, ids=lambda d: d.hex() or "empty")
+def test_malformed_messages_are_rejected(data: bytes) -> None:
+    assert check_message(data) is Check.MALFORMED
+
+
+def test_sysex_size_limit_counts_both_ends() -> None:
+    sysex = bytes([0xF0, *range(14), 0xF7])  # 16 bytes
+    assert check_message(sysex, max_sysex_bytes=16) is Check.OK
+    assert check_message(sysex, max_sysex_bytes=15) is Check.SYSEX_TOO_LARGE
+
+
+@given(st.binary(max_size=8))
+def test_any_bytes_get_a_verdict_matching_mido(data: bytes) -> None:
+    import mido
+
+    verdict = check_message(data)
+    if verdict is Check.OK:
+        mido.Message.from_bytes(list(data))  # mido agrees it's one valid message
+
+
+def test_echo_guard_matches_once_within_its_window() -> None:
+    guard = EchoGuard(window_ns=30_000_000)
+    guard.note_sent(b"\x90\x3c\x64", 1_000_000_000)
+    assert not guard.is_echo(b"\x90\x3d\x64", 1_010_000_000)  # other bytes
+    assert guard.is_echo(b"\x90\x3c\x64", 1_010_000_000)
+    assert not guard.is_echo(b"\x90\x3c\x64", 1_011_000_000)  # consumed: a human repeat
+    guard.note_sent(b"\x80\x3c\x00", 2_000_000_000)
+    assert not guard.is_echo(b"\x80\x3c\x00", 2_040_000_000)  # too late: not an echo
+    assert guard.recent() == []
+
+
+def test_port_config_rejects_bad_values() -> None:
+    with pytest.raises(MidiPortError, match=r"connect_in: invalid regular expression '\('"):
+        PortConfig(connect_in="(")
+    with pytest.raises(MidiPortError, match="queue_size"):
+        PortConfig(queue_size=0)
+    with pytest.raises(MidiPortError, match="client name"):
+        PortConfig(client_name="a:b")
