@@ -41,7 +41,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,17 +79,18 @@ class TokenSampler(Protocol):
 
 
 class MidiOut(Protocol):
-    """Where the machine's messages go (the output port). Must not block for long."""
+    """The output port (:class:`musicgend.io.midi.MidiPorts`). Never blocks. ``at_ns``
+    (monotonic clock) is when the message is meant to sound; None = now."""
 
-    def send(self, message: MidiBytes) -> None: ...
+    def send(self, data: bytes | Sequence[int], at_ns: int | None = None) -> None: ...
 
 
 class EventLog(Protocol):
-    """The session journal: every human and machine message with its monotonic time."""
+    """The session journal (:class:`musicgend.io.session.SessionRecorder`). Never blocks."""
 
-    def human(self, t_ns: int, message: MidiBytes) -> None: ...
+    def human(self, data: bytes, t_ns: int) -> None: ...
 
-    def machine(self, t_ns: int, message: MidiBytes) -> None: ...
+    def machine(self, data: bytes, t_ns: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,20 @@ def cc_value(param: str, value: int) -> Any:
     if param == "mode":
         return _MODES[min(len(_MODES) - 1, value * len(_MODES) // 128)]
     raise ValueError(f"parameter {param!r} can't be bound to a CC (choose from {CC_PARAMS})")
+
+
+def default_sampler(params: EngineParams) -> TokenSampler:
+    """:class:`musicgend.core.sampler.Sampler` for these parameters. ``hold_bias`` is in
+    log-probability units here (0 = none); the sampler takes the factor ``exp(hold_bias)``."""
+    from musicgend.core.sampler import Sampler, SamplerParams
+
+    sampler_params = SamplerParams(
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        hold_bias=float(np.exp(params.hold_bias)),
+    )
+    return Sampler(sampler_params, seed=params.seed)
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -337,7 +352,7 @@ class FrameCore:
         self.frame_done = frame - 2
         self.version += 1
 
-    def on_input(self, t_ns: int, message: MidiBytes) -> tuple[bool, list[MidiBytes]]:
+    def on_input(self, t_ns: int, message: Sequence[int]) -> tuple[bool, list[MidiBytes]]:
         """A human message. Returns (log it: not an echo, messages to send at once)."""
         if not message:
             return False, []
@@ -644,7 +659,6 @@ class Engine:
         self.loader = loader
         self.session_info = session_info
         self.lock = threading.Lock()
-        self._journal_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="musicgend-infer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight = False
@@ -654,22 +668,23 @@ class Engine:
         self._done: asyncio.Event | None = None
         self.priority = "normal"
         self.online = False
+        self.messages_sent = 0
 
     # -- sending ----------------------------------------------------------------------------
-    def _send_locked(self, messages: list[MidiBytes]) -> int:
+    def _send_locked(self, messages: list[MidiBytes], at_ns: int | None = None) -> int:
         """Write messages (lock held); returns the time the last one was written."""
         for message in messages:
-            self.out.send(message)
+            self.out.send(message, at_ns)
+        self.messages_sent += len(messages)
         now = self.clock.now_ns()
         for message in messages:
             self.core.note_sent(now, message)
         return now
 
     def _journal_machine(self, t_ns: int, messages: list[MidiBytes]) -> None:
-        if self.journal is not None and messages:
-            with self._journal_lock:
-                for message in messages:
-                    self.journal.machine(t_ns, message)
+        if self.journal is not None:
+            for message in messages:
+                self.journal.machine(bytes(message), t_ns)
 
     def _emit(self, messages: list[MidiBytes]) -> None:
         """Send messages from the loop thread (lock held by the caller)."""
@@ -678,14 +693,13 @@ class Engine:
             self._journal_machine(t, messages)
 
     # -- input ------------------------------------------------------------------------------
-    def feed(self, t_ns: int, message: MidiBytes) -> None:
+    def feed(self, t_ns: int, message: Sequence[int]) -> None:
         """One incoming message with its monotonic receive time (loop thread)."""
         with self.lock:
             accepted, immediate = self.core.on_input(t_ns, message)
             self._emit(immediate)
         if accepted and self.journal is not None:
-            with self._journal_lock:
-                self.journal.human(t_ns, message)
+            self.journal.human(bytes(message), t_ns)
         if accepted:
             self._schedule()
 
@@ -740,10 +754,10 @@ class Engine:
                     break
                 with self.lock:
                     messages = self.core.tick(k)
-                    sent_ns = self._send_locked(messages)
+                    sent_ns = self._send_locked(messages, deadline)
                 metrics.latency_ns.append(sent_ns - deadline)
                 metrics.last_tick_ns = sent_ns
-                self._journal_machine(sent_ns, messages)
+                self._journal_machine(deadline, messages)
                 with self.lock:
                     self.core.after_tick(k)
                 loop.call_soon_threadsafe(self._after_tick)

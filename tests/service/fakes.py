@@ -4,6 +4,7 @@ a recording MIDI output, and a clock the test steps frame by frame."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,12 +56,16 @@ def model(script: list[str], name: str = "fake") -> tuple[LoadedModel, ScriptedP
 
 class RecordingOut:
     def __init__(self) -> None:
-        self.sent: list[MidiBytes] = []
+        self.sent: list[tuple[MidiBytes, int | None]] = []
         self.lock = threading.Lock()
 
-    def send(self, message: MidiBytes) -> None:
+    def send(self, data: bytes | Sequence[int], at_ns: int | None = None) -> None:
         with self.lock:
-            self.sent.append(tuple(message))
+            self.sent.append((tuple(data), at_ns))
+
+    def messages(self) -> list[MidiBytes]:
+        with self.lock:
+            return [m for m, _ in self.sent]
 
 
 class StepClock:

@@ -1,0 +1,326 @@
+"""The daemon: ports, engine, session and MQTT as one asyncio ``TaskGroup``.
+
+:func:`run_daemon` is what ``musicgend run`` calls. It
+
+1. picks the MIDI backend (``auto``: a running JACK server, else ALSA, else a private JACK
+   server with the dummy driver that lives as long as the daemon);
+2. loads the model on the fastest TensorFlow-free runtime (``auto``);
+3. opens the ports, starts the session journal, and runs the engine, the input pump, MQTT
+   (when configured) and the systemd watchdog as tasks of one ``TaskGroup``;
+4. on SIGTERM/SIGINT: note-off for every sounding note, CC64 = 0 and CC123 on all 16
+   channels, waits until JACK has written them, finalises the session (.mid) and returns 0.
+   SIGUSR1 (and MQTT ``panic``) sends the same messages without stopping. An exception in
+   any task takes the same path (and is re-raised).
+
+systemd: ``READY=1`` once the ports exist and the first frame is scheduled; ``STATUS=``
+every few seconds; ``WATCHDOG=1`` only while frames come on time (see
+:meth:`Engine.frames_on_time`), so a stalled engine gets restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from musicgend.core.clock import FrameGrid
+from musicgend.core.modes import CallResponseSettings, Mode
+from musicgend.core.voicing import VoicingSettings
+from musicgend.errors import ConfigError, ModelError, MusicgendError
+from musicgend.service.engine import (
+    Engine,
+    EngineParams,
+    FrameCore,
+    LoadedModel,
+    default_sampler,
+)
+
+if TYPE_CHECKING:
+    from musicgend.config import Settings
+    from musicgend.io.midi import MidiPorts
+
+log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
+"""The GIL hand-over interval in the daemon: the tick thread and JACK's process callback
+never wait long for a thread that runs Python code."""
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it on a stop signal."""
+
+
+def load_model(path: Path, runtime: str = "auto") -> LoadedModel:
+    """A model directory on the chosen runtime, as the engine needs it."""
+    from musicgend.model.runtime import load_predictor
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(
+            f"{path}: model directory not found (train one with `musicgend train`, "
+            "or pass --model DIR)"
+        )
+    predictor = load_predictor(path, runtime)
+    artifact = predictor.artifact
+    if artifact.config.window_frames < 1:
+        raise ModelError(f"{path}: bad window size {artifact.config.window_frames}")
+    return LoadedModel(predictor, artifact.vocab, str(path), predictor.runtime)
+
+
+def voicing_from(settings: Settings) -> VoicingSettings:
+    midi = settings.midi
+    try:
+        return VoicingSettings(
+            channel=midi.channel - 1,
+            velocity=midi.velocity,
+            transpose=midi.transpose,
+            low=midi.lowest_pitch,
+            high=midi.highest_pitch,
+            density=settings.engine.density,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"midi: {exc}") from None
+
+
+def params_from(settings: Settings) -> EngineParams:
+    e = settings.engine
+    return EngineParams(
+        mode=Mode.parse(e.mode),
+        temperature=e.temperature,
+        top_p=e.top_p,
+        top_k=e.top_k,
+        density=e.density,
+        hold_bias=e.hold_bias,
+        seed=e.seed,
+    )
+
+
+def call_from(settings: Settings) -> CallResponseSettings:
+    cr = settings.engine.call_response
+    fs = settings.clock.fs
+    return CallResponseSettings(
+        silence_frames=max(1, math.ceil(cr.silence_s * fs - 1e-9)),
+        answer_frames=max(1, math.ceil(cr.answer_s * fs - 1e-9)),
+    )
+
+
+def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:
+    """The engine's frame logic configured from the settings."""
+    window_frames = getattr(getattr(model.predictor, "artifact", None), "config", None)
+    size = window_frames.window_frames if window_frames is not None else 50
+    return FrameCore(
+        model,
+        FrameGrid.from_fs(t0_ns, settings.clock.fs),
+        default_sampler,
+        params=params_from(settings),
+        voicing=voicing_from(settings),
+        call=call_from(settings),
+        cc_bindings={number: name for name, number in settings.engine.cc.items()},
+        window_frames=size,
+    )
+
+
+class Notifier:
+    """sd_notify when running under systemd (``$NOTIFY_SOCKET``); otherwise nothing."""
+
+    def __init__(self) -> None:
+        self._notifier: Any = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+
+            self._notifier = sdnotify.SystemdNotifier()
+        usec = os.environ.get("WATCHDOG_USEC")
+        self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
+
+    def notify(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+
+@dataclass
+class DaemonInfo:
+    """What a running daemon tells its caller (the CLI prints it, tests read it)."""
+
+    backend: str = ""
+    embedded_server: str | None = None
+    in_port: str = ""
+    out_port: str = ""
+    session_dir: Path | None = None
+    session_midi: Path | None = None
+    ports_ready_s: float | None = None
+    runtime: str = ""
+
+
+@contextlib.contextmanager
+def _backend(requested: str, info: DaemonInfo) -> Iterator[str]:
+    from musicgend.io.jackserver import EmbeddedJack, resolve_backend
+
+    choice = resolve_backend(requested)  # type: ignore[arg-type]
+    info.backend = choice.backend
+    log.info("MIDI backend %s (%s)", choice.backend, choice.reason)
+    if not choice.embedded:
+        yield choice.backend
+        return
+    os.environ.setdefault("JACK_NO_AUDIO_RESERVATION", "1")
+    with EmbeddedJack(period_frames=128) as server:
+        info.embedded_server = server.name
+        yield choice.backend
+
+
+async def _pump_input(ports: MidiPorts, engine: Engine) -> None:
+    while True:
+        event = await ports.get()
+        engine.feed(event.arrival_ns, event.data)
+
+
+async def _wait_output_drained(ports: MidiPorts, sent_before: int, n: int) -> None:
+    """Wait (at most 1 s) until the ports wrote ``n`` more messages."""
+    deadline = time.monotonic() + 1.0
+    while ports.counters.sent + ports.counters.dropped_output < sent_before + n:
+        if time.monotonic() > deadline or not ports.connected:
+            log.warning("not every final message was confirmed written")
+            return
+        await asyncio.sleep(0.005)
+
+
+async def _supervise(engine: Engine, notifier: Notifier, ports: MidiPorts) -> None:
+    """STATUS every 5 s, WATCHDOG=1 at half the watchdog interval while frames are on time."""
+    interval_s = notifier.watchdog_s / 2 if notifier.watchdog_s else 1.0
+    last_status = 0.0
+    while True:
+        await asyncio.sleep(interval_s)
+        if notifier.watchdog_s and engine.frames_on_time() and ports.connected:
+            notifier.notify("WATCHDOG=1")
+        now = time.monotonic()
+        if now - last_status >= 5.0:
+            last_status = now
+            m = engine.core.metrics
+            lat = engine.metrics()["frame_latency_ms"]
+            notifier.notify(
+                f"STATUS=mode {engine.core.params.mode.value}, frames {m.frames}, "
+                f"late {m.late_frames}, p99 {lat['p99']} ms"
+            )
+
+
+async def serve(
+    settings: Settings,
+    info: DaemonInfo,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[DaemonInfo], None] | None = None,
+) -> None:
+    """Run the daemon in the current loop until ``stop`` is set or SIGTERM/SIGINT."""
+    from musicgend.io.midi import PortConfig, open_ports
+    from musicgend.io.session import SessionRecorder
+
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    notifier = Notifier()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    model = await asyncio.to_thread(load_model, settings.engine.model, settings.engine.runtime)
+    info.runtime = model.runtime
+    midi = settings.midi
+    port_config = PortConfig(
+        backend=info.backend,  # type: ignore[arg-type]
+        client_name=midi.client_name,
+        in_port=midi.in_port,
+        out_port=midi.out_port,
+        connect_in=midi.connect_in,
+        connect_out=midi.connect_out,
+        queue_size=midi.input_queue_size,
+        max_sysex_bytes=midi.sysex_limit_bytes,
+    )
+    with ExitStack() as stack:
+        ports = stack.enter_context(open_ports(port_config, loop))
+        info.in_port, info.out_port = ports.in_port_name, ports.out_port_name
+        info.ports_ready_s = time.monotonic() - started
+        recorder: SessionRecorder | None = None
+        if settings.session.enabled:
+            recorder = SessionRecorder(
+                settings.session.dir,
+                {
+                    "model": str(settings.engine.model),
+                    "runtime": model.runtime,
+                    "settings": settings.public_dict(),
+                },
+            )
+            info.session_dir = recorder.start()
+        core = build_core(settings, model, time.monotonic_ns())
+
+        def session_info() -> str | None:
+            return None if info.session_dir is None else str(info.session_dir)
+
+        engine = Engine(
+            core,
+            ports,
+            journal=recorder,
+            loader=lambda p: load_model(p, settings.engine.runtime),
+            session_info=session_info,
+        )
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, engine.panic)
+        mqtt = None
+        if settings.mqtt.enabled:
+            from musicgend.io.mqtt import MqttControl
+
+            mqtt = MqttControl(settings.mqtt, engine)
+        old_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(engine.run(), name="engine")
+                tasks.create_task(_pump_input(ports, engine), name="midi-in")
+                tasks.create_task(_supervise(engine, notifier, ports), name="watchdog")
+                if mqtt is not None:
+                    tasks.create_task(mqtt.run(), name="mqtt")
+
+                async def until_stopped() -> None:
+                    await stop.wait()
+                    raise _Stop
+
+                tasks.create_task(until_stopped(), name="stop")
+                notifier.notify("READY=1")
+                if on_ready is not None:
+                    on_ready(info)
+        except* _Stop:
+            log.info("stopping")
+        finally:
+            notifier.notify("STOPPING=1")
+            sent_before = ports.counters.sent + ports.counters.dropped_output
+            engine_before = engine.messages_sent
+            await engine.aclose()
+            engine.shutdown_messages()
+            await _wait_output_drained(ports, sent_before, engine.messages_sent - engine_before)
+            sys.setswitchinterval(old_interval)
+            if recorder is not None:
+                info.session_midi = await asyncio.to_thread(recorder.close)
+
+
+def run_daemon(
+    settings: Settings, on_ready: Callable[[DaemonInfo], None] | None = None
+) -> DaemonInfo:
+    """``musicgend run``: start (with a private JACK server if needed), serve until a stop
+    signal, clean up. Returns what happened (ports, session files)."""
+    info = DaemonInfo()
+    try:
+        with _backend(settings.midi.backend, info):
+            asyncio.run(serve(settings, info, on_ready=on_ready))
+    except* MusicgendError as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return info
