@@ -154,6 +154,57 @@ def vocab_build(
     print(f"vocabulary    {saved} (hash {vocab.hash[:12]})")
 
 
+# -- train --------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (new or empty).")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Directory of MIDI files (searched recursively).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default 50).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted training of --out.")
+    ] = False,
+    config: Annotated[str | None, typer.Option(help="seed, musicgend, or a config .json.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch (default 64).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Adam rate (default 1e-3).")] = None,
+    augment_transpose: Annotated[
+        bool | None,
+        typer.Option("--augment-transpose/--no-augment-transpose", help="All 12 keys (train)."),
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(min=0, help="Early stop after N epochs without a better val NLL.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Split, init, shuffle seed.")] = None,
+    distributed: Annotated[
+        bool | None, typer.Option("--distributed", help="MultiWorkerMirrored from TF_CONFIG.")
+    ] = None,
+    max_pieces: Annotated[
+        int | None, typer.Option(min=3, help="Use only N pieces (quick runs).")
+    ] = None,
+    xla: Annotated[bool | None, typer.Option("--xla/--no-xla", help="XLA train step.")] = None,
+) -> None:
+    """Train a model on a MIDI corpus (split 80/10/10 by piece) and save the best epoch."""
+    from musicgend.training.train import cli_train
+
+    given = {
+        "data_dir": data,
+        "epochs": epochs,
+        "config": config,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "augment_transpose": augment_transpose,
+        "patience": patience,
+        "seed": seed,
+        "distributed": distributed,
+        "max_pieces": max_pieces,
+        "jit_compile": xla,
+    }
+    print(cli_train(out, resume, {k: v for k, v in given.items() if v is not None}))
+
+
 # -- config -------------------------------------------------------------------------------
 
 
@@ -259,6 +310,75 @@ def session_recover(
         f"{s.midi_path}: {s.human_events} human + {s.machine_events} machine events, "
         f"{s.duration_s:.1f} s, {ended}{tail}"
     )
+
+
+# -- run / demo / bench (service) ---------------------------------------------------------
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, jack or alsa.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: bundled).")] = None,
+    mode: Annotated[str | None, typer.Option(help="accompany, call-response or solo.")] = None,
+    in_port: Annotated[str | None, typer.Option("--in-port", help="Input port name.")] = None,
+    out_port: Annotated[str | None, typer.Option("--out-port", help="Output port name.")] = None,
+    connect_in: Annotated[
+        str | None, typer.Option("--connect-in", help="Regex: sources to connect (and watch).")
+    ] = None,
+    connect_out: Annotated[
+        str | None, typer.Option("--connect-out", help="Regex: destinations to connect.")
+    ] = None,
+    session_dir: Annotated[
+        Path | None, typer.Option("--session-dir", help="Where sessions are written.")
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option("--mqtt-url", help="mqtt://host[:port] for control.")
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Inference runtime: auto, numpy, litert, tf, tf-xla.")
+    ] = None,
+) -> None:
+    """Run the daemon: listen on the input port, play a chord every 200 ms on the output.
+
+    With no JACK server and no ALSA sequencer a private JACK server (dummy driver) is
+    started. SIGTERM/SIGINT: all notes off, session written, exit 0. SIGUSR1: panic.
+    """
+    import logging
+
+    from musicgend.config import load_config
+    from musicgend.service.runtime import DaemonInfo, run_daemon
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = load_config(
+        config,
+        {
+            "midi.backend": backend,
+            "engine.model": model,
+            "engine.mode": mode,
+            "midi.in_port": in_port,
+            "midi.out_port": out_port,
+            "midi.connect_in": connect_in,
+            "midi.connect_out": connect_out,
+            "session.dir": session_dir,
+            "mqtt.url": mqtt_url,
+            "engine.runtime": runtime,
+        },
+    )
+
+    def ready(info: DaemonInfo) -> None:
+        server = f" (private JACK server {info.embedded_server})" if info.embedded_server else ""
+        print(
+            f"ready: {info.backend}{server} in={info.in_port} out={info.out_port} "
+            f"runtime={info.runtime} ports ready in {info.ports_ready_s:.2f} s",
+            flush=True,
+        )
+        if info.session_dir is not None:
+            print(f"session: {info.session_dir}", flush=True)
+
+    info = run_daemon(settings, on_ready=ready)
+    if info.session_midi is not None:
+        print(f"session written: {info.session_midi}", flush=True)
 
 
 def main() -> None:
