@@ -576,7 +576,8 @@ class MqttControl:
 
     def _status_payload(self) -> str | None:
         try:
-            return json.dumps({"online": True, **self.engine.status()})
+            status = {k: v for k, v in self.engine.status().items() if k != "online"}
+            return json.dumps({"online": True, **status})
         except Exception:
             log.exception("mqtt: engine status failed")
             return None
