@@ -193,13 +193,17 @@ class EmbeddedJack:
         )
         cmd = self.command()
         cmd[0] = exe
+        # jackd gets SIGTERM when this process dies (PR_SET_PDEATHSIG): via setpriv where
+        # present (nothing runs between fork and exec), else a prctl in preexec_fn.
+        setpriv = shutil.which("setpriv")
+        launch = [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd
         self._proc = subprocess.Popen(
-            cmd,
+            launch,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,  # only prctl in the child
+            preexec_fn=None if setpriv else _die_with_parent,
         )
         deadline_ns = time.monotonic_ns() + int(self.start_timeout_s * 1e9)
         while not jack_running(self.name):
