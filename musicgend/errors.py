@@ -43,3 +43,7 @@ class MidiPortError(MusicgendError):
 
 class SessionError(MusicgendError):
     """A session journal or session directory can't be read or written."""
+
+
+class TrainingError(MusicgendError):
+    """A training run can't start, continue, or resume (bad options, state, or data)."""

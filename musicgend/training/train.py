@@ -1,0 +1,720 @@
+"""The training loop: GradientTape step in ``tf.function``, validation NLL, best checkpoint,
+resumable state, early stopping, seeded determinism, optional multi-worker training.
+
+Loop: the seed's way (``tf.GradientTape`` inside ``tf.function``), measured against
+``model.fit`` on the same tf.data by ``bench/training.py`` (the tape loop was faster on this
+machine). The step runs under a ``tf.distribute`` strategy — the default one, or
+``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` with ``distributed=True`` — so one code
+path serves both.
+
+Files: the best epoch's model goes to ``out_dir`` (:func:`~musicgend.model.artifact.save_artifact`,
+replaced atomically on every improvement, re-saved at the end with the full metadata, the
+LiteRT export and ``loss_curve.png``). The resumable state lives beside it, in
+``<parent>/.<name>.train-state`` (``save_artifact`` replaces ``out_dir`` wholesale): all model
+variables (dropout seed states included), the optimizer's variables, the epoch, history,
+early-stopping counters and the run's options, written to a new directory and swapped in
+after every epoch. The shuffle order of an epoch depends only on ``(seed, epoch)``, so an
+interrupted-and-resumed run retraces the uninterrupted one; Ctrl-C or SIGKILL loses at most
+the epoch in progress. The state is removed when training ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+from pydantic import ValidationError
+
+from musicgend.errors import ConfigError, CorpusError, TrainingError
+from musicgend.model.config import ModelConfig, preset
+from musicgend.progress import is_tty, progress
+from musicgend.training.dataset import (
+    Split,
+    TrainingData,
+    WindowIndex,
+    load_corpus,
+    prepare,
+    window_dataset,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+STATE_FORMAT = "musicgend-train-state"
+STATE_VERSION = 1
+LOSS_CURVE_PNG = "loss_curve.png"
+NLL_EPS = 1e-7
+"""Probabilities are clipped to [NLL_EPS, 1] before the log (Keras' epsilon)."""
+EVAL_BATCH = 512
+
+RESUMABLE_FIXED = (
+    "data_dir",
+    "config",
+    "batch_size",
+    "learning_rate",
+    "augment_transpose",
+    "seed",
+    "max_pieces",
+    "distributed",
+    "jit_compile",
+)
+"""Options a resumed run must share with the interrupted one."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a training run."""
+
+    data_dir: Path
+    out_dir: Path
+    config: ModelConfig = field(default_factory=lambda: preset("seed"))
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    augment_transpose: bool = False
+    patience: int = 5
+    seed: int = 0
+    distributed: bool = False
+    max_pieces: int | None = None
+    jit_compile: bool = False
+    """XLA-compile the train step (single worker only)."""
+    deterministic: bool = True
+    """``tf.config.experimental.enable_op_determinism()``."""
+
+    def __post_init__(self) -> None:
+        self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if value < (0 if name == "seed" else 1):
+                raise TrainingError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.patience < 0:
+            raise TrainingError(f"--patience must be >= 0, got {self.patience}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise TrainingError(f"--learning-rate must be > 0, got {self.learning_rate}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["data_dir"], out["out_dir"] = str(self.data_dir), str(self.out_dir)
+        out["config"] = self.config.model_dump()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainOptions:
+        data = dict(data)
+        data["config"] = ModelConfig.model_validate(data["config"])
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path | None
+    """The model directory (``None`` on a non-chief worker)."""
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_nll: float
+    stopped_early: bool
+    wall_s: float
+    windows_per_s: float
+    weights_sha256: str
+    """Digest of the final (last-epoch) weights: equal on every worker of one run."""
+
+
+# -- state directory ---------------------------------------------------------------------
+
+
+def state_dir_for(out_dir: Path) -> Path:
+    """Where the resumable state of a run writing ``out_dir`` lives."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.train-state"
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _complete_state(path: Path) -> bool:
+    return (path / "state.json").is_file()
+
+
+def find_state(out_dir: Path) -> Path | None:
+    """The newest complete state directory of ``out_dir``'s run, if any."""
+    target = state_dir_for(out_dir)
+    for candidate in (target, target.with_name(target.name + ".old")):
+        if _complete_state(candidate):
+            return candidate
+    return None
+
+
+def write_state(
+    target: Path, info: dict[str, Any], model_vars: list[np.ndarray], opt_vars: list[np.ndarray]
+) -> None:
+    """Write the state atomically: a new directory, fsynced, swapped in; state.json last."""
+    new = target.with_name(target.name + ".new")
+    if new.exists():
+        shutil.rmtree(new)
+    new.mkdir(parents=True)
+    with (new / "model.npz").open("wb") as f:
+        np.savez(f, *model_vars)
+    with (new / "optimizer.npz").open("wb") as f:
+        np.savez(f, *opt_vars)
+    (new / "state.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    for name in ("model.npz", "optimizer.npz", "state.json"):
+        _fsync_file(new / name)
+    _swap_in(new, target)
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
+    try:
+        info = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
+            raise TrainingError(f"{path}: not a musicgend training state of this version")
+        with np.load(path / "model.npz") as z:
+            model_vars = [z[f"arr_{i}"] for i in range(len(z.files))]
+        with np.load(path / "optimizer.npz") as z:
+            opt_vars = [z[f"arr_{i}"] for i in range(len(z.files))]
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainingError(f"{path}: training state is unreadable ({exc})") from None
+    return info, model_vars, opt_vars
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def device_description() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(str(details.get("device_name", gpu.name)))
+        return "GPU: " + ", ".join(names)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def weights_digest(arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def plot_loss_curve(history: list[dict[str, float]], best_epoch: int, path: Path) -> Path:
+    """Train and validation NLL per epoch as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [h["train_nll"] for h in history], "o-", label="train NLL")
+    ax.plot(epochs, [h["val_nll"] for h in history], "s-", label="validation NLL")
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats per frame)")
+    ax.set_title("musicgend training")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _is_chief(strategy: Any) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _num_workers(strategy: Any) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
+
+
+def make_strategy(distributed: bool) -> Any:
+    """MultiWorkerMirroredStrategy from TF_CONFIG, or the default strategy."""
+    import tensorflow as tf
+
+    if not distributed:
+        return tf.distribute.get_strategy()
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        raise TrainingError("--distributed needs TF_CONFIG (cluster and task) in the environment")
+    try:
+        json.loads(tf_config)
+    except ValueError as exc:
+        raise TrainingError(f"TF_CONFIG is not valid JSON: {exc}") from None
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (ValueError, RuntimeError) as exc:
+        raise TrainingError(f"can't start multi-worker training: {exc}") from None
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+class Loop:
+    """Model, optimizer and compiled steps under one strategy."""
+
+    def __init__(
+        self, strategy: Any, vocab_size: int, options: TrainOptions, *, global_batch: int
+    ) -> None:
+        import keras
+        import tensorflow as tf
+
+        from musicgend.model.bigru import build_model
+
+        self.strategy = strategy
+        self.replicas = int(strategy.num_replicas_in_sync)
+        self.global_batch = global_batch
+        with strategy.scope():
+            self.model: keras.Model = build_model(vocab_size, options.config)
+            self.optimizer = keras.optimizers.Adam(options.learning_rate)
+            self.optimizer.build(self.model.trainable_variables)
+        model, optimizer = self.model, self.optimizer
+
+        def nll(y, probs):
+            p = tf.gather(probs, tf.cast(y, tf.int32), batch_dims=1)
+            return -tf.math.log(tf.clip_by_value(p, NLL_EPS, 1.0))
+
+        def replica_train(x, y):
+            with tf.GradientTape() as tape:
+                per_example = nll(y, model(x, training=True))
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return tf.reduce_sum(per_example)
+
+        def replica_eval(x, y, w):
+            probs = model(x, training=False)
+            hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32)
+            return tf.stack(
+                [tf.reduce_sum(nll(y, probs) * w), tf.reduce_sum(hit * w), tf.reduce_sum(w)]
+            )
+
+        sum_ = tf.distribute.ReduceOp.SUM
+        jit = options.jit_compile and not options.distributed
+
+        @tf.function(jit_compile=jit)
+        def train_step(x, y):
+            return strategy.reduce(sum_, strategy.run(replica_train, args=(x, y)), axis=None)
+
+        @tf.function(reduce_retracing=True)
+        def eval_step(x, y, w):
+            return strategy.reduce(sum_, strategy.run(replica_eval, args=(x, y, w)), axis=None)
+
+        self.train_step, self.eval_step = train_step, eval_step
+
+    # variables as arrays (state save/restore)
+    def model_arrays(self) -> list[np.ndarray]:
+        return [np.asarray(v.numpy()) for v in self.model.variables]
+
+    def optimizer_arrays(self) -> list[np.ndarray]:
+        return [np.asarray(v.numpy()) for v in self.optimizer.variables]
+
+    def restore(self, model_vars: list[np.ndarray], opt_vars: list[np.ndarray]) -> None:
+        pairs = [(self.model.variables, model_vars), (self.optimizer.variables, opt_vars)]
+        for variables, arrays in pairs:
+            if len(variables) != len(arrays) or any(
+                tuple(v.shape) != a.shape for v, a in zip(variables, arrays, strict=True)
+            ):
+                raise TrainingError("the training state does not fit this model (shapes differ)")
+        for variables, arrays in pairs:
+            for v, a in zip(variables, arrays, strict=True):
+                v.assign(a)
+
+    def train_batches(self, positions: np.ndarray, index: WindowIndex) -> Iterator[Any]:
+        """This epoch's batches; each worker takes an equal share of ``positions``."""
+        global_batch = self.global_batch
+
+        def dataset_fn(ctx):
+            n, i = ctx.num_input_pipelines, ctx.input_pipeline_id
+            mine = positions[i::n][: len(positions) // n]
+            per_replica = ctx.get_per_replica_batch_size(global_batch)
+            return window_dataset(index, mine, per_replica, drop_remainder=True)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def steps_per_epoch(self, n_windows: int, workers: int) -> int:
+        return (n_windows // workers) // (self.global_batch // workers)
+
+    def evaluate(self, index: WindowIndex) -> tuple[float, float]:
+        """Validation (NLL nats per window, top-1) over every window of ``index``.
+
+        Each worker scores an equal-length share (padded with zero-weight windows), so all
+        workers run the same number of steps and get the same reduced figures.
+        """
+        positions = index.positions
+
+        def dataset_fn(ctx):
+            n, i = ctx.num_input_pipelines, ctx.input_pipeline_id
+            per = -(-len(positions) // n)
+            mine = positions[i::n]
+            w = np.zeros(per, dtype=np.float32)
+            w[: len(mine)] = 1.0
+            pos = np.concatenate([mine, np.full(per - len(mine), positions[0])])
+            return window_dataset(index, pos, EVAL_BATCH, drop_remainder=False, weights=w)
+
+        total = np.zeros(3)
+        for x, y, w in self.strategy.distribute_datasets_from_function(dataset_fn):
+            total += self.eval_step(x, y, w).numpy()
+        return float(total[0] / total[2]), float(total[1] / total[2])
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _check_resumable(saved: TrainOptions, given: TrainOptions, explicit: set[str]) -> None:
+    for name in RESUMABLE_FIXED:
+        if name in explicit and getattr(saved, name) != getattr(given, name):
+            raise TrainingError(
+                f"--{name.replace('_', '-')} differs from the interrupted run "
+                f"({getattr(given, name)!r} vs {getattr(saved, name)!r}); "
+                "a resumed run keeps its settings"
+            )
+
+
+def _epoch_line(h: dict[str, float], epochs: int, best: bool) -> str:
+    return (
+        f"epoch {int(h['epoch'])}/{epochs}  train_nll {h['train_nll']:.4f}  "
+        f"val_nll {h['val_nll']:.4f}  val_top1 {100 * h['val_top1']:.1f}%  "
+        f"{h['windows_per_s']:.0f} windows/s  {h['epoch_s']:.1f} s" + ("  *best" if best else "")
+    )
+
+
+@contextlib.contextmanager
+def _worker_dir(chief: bool, out_dir: Path) -> Iterator[Path]:
+    """The chief writes ``out_dir``; other workers write a temporary directory, then drop it."""
+    if chief:
+        yield out_dir
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="musicgend-worker-"))
+    try:
+        yield tmp / out_dir.name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(
+    options: TrainOptions,
+    *,
+    resume: bool = False,
+    explicit: set[str] | None = None,
+    command: list[str] | None = None,
+    stream: TextIO | None = None,
+) -> TrainResult:
+    """Train (or resume training) a model; see the module docstring.
+
+    ``explicit`` names the options the user gave on a resumed run (they must match the
+    saved ones, except ``epochs`` and ``patience``, which may change).
+    """
+    stream = stream or sys.stderr
+    # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
+    strategy = make_strategy(options.distributed)
+    chief = _is_chief(strategy)
+    out_dir = options.out_dir
+
+    state_info: dict[str, Any] | None = None
+    saved_vars: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+    if resume:
+        found = find_state(out_dir)
+        if found is None:
+            raise TrainingError(f"{out_dir}: no interrupted training to resume")
+        state_info, model_vars, opt_vars = read_state(found)
+        saved = TrainOptions.from_json(state_info["options"])
+        _check_resumable(saved, options, explicit or set())
+        saved.epochs, saved.patience = options.epochs, options.patience
+        saved.out_dir = out_dir
+        options = saved
+        saved_vars = (model_vars, opt_vars)
+    elif chief:
+        if find_state(out_dir) is not None:
+            raise TrainingError(
+                f"{out_dir}: an interrupted training of this model exists; "
+                "continue it with --resume or choose another --out"
+            )
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise TrainingError(f"{out_dir}: exists and is not empty; choose a new --out")
+
+    import tensorflow as tf
+
+    _seed_everything(options.seed, options.deterministic)
+    split = Split.from_json(state_info["split"]) if state_info else None
+    corpus = load_corpus(
+        options.data_dir,
+        seed=options.seed,
+        fs=options.config.fs,
+        first_track_only=options.config.first_track_only,
+        max_pieces=options.max_pieces,
+        split=split,
+        stream=stream,
+    )
+    data: TrainingData = prepare(
+        corpus, options.config, augment_transpose=options.augment_transpose
+    )
+    if state_info and state_info["vocab_hash"] != data.vocab.hash:
+        raise CorpusError(
+            f"{options.data_dir}: the corpus changed since the interrupted run "
+            "(its vocabulary differs); start a new training"
+        )
+    replicas = int(strategy.num_replicas_in_sync)
+    if options.batch_size % replicas:
+        raise TrainingError(
+            f"--batch-size {options.batch_size} must be a multiple of the {replicas} replicas"
+        )
+    loop = Loop(strategy, len(data.vocab), options, global_batch=options.batch_size)
+    workers = _num_workers(strategy)
+    steps = loop.steps_per_epoch(len(data.train), workers)
+    if steps < 1:
+        raise TrainingError(
+            f"only {len(data.train)} training windows: fewer than one batch of "
+            f"{options.batch_size}; lower --batch-size or add data"
+        )
+
+    history: list[dict[str, float]] = []
+    best_epoch, best_val, bad_epochs, wall_before = 0, math.inf, 0, 0.0
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if state_info and saved_vars:
+        loop.restore(*saved_vars)
+        history = state_info["history"]
+        best_epoch, best_val = state_info["best_epoch"], state_info["best_val_nll"]
+        bad_epochs, wall_before = state_info["bad_epochs"], state_info["wall_s"]
+        started = state_info["started"]
+        print(f"resuming after epoch {state_info['epoch']}", file=stream, flush=True)
+    start_epoch = len(history) + 1
+
+    base_meta = {
+        "command": command if command is not None else list(sys.argv),
+        "data_dir": str(options.data_dir.resolve()),
+        "options": options.to_json(),
+        "split": corpus.split.to_json(),
+        "data": data.summary(),
+        "started": started,
+        "tensorflow": tf.__version__,
+        "device": device_description(),
+        "workers": workers,
+        "loop": "GradientTape step in tf.function" + (" (XLA)" if options.jit_compile else ""),
+    }
+
+    def metadata(wall_s: float) -> dict[str, Any]:
+        trained = sum(h["windows"] for h in history)
+        train_s = sum(h["epoch_s"] for h in history)
+        return {
+            **base_meta,
+            "epochs_run": len(history),
+            "best_epoch": best_epoch,
+            "best_val_nll": best_val,
+            "best_val_top1": history[best_epoch - 1]["val_top1"] if best_epoch else None,
+            "history": history,
+            "wall_s": round(wall_s, 2),
+            "windows_per_s": round(trained / train_s, 1) if train_s else None,
+        }
+
+    state_target = state_dir_for(out_dir)
+    t_run = time.perf_counter()
+    epochs = options.epochs
+    tty = is_tty(stream)
+    with _worker_dir(chief, out_dir) as artifact_dir:
+        from musicgend.model.artifact import load_artifact, save_artifact
+
+        def patience_spent() -> bool:
+            return options.patience > 0 and bad_epochs >= options.patience
+
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, epochs + 1):
+                if patience_spent():
+                    break
+                order = data.train.epoch_order(options.seed, epoch)
+                t0 = time.perf_counter()
+                sums = []
+                batches = loop.train_batches(order, data.train)
+                if tty:
+                    with progress(steps, f"epoch {epoch}/{epochs}", stream) as bar:
+                        for x, y in batches:
+                            sums.append(loop.train_step(x, y))
+                            bar.advance()
+                else:
+                    for x, y in batches:
+                        sums.append(loop.train_step(x, y))
+                windows = steps * options.batch_size
+                train_nll = float(np.sum([s.numpy() for s in sums])) / windows
+                epoch_s = time.perf_counter() - t0
+                val_nll, val_top1 = loop.evaluate(data.val)
+                if not math.isfinite(train_nll) or not math.isfinite(val_nll):
+                    raise TrainingError(
+                        f"epoch {epoch}: the loss became {train_nll} / {val_nll}; "
+                        "lower --learning-rate"
+                    )
+                h = {
+                    "epoch": epoch,
+                    "train_nll": train_nll,
+                    "val_nll": val_nll,
+                    "val_top1": val_top1,
+                    "windows": windows,
+                    "epoch_s": round(epoch_s, 3),
+                    "windows_per_s": round(windows / epoch_s, 1),
+                }
+                history.append(h)
+                improved = val_nll < best_val
+                if improved:
+                    best_epoch, best_val, bad_epochs = epoch, val_nll, 0
+                    save_artifact(
+                        artifact_dir,
+                        loop.model,
+                        data.vocab,
+                        options.config,
+                        data.pitch_prior,
+                        metadata(wall_before + time.perf_counter() - t_run),
+                        export_tflite=False,
+                    )
+                else:
+                    bad_epochs += 1
+                if chief:
+                    write_state(
+                        state_target,
+                        {
+                            "format": STATE_FORMAT,
+                            "version": STATE_VERSION,
+                            "epoch": epoch,
+                            "history": history,
+                            "best_epoch": best_epoch,
+                            "best_val_nll": best_val,
+                            "bad_epochs": bad_epochs,
+                            "wall_s": wall_before + time.perf_counter() - t_run,
+                            "started": started,
+                            "options": options.to_json(),
+                            "split": corpus.split.to_json(),
+                            "vocab_hash": data.vocab.hash,
+                        },
+                        loop.model_arrays(),
+                        loop.optimizer_arrays(),
+                    )
+                print(_epoch_line(h, epochs, improved), file=stream, flush=True)
+        except KeyboardInterrupt:
+            raise TrainingError(
+                f"interrupted in epoch {epoch}; the state after epoch {len(history)} is kept: "
+                f"continue with `musicgend train --out {out_dir} --resume`"
+            ) from None
+        stopped_early = patience_spent() and len(history) < epochs
+
+        if stopped_early:
+            print(
+                f"early stop: validation NLL has not improved for {bad_epochs} epochs",
+                file=stream,
+                flush=True,
+            )
+        final_digest = weights_digest([np.asarray(w.numpy()) for w in loop.model.weights])
+        wall_s = wall_before + time.perf_counter() - t_run
+        meta = metadata(wall_s)
+        meta["stopped_early"] = stopped_early
+        meta["final_weights_sha256"] = final_digest
+        best = load_artifact(artifact_dir)
+        save_artifact(
+            artifact_dir,
+            best.keras_model(),
+            best.vocab,
+            best.config,
+            best.pitch_prior,
+            meta,
+            export_tflite=True,
+        )
+        plot_loss_curve(history, best_epoch, artifact_dir / LOSS_CURVE_PNG)
+    if chief:
+        shutil.rmtree(state_target, ignore_errors=True)
+    return TrainResult(
+        out_dir if chief else None,
+        history,
+        best_epoch,
+        best_val,
+        stopped_early,
+        wall_s,
+        meta["windows_per_s"] or 0.0,
+        final_digest,
+    )
+
+
+def load_model_config(name_or_path: str) -> ModelConfig:
+    """A preset by name (``seed``, ``musicgend``) or a ModelConfig JSON file."""
+    path = Path(name_or_path)
+    if path.suffix.lower() != ".json":
+        return preset(name_or_path)
+    try:
+        return ModelConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: can't read ({exc.strerror or exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ConfigError(f"{path}: invalid model config at {loc}: {first['msg']}") from None
+
+
+def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
+    """The ``musicgend train`` command: options from the CLI (only those given), a summary."""
+    explicit = set(given)
+    values = dict(given)
+    if "config" in values:
+        values["config"] = load_model_config(values["config"])
+    if "data_dir" not in values:
+        if not resume:
+            raise TrainingError("--data is required (unless --resume)")
+        values["data_dir"] = Path(".")  # replaced by the saved run's data directory
+    options = TrainOptions(out_dir=out_dir, **values)
+    if resume:
+        found = find_state(out_dir)
+        if found is None:
+            raise TrainingError(f"{out_dir}: no interrupted training to resume")
+        saved = json.loads((found / "state.json").read_text(encoding="utf-8"))["options"]
+        options.epochs = int(given.get("epochs", saved["epochs"]))
+        options.patience = int(given.get("patience", saved["patience"]))
+    result = train(options, resume=resume, explicit=explicit)
+    where = result.out_dir if result.out_dir is not None else "(worker: nothing saved)"
+    stop = ", stopped early" if result.stopped_early else ""
+    return (
+        f"best epoch {result.best_epoch}/{len(result.history)}{stop}: "
+        f"val NLL {result.best_val_nll:.4f} nats/frame; {result.windows_per_s:.0f} windows/s; "
+        f"{result.wall_s:.1f} s; weights sha256 {result.weights_sha256[:16]}; model {where}"
+    )
