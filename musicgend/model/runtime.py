@@ -67,6 +67,39 @@ class Predictor(ABC):
 # -- NumPy -----------------------------------------------------------------------------------
 
 
+_BLAS_PREFIXES = ("scipy_openblas", "openblas")
+_BLAS_SUFFIXES = ("64_", "")
+
+
+def set_blas_threads(threads: int) -> bool:
+    """Set the thread count of the OpenBLAS that NumPy loaded (process-wide).
+
+    The NumPy forward pass is ~150 tiny matmuls per window: with more than one BLAS thread,
+    every call wakes and joins helper threads, which costs far more than it saves, and on a
+    busy machine (the daemon beside a synthesizer) it was 8× slower in our measurements.
+    Returns False when no OpenBLAS is found (then nothing changes).
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            libs = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+    except OSError:
+        return False
+    for lib_path in libs:
+        try:
+            lib = ctypes.CDLL(lib_path)
+        except OSError:
+            continue
+        for prefix in _BLAS_PREFIXES:
+            for suffix in _BLAS_SUFFIXES:
+                fn = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if fn is not None:
+                    fn(ctypes.c_int(threads))
+                    return True
+    return False
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -76,13 +109,16 @@ class NumpyPredictor(Predictor):
 
     Each layer projects its whole input for both directions with one matmul; the forward and
     backward recurrences then advance together, one batched ``(2, N, U) @ (2, U, 3U)``
-    matmul per step.
+    matmul per step. ``blas_threads`` (default 1, see :func:`set_blas_threads`) is applied
+    process-wide when the predictor is made; ``None`` leaves BLAS alone.
     """
 
     runtime = "numpy"
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, blas_threads: int | None = 1) -> None:
         super().__init__(artifact)
+        if blas_threads is not None:
+            set_blas_threads(blas_threads)
         w = artifact.weights
         cfg = artifact.config
         self.units = cfg.gru_units

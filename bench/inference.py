@@ -1,0 +1,220 @@
+"""Per-window inference time of every runtime, side by side in one run, plus process start-up.
+
+For each vocabulary size: build the network of the chosen config with random weights (biases
+too), save it as an artifact (with its LiteRT export), then time one ``(1, W)`` window per call
+on each runtime — Keras ``predict``, eager ``model(x)``, ``tf.function``, ``tf.function`` with
+XLA, LiteRT (XNNPACK), NumPy — after checking that each gives Keras's probabilities. Then
+start fresh processes that load the artifact with a TensorFlow-free runtime (and one with
+TensorFlow + Keras) and report start → first inference and steady RSS.
+
+    .venv/bin/python bench/inference.py                      # seed config, V = 2000 and 6500
+    .venv/bin/python bench/inference.py --vocab 6500 --json bench/results/inference-cpu.json
+
+Prints p50/p99 ms per runtime and ratios to the fastest; no assertions on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from musicgend.core.spelling import PitchPrior  # noqa: E402
+from musicgend.core.vocab import Vocab  # noqa: E402
+from musicgend.model.config import preset  # noqa: E402
+
+# calls per runtime: the slow reference paths get fewer
+REPS = {
+    "keras": 30,
+    "eager": 8,
+    "tf": 150,
+    "tf-xla": 300,
+    "litert": 300,
+    "numpy-blas2": 100,
+    "numpy": 300,
+}
+ORDER = tuple(REPS)
+"""``numpy-blas2``: the NumPy pass with OpenBLAS left at 2 threads (``numpy`` uses 1)."""
+TOLERANCE = 1e-5
+
+
+def synthetic_vocab(size: int) -> Vocab:
+    """``size`` tokens: <unk>, silence, then distinct chords (content doesn't affect timing)."""
+    counts: dict[str, int] = {"e": 10_000}
+    rng = np.random.default_rng(0)
+    while len(counts) < size - 1:
+        n = int(rng.integers(1, 5))
+        chord = sorted({int(p) for p in rng.integers(36, 84, size=n)})
+        counts[",".join(map(str, chord))] = int(rng.integers(2, 1000))
+    return Vocab.from_counts(counts, min_count=1)
+
+
+def build_artifact(vocab_size: int, config_name: str, out: Path) -> Path:
+    from musicgend.model.artifact import save_artifact
+    from musicgend.model.bigru import build_model
+
+    vocab = synthetic_vocab(vocab_size)
+    config = preset(config_name)
+    model = build_model(len(vocab), config)
+    rng = np.random.default_rng(1)
+    model.set_weights(
+        [rng.normal(0, 0.1, size=w.shape).astype(np.float32) for w in model.get_weights()]
+    )
+    prior = PitchPrior(np.full(128, 0.05))
+    return save_artifact(out, model, vocab, config, prior, {"bench": "random weights"})
+
+
+def time_calls(fn, x: np.ndarray, reps: int) -> list[float]:
+    for i in range(min(3, reps)):
+        fn(x[i % len(x)])
+    times_ms = []
+    for i in range(reps):
+        t0 = time.perf_counter_ns()
+        fn(x[i % len(x)])
+        times_ms.append((time.perf_counter_ns() - t0) / 1e6)
+    return times_ms
+
+
+def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]:
+    from musicgend.model.artifact import load_artifact
+    from musicgend.model.runtime import NumpyPredictor, Predictor, load_predictor
+
+    art = load_artifact(path)
+    rng = np.random.default_rng(2)
+    x = rng.integers(1, len(art.vocab), size=(16, art.config.window_frames), dtype=np.int32)
+    reference = np.asarray(art.keras_model()(x[:4], training=False))
+    results: dict[str, dict[str, float]] = {}
+    for name in ORDER:
+        predictor: Predictor
+        if name == "numpy-blas2":
+            predictor = NumpyPredictor(art, blas_threads=2)
+        else:
+            predictor = load_predictor(art, name)
+        diff = float(np.abs(predictor.predict_batch(x[:4]) - reference).max())
+        if diff > TOLERANCE:
+            raise SystemExit(f"{name}: probabilities differ from Keras by {diff:.2e}")
+        reps = max(5, int(REPS[name] * reps_scale))
+        t = np.asarray(time_calls(predictor.predict, x, reps))
+        results[name] = {
+            "p50_ms": float(np.percentile(t, 50)),
+            "p99_ms": float(np.percentile(t, 99)),
+            "mean_ms": float(t.mean()),
+            "calls": reps,
+            "max_abs_diff_vs_keras": diff,
+        }
+        r = results[name]
+        print(
+            f"  {name:11s} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms"
+            f"   ({reps} calls, max |Δp| {diff:.1e})",
+            flush=True,
+        )
+    return results
+
+
+STARTUP_CODE = """
+import json, os, sys, time
+t0 = float(sys.argv[3])
+import numpy as np
+from musicgend.model.runtime import load_predictor
+p = load_predictor(sys.argv[1], sys.argv[2])
+w = np.ones(p.window_frames, dtype=np.int32)
+p.predict(w)
+first_s = time.time() - t0
+for _ in range(20):
+    p.predict(w)
+rss_kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS'))
+print(json.dumps({"first_inference_s": first_s, "rss_mb": rss_kb / 1024,
+                  "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def bench_startup(path: Path, runtime: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP_CODE, str(path), runtime, repr(time.time())],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[2000, 6500])
+    parser.add_argument("--config", default="seed")
+    parser.add_argument("--reps-scale", type=float, default=1.0, help="scale the call counts")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    report: dict[str, object] = {
+        "benchmark": "per-window inference (batch 1)",
+        "config": args.config,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "gpus": gpus,
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+        },
+        "tolerance_vs_keras": TOLERANCE,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in args.vocab:
+            print(f"{args.config} config, vocab {v}: building and exporting …", flush=True)
+            path = build_artifact(v, args.config, Path(tmp) / f"v{v}")
+            timings = bench_runtimes(path, args.reps_scale)
+            best = min(timings, key=lambda k: timings[k]["p50_ms"])
+            ratios = {k: t["p50_ms"] / timings[best]["p50_ms"] for k, t in timings.items()}
+            print(f"  p50 relative to the fastest ({best}): ", end="")
+            print(", ".join(f"{k} {r:.1f}×" for k, r in ratios.items()))
+            print(
+                f"  keras predict / numpy: {ratios['keras'] / ratios['numpy']:.1f}×, "
+                f"keras predict / litert: {ratios['keras'] / ratios['litert']:.1f}×, "
+                f"litert / numpy: {ratios['litert'] / ratios['numpy']:.2f}×"
+            )
+            startup = {rt: bench_startup(path, rt) for rt in ("litert", "numpy", "tf")}
+            for rt, s in startup.items():
+                print(
+                    f"  process with {rt:6s}: start → first inference"
+                    f" {s['first_inference_s']:.2f} s, RSS {s['rss_mb']:.0f} MB,"
+                    f" TensorFlow imported: {s['tensorflow_imported']}"
+                )
+            report["runs"].append(  # type: ignore[attr-defined]
+                {
+                    "vocab_size": v,
+                    "runtimes": timings,
+                    "fastest": best,
+                    "p50_ratio_to_fastest": ratios,
+                    "startup": startup,
+                }
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
