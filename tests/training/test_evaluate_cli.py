@@ -1,0 +1,150 @@
+"""``musicgend evaluate`` end to end: a tiny real model artifact, real MIDI files, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgend.core.spelling import PitchPrior
+from musicgend.core.tokens import token_from_pitches
+from musicgend.core.vocab import Vocab
+from musicgend.io.midifile import read_piece
+from musicgend.model.config import ModelConfig
+
+from .test_evaluate import write_midi
+
+pytestmark = pytest.mark.tf
+
+CHORDS = [frozenset({60, 64, 67}), frozenset({65, 69, 72}), frozenset({67, 71, 74}), frozenset()]
+TRAIN = ["p0.mid", "p1.mid", "p2.mid", "p3.mid"]
+VAL = ["p4.mid"]
+TEST = ["p5.mid", "sub/p6.mid"]
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "musicgend", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A corpus of 7 tiny pieces and a tiny (random-weight) model saved with its split."""
+    from musicgend.model.artifact import save_artifact
+    from musicgend.model.bigru import build_model
+
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    (data / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for name in TRAIN + VAL + TEST:
+        chords = [(CHORDS[i], int(rng.integers(1, 4))) for i in rng.integers(0, 3, size=8)]
+        # p5 also holds a chord no training piece has: an unknown chord in the test split.
+        if name == "p5.mid":
+            chords.append((frozenset({61, 66, 70}), 2))
+        write_midi(data / name, chords)
+    config = ModelConfig(
+        name="tiny", window_frames=8, embed_dim=4, gru_units=4, gru_layers=1, dense_units=6
+    )
+    train_pieces = [read_piece(data / n) for n in TRAIN]
+    vocab = Vocab.build([p.tokens for p in train_pieces], min_count=1)
+    prior = PitchPrior.from_frames(f for p in train_pieces for f in p.frames)
+    model = build_model(len(vocab), config)
+    split = {"seed": 0, "train": TRAIN, "val": VAL, "test": TEST}
+    out = save_artifact(
+        root / "model",
+        model,
+        vocab,
+        config,
+        prior,
+        {"data_dir": str(data), "split": split},
+        export_tflite=False,
+    )
+    assert token_from_pitches({61, 66, 70}) not in vocab
+    return out, data
+
+
+def test_evaluate_json_scores_the_test_split_model_and_baselines_alike(trained):
+    model, data = trained
+    run = cli("evaluate", "--model", model, data, "--json", "--runtime", "numpy")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    for key in ("nll_nats_per_frame", "top1", "frames", "oov_rate", "baselines", "pieces"):
+        assert key in report
+    assert report["split"] == "test"
+    assert report["pieces"] == 2
+    test_frames = sum(len(read_piece(data / n).frames) for n in TEST)
+    assert report["frames"] == test_frames
+    assert report["oov_rate"] == pytest.approx(2 / test_frames)
+    assert set(report["baselines"]) == {"repeat", "kn5_repeat"}
+    for name in ("repeat", "kn5_repeat"):
+        b = report["baselines"][name]
+        assert b["frames"] == report["frames"]
+        assert b["nll_nats_per_frame"] > 0 and 0.0 <= b["top1"] <= 1.0
+        assert 0.0 <= b["lambda"] <= 1.0
+    assert report["nll_nats_per_frame"] > 0 and 0.0 <= report["top1"] <= 1.0
+    assert report["nll_ratio_vs_kn5_repeat"] == pytest.approx(
+        report["nll_nats_per_frame"] / report["baselines"]["kn5_repeat"]["nll_nats_per_frame"]
+    )
+    assert report["baseline_data"]["train_pieces"] == 4
+    assert report["baseline_data"]["val_pieces"] == 1
+    assert report["skipped"] == []
+
+
+def test_evaluate_table_other_dir_bad_files_and_missing_training_data(trained, tmp_path):
+    model, data = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    write_midi(other / "x.mid", [(CHORDS[0], 3), (CHORDS[1], 2)])
+    (other / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06")
+    run = cli("evaluate", "--model", model, other, "--runtime", "numpy")
+    assert run.returncode == 0, run.stderr
+    assert "skipped" in run.stderr and "broken.mid" in run.stderr
+    assert "kn5_repeat" in run.stdout and "split: all" in run.stdout
+    assert "1 pieces, 5 frames" in run.stdout
+
+    # The baselines need the training pieces: a moved corpus is named, with the way out.
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    try:
+        run = cli("evaluate", "--model", model, other, "--runtime", "numpy")
+        assert run.returncode == 1
+        assert run.stderr.startswith("error: can't fit the baselines")
+        assert str(data) in run.stderr and "--train-data" in run.stderr
+        run = cli(
+            "evaluate",
+            "--model",
+            model,
+            other,
+            "--train-data",
+            moved,
+            "--json",
+            "--runtime",
+            "numpy",
+        )
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["frames"] == 5
+    finally:
+        moved.rename(data)
+
+
+def test_evaluate_broken_model_gives_the_artifacts_error(trained, tmp_path):
+    _, data = trained
+    run = cli("evaluate", "--model", tmp_path / "nope", data, "--json")
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"error: {tmp_path / 'nope'}: no such model directory"
+    assert run.stdout == ""
