@@ -277,6 +277,84 @@ def evaluate_cmd(
         render_report(report, sys.stdout, rich=is_tty(sys.stdout))
 
 
+# -- generate, plot -----------------------------------------------------------------------
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The .mid file to write.")],
+    seconds: Annotated[float, typer.Option(help="Seconds of music to generate.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed (prime token and sampling).")] = 0,
+    prime: Annotated[
+        Path | None, typer.Option(help="Prime with this file's first 50 frames.")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass (1 = off).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Keep the k most likely (0 = off).")] = None,
+    hold_bias: Annotated[
+        float | None, typer.Option(help="Weight × on repeating the previous chord.")
+    ] = None,
+    min_hold: Annotated[
+        int | None, typer.Option(help="Keep every chord at least this many frames.")
+    ] = None,
+    silence_bias: Annotated[float | None, typer.Option(help="Weight × on silence.")] = None,
+    seed_sampling: Annotated[
+        bool, typer.Option("--seed-sampling", help="The seed's plain softmax draw.")
+    ] = False,
+    runtime: Annotated[str, typer.Option(help="auto, numpy, litert, tf, tf-xla, keras.")] = (
+        "auto"
+    ),
+    stats_against: Annotated[
+        list[Path] | None,
+        typer.Option(help="MIDI directory: print its statistics and the ratios too."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate music with a model and write a .mid; print its statistics."""
+    from musicgend.core.musicstats import format_comparison
+    from musicgend.training.generate import generate_file, generation_report, sampler_params
+
+    params = sampler_params(
+        seed_sampling,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        hold_bias=hold_bias,
+        min_hold_frames=min_hold,
+        silence_bias=silence_bias,
+    )
+    gen = generate_file(
+        model,
+        out,
+        seconds=seconds,
+        seed=seed,
+        prime=prime,
+        params=params,
+        runtime=runtime,
+        stats_against=stats_against or (),
+    )
+    if as_json:
+        print(json.dumps(generation_report(gen, params), indent=1))
+        return
+    print(
+        f"wrote {gen.path} ({gen.stats.seconds:.1f} s, prime: {gen.prime}, runtime: {gen.runtime})"
+    )
+    print(format_comparison(gen.stats, gen.corpus))
+
+
+@app.command("plot")
+def plot_cmd(
+    midi: Annotated[Path, typer.Argument(help="The .mid file to draw.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The .png file to write.")],
+    title: Annotated[str | None, typer.Option(help="Title (default: file, notes, length).")] = None,
+) -> None:
+    """Draw a piano roll of a MIDI file (time in seconds, pitch names)."""
+    from musicgend.plot import plot_midi
+
+    print(f"wrote {plot_midi(midi, out, title)}")
+
+
 # -- ports, session -----------------------------------------------------------------------
 
 session_app = typer.Typer(help="Session logs: recover a killed session.", no_args_is_help=True)
@@ -338,6 +416,9 @@ def run_cmd(
     runtime: Annotated[
         str | None, typer.Option(help="Inference runtime: auto, numpy, litert, tf, tf-xla.")
     ] = None,
+    metrics_out: Annotated[
+        Path | None, typer.Option("--metrics-out", help="Write the final metrics (JSON) here.")
+    ] = None,
 ) -> None:
     """Run the daemon: listen on the input port, play a chord every 200 ms on the output.
 
@@ -377,8 +458,35 @@ def run_cmd(
             print(f"session: {info.session_dir}", flush=True)
 
     info = run_daemon(settings, on_ready=ready)
+    if metrics_out is not None and info.metrics is not None:
+        import json
+
+        metrics_out.write_text(json.dumps(info.metrics, indent=1) + "\n", encoding="utf-8")
     if info.session_midi is not None:
         print(f"session written: {info.session_midi}", flush=True)
+
+
+@app.command("bench")
+def bench_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    frames: Annotated[
+        int, typer.Option("--frames", min=10, help="Frames per condition (≥ 3000 for figures).")
+    ] = 3000,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: bundled).")] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where the JSON result is saved.")
+    ] = Path("bench/results"),
+) -> None:
+    """Measure the daemon: decision latency, late frames, inference, jitter, RSS, start."""
+    import json
+
+    from musicgend.config import BUNDLED_MODEL_DIR
+    from musicgend.service.bench import format_summary, run_bench, save_result
+
+    result = run_bench(model or BUNDLED_MODEL_DIR, frames)
+    path = save_result(result, out_dir)
+    print(json.dumps(result, indent=1) if as_json else format_summary(result))
+    print(f"saved {path}", file=sys.stderr)
 
 
 def main() -> None:

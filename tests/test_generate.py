@@ -1,0 +1,132 @@
+"""Offline generation with a tiny random-weight model, .mid writing, plot, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicgend.core.pianoroll import Note
+from musicgend.io.midifile import read_piece
+from musicgend.training.generate import (
+    generate_file,
+    notes_from_frames,
+    seed_prime_ids,
+    write_midi,
+)
+from tests.model.conftest import build_tiny, tiny_prior, tiny_vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a real process, exit code and stderr as they are."""
+    return subprocess.run(
+        [sys.executable, "-m", "musicgend", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from musicgend.model.artifact import save_artifact
+
+    model, vocab, config = build_tiny(copy_gate=True, seed=4)
+    return save_artifact(
+        tmp_path_factory.mktemp("gen") / "tiny", model, vocab, config, tiny_prior(), {}
+    )
+
+
+def test_notes_from_frames_joins_held_pitches():
+    frames = [frozenset({60}), frozenset({60, 64}), frozenset(), frozenset({60})]
+    assert notes_from_frames(frames, fs=5, velocity=80) == [
+        Note(0.0, 0.4, 60, 80),
+        Note(0.2, 0.4, 64, 80),
+        Note(0.6, 0.8, 60, 80),
+    ]
+
+
+def test_written_midi_reads_back_to_the_same_frames_even_ending_in_silence(tmp_path):
+    frames = [frozenset({60, 64, 67})] * 3 + [frozenset()] * 2 + [frozenset({62})] + [frozenset()]
+    path = write_midi(frames, tmp_path / "x.mid", fs=5)
+    assert list(read_piece(path).frames) == frames
+
+
+def test_seed_prime_is_silence_then_a_frequent_chord():
+    vocab = tiny_vocab()
+    ids = seed_prime_ids(vocab, 50, seed=3)
+    assert ids[:49] == [1] * 49
+    frequent = sorted(range(2, len(vocab)), key=lambda i: -vocab.counts[i])[:20]
+    assert ids[49] in frequent
+    assert {seed_prime_ids(vocab, 50, s)[-1] for s in range(20)} != {ids[49]}
+
+
+@pytest.mark.tf
+def test_generate_writes_a_readable_midi_of_the_right_length(tiny_model, tmp_path):
+    gen = generate_file(tiny_model, tmp_path / "out.mid", seconds=12, seed=1, runtime="numpy")
+    assert len(gen.frames) == 60 == gen.stats.frames
+    assert gen.prime == "seed" and gen.prime_frames == []
+    assert 0 not in gen.token_ids
+    assert list(read_piece(gen.path).frames) == gen.frames
+    again = generate_file(tiny_model, tmp_path / "again.mid", seconds=12, seed=1, runtime="litert")
+    assert again.token_ids == gen.token_ids  # same seed, same model: same music on any runtime
+    other = generate_file(tiny_model, tmp_path / "other.mid", seconds=12, seed=2, runtime="numpy")
+    assert other.token_ids != gen.token_ids
+
+
+@pytest.mark.tf
+def test_prime_from_a_file_comes_first_and_unknown_chords_map_to_known_ones(tiny_model, tmp_path):
+    # 10 frames of a chord the vocabulary doesn't know, then 4 of silence
+    prime_frames = [frozenset({30, 31, 100})] * 10 + [frozenset()] * 4
+    prime = write_midi(prime_frames, tmp_path / "prime.mid", fs=5)
+    gen = generate_file(tiny_model, tmp_path / "out.mid", seconds=2, prime=prime, runtime="numpy")
+    assert gen.prime_frames == prime_frames[:12]  # the tiny model's window: 12 frames
+    assert list(read_piece(gen.path).frames) == prime_frames[:12] + gen.frames
+    assert len(gen.frames) == 10
+
+
+@pytest.mark.tf
+def test_cli_generate_with_stats_against_a_corpus_and_plot(tiny_model, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_midi([frozenset({60, 64, 67})] * 10 + [frozenset({62, 65, 69})] * 10, corpus / "a.mid", 5)
+    write_midi([frozenset({55, 59, 62})] * 5 + [frozenset()] * 5, corpus / "b.mid", 5)
+    out = tmp_path / "g.mid"
+    args = ["generate", "--model", tiny_model, "-o", out, "--seconds", "8", "--seed", "3"]
+    args += ["--top-p", "0.9", "--hold-bias", "3", "--stats-against", corpus, "--json"]
+    result = musicgend(*args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["stats"]["frames"] == 40
+    assert report["corpus"]["pieces"] == 2
+    assert report["sampler"]["top_p"] == 0.9 and report["sampler"]["hold_bias"] == 3.0
+    assert set(report["ratios"]) == set(report["goals"])
+    table = musicgend("generate", "--model", tiny_model, "-o", out, "--seconds", "4")
+    assert table.returncode == 0 and "short_note_share" in table.stdout
+    png = tmp_path / "g.png"
+    plotted = musicgend("plot", out, "-o", png)
+    assert plotted.returncode == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    missing = musicgend("generate", "--model", tmp_path / "no", "-o", tmp_path / "x.mid")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"error: {tmp_path / 'no'}: no such model directory"
+    bad = musicgend("generate", "--model", "m", "-o", "x.mid", "--top-p", "1.5")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "error: --top-p: Input should be less than or equal to 1"
+    (tmp_path / "junk.mid").write_bytes(b"not midi")
+    plot = musicgend("plot", tmp_path / "junk.mid", "-o", tmp_path / "j.png")
+    assert plot.returncode == 1
+    assert (
+        plot.stderr.strip() == f"error: {tmp_path / 'junk.mid'}: not a MIDI file (no 'MThd' header)"
+    )
+    assert not (tmp_path / "x.mid").exists() and not (tmp_path / "j.png").exists()
