@@ -1,0 +1,104 @@
+"""`musicgend data bach`: the music21 chorales exported as .mid, in parallel, idempotent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicgend.io.midifile import read_piece
+from musicgend.training.corpus import ScoreSource, bach_chorale_sources, export_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "musicgend", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_sources_are_the_bwv_chorales_once_each():
+    sources = bach_chorale_sources()
+    names = [s.name for s in sources]
+    assert len(names) == len(set(names)) == 410
+    assert all(n.startswith("bwv") for n in names)
+    assert not any("riemenschneider" in str(s.path) for s in sources)
+    by_name = {s.name: s for s in sources}
+    assert by_name["bwv277"].path.suffix == ".mxl"  # also in music21 as .krn
+    assert names[:3] == ["bwv1.6", "bwv2.6", "bwv3.6"]  # natural order
+    assert names.index("bwv9.7") < names.index("bwv10.7")
+
+
+@pytest.mark.slow
+def test_export_runs_in_parallel_reports_failures_and_is_idempotent(tmp_path):
+    real = bach_chorale_sources()[:2]
+    broken = tmp_path / "broken.mxl"
+    broken.write_bytes(b"PK\x03\x04 this is not a zipped MusicXML file")
+    sources = [*real, ScoreSource("broken", broken), ScoreSource("gone", tmp_path / "gone.krn")]
+    out = tmp_path / "out"
+    seen: list[tuple[str, str]] = []
+
+    report = export_scores(
+        sources, out, jobs=2, on_result=lambda s, st, _r: seen.append((s.name, st))
+    )
+
+    assert sorted(report.exported) == [s.name for s in real]
+    assert sorted(name for name, _ in report.failed) == ["broken", "gone"]
+    assert all(reason for _, reason in report.failed)
+    assert sorted(seen) == sorted(
+        [
+            (real[0].name, "exported"),
+            (real[1].name, "exported"),
+            ("broken", "failed"),
+            ("gone", "failed"),
+        ]
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        s.filename for s in real
+    )  # no temp files
+    for s in real:
+        piece = read_piece(out / s.filename)
+        assert len(piece.frames) > 50  # a chorale lasts more than 10 s
+    first_bytes = (out / real[0].filename).read_bytes()
+
+    again = export_scores(sources, out, jobs=1)
+    assert again.exported == [] and sorted(again.existing) == sorted(s.name for s in real)
+    assert len(again.failed) == 2
+
+    forced = export_scores(real[:1], out, jobs=1, force=True)
+    assert forced.exported == [real[0].name]
+    assert (out / real[0].filename).read_bytes() == first_bytes  # deterministic output
+
+
+@pytest.mark.slow
+def test_cli_exports_with_plain_progress_lines_and_skips_existing(tmp_path):
+    out = tmp_path / "bach"
+    first = musicgend("data", "bach", out, "--limit", "2", "--jobs", "2")
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["bwv1.6.mid", "bwv2.6.mid"]
+    assert first.stdout.strip() == f"exported 2, skipped 0 (already there), failed 0 -> {out}"
+    progress = first.stderr.splitlines()
+    assert len(progress) == 2 and all(line.startswith("export ") for line in progress)
+    assert {line.split()[1] for line in progress} == {"1/2", "2/2"}
+
+    second = musicgend("data", "bach", out, "--limit", "2")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == f"exported 0, skipped 2 (already there), failed 0 -> {out}"
+
+
+def test_cli_refuses_a_file_as_output_directory(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = musicgend("data", "bach", target, "--limit", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {target}: exists and is not a directory"
