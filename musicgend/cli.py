@@ -132,11 +132,13 @@ def vocab_build(
     from musicgend.progress import progress
     from musicgend.training.corpus import (
         build_vocab,
+        check_vocab_target,
         format_summary,
         list_corpus,
         save_vocab,
     )
 
+    check_vocab_target(output)
     listing = list_corpus(midi_dirs)
     with progress(len(listing.midi), "read", plain_every=100) as bar:
         vocab, summary = build_vocab(
@@ -252,6 +254,13 @@ def evaluate_cmd(
     no_baselines: Annotated[
         bool, typer.Option("--no-baselines", help="Score the model only.")
     ] = False,
+    transposed_baseline: Annotated[
+        bool,
+        typer.Option(
+            "--transposed-baseline",
+            help="Also fit the KN5 baseline on the training pieces in all 12 keys.",
+        ),
+    ] = False,
 ) -> None:
     """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
     from musicgend.progress import is_tty, progress
@@ -268,6 +277,7 @@ def evaluate_cmd(
         runtime=runtime,
         batch_size=batch_size,
         baselines=not no_baselines,
+        transposed_baseline=transposed_baseline,
         on_skip=skip,
         progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
     )

@@ -195,3 +195,12 @@ def test_usage_errors_exit_2(tmp_path):
     assert result.returncode == 2
     result = musicgend("vocab", "build", tmp_path, "-o", tmp_path / "v.json", "--fs", "0")
     assert result.returncode == 2
+
+
+def test_bad_output_path_fails_before_reading(chord_corpus, tmp_path):
+    result = musicgend("vocab", "build", chord_corpus, "-o", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {tmp_path}: is a directory (give the vocabulary file's name)"
+    )
+    assert list(tmp_path.glob(".*.tmp")) == []
