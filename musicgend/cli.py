@@ -254,6 +254,13 @@ def evaluate_cmd(
     no_baselines: Annotated[
         bool, typer.Option("--no-baselines", help="Score the model only.")
     ] = False,
+    transposed_baseline: Annotated[
+        bool,
+        typer.Option(
+            "--transposed-baseline",
+            help="Also fit the KN5 baseline on the training pieces in all 12 keys.",
+        ),
+    ] = False,
 ) -> None:
     """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
     from musicgend.progress import is_tty, progress
@@ -270,6 +277,7 @@ def evaluate_cmd(
         runtime=runtime,
         batch_size=batch_size,
         baselines=not no_baselines,
+        transposed_baseline=transposed_baseline,
         on_skip=skip,
         progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
     )

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
+from musicgend.core.augment import transpositions
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.vocab import UNK_ID, Vocab
 from musicgend.core.window import training_windows
@@ -107,8 +108,13 @@ def read_pieces(
     fs: int,
     first_track_only: bool,
     on_skip: Callable[[Path, str], None] | None = None,
+    transpose: bool = False,
 ) -> PieceSet:
-    """Read and encode every file; an unreadable one is recorded (and reported) and skipped."""
+    """Read and encode every file; an unreadable one is recorded (and reported) and skipped.
+
+    ``transpose`` encodes each piece in every key that keeps it in MIDI range
+    (:func:`musicgend.core.augment.transpositions`, as training's augmentation does).
+    """
     out = PieceSet()
     for item in iter_pieces(list(files), fs, first_track_only):
         if isinstance(item, MidiFileError):
@@ -116,6 +122,9 @@ def read_pieces(
             out.skipped.append((path, item.reason))
             if on_skip is not None:
                 on_skip(path, item.reason)
+        elif transpose:
+            for _, frames in transpositions(item.frames):
+                out.pieces.append(encode_piece(Piece(item.path, tuple(frames)), vocab, prior))
         else:
             out.pieces.append(encode_piece(item, vocab, prior))
     return out
@@ -447,8 +456,13 @@ def evaluate(
     runtime: str = "",
     on_skip: Callable[[Path, str], None] | None = None,
     progress_factory: Callable[[int], Any] | None = None,
+    transposed_baseline: bool = False,
 ) -> Report:
-    """Read the plan's pieces, score the model and (if the plan has them) the baselines."""
+    """Read the plan's pieces, score the model and (if the plan has them) the baselines.
+
+    ``transposed_baseline`` adds ``kn5_repeat_transposed``: the n-gram fit on the training
+    pieces in every key (as a model trained with ``--augment-transpose`` sees them).
+    """
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     target = read_pieces(plan_.files, vocab, prior, fs, first_track_only, on_skip)
@@ -488,6 +502,16 @@ def evaluate(
             "val_frames": fitted.val_frames,
             "skipped": len(train.skipped) + len(val.skipped),
         }
+        if transposed_baseline:
+            t0 = time.perf_counter()
+            shifted = read_pieces(
+                plan_.train_files, vocab, prior, fs, first_track_only, transpose=True
+            )
+            fitted_t = fit_baselines(shifted.pieces, val.pieces, len(vocab))
+            kn_t = score_baselines(fitted_t, target.pieces)[f"kn{KN_ORDER}_repeat"]
+            baselines[f"kn{KN_ORDER}_repeat_transposed"] = kn_t
+            info["transposed_train_frames"] = fitted_t.train_frames
+            seconds["transposed_baseline"] = time.perf_counter() - t0
     return Report(
         model_name,
         plan_.split,
@@ -530,6 +554,7 @@ def run_evaluation(
     baselines: bool = True,
     on_skip: Callable[[Path, str], None] | None = None,
     progress_factory: Callable[[int], Any] | None = None,
+    transposed_baseline: bool = False,
 ) -> Report:
     """``musicgend evaluate``: load the model, pick the files, score model and baselines.
 
@@ -570,6 +595,7 @@ def run_evaluation(
             runtime=predictor.runtime,
             on_skip=on_skip,
             progress_factory=progress_factory,
+            transposed_baseline=transposed_baseline,
         )
     finally:
         close = getattr(predictor, "close", None)

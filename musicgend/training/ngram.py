@@ -45,12 +45,19 @@ FALLBACK_DISCOUNT = 0.5
 
 
 @dataclass(frozen=True)
-class _ContextTable:
-    """One context's successors at one order: ids, their discounted share, and γ(h)."""
+class _OrderTable:
+    """One order's successors of every context, flat: context → (start, end, γ(h)).
 
+    ``ids[start:end]`` are the ids seen after the context and ``shares[start:end]`` their
+    discounted shares ``max(c − D, 0) / c(h •)``.
+    """
+
+    index: dict[tuple[int, ...], tuple[int, int, float]]
     ids: np.ndarray
     shares: np.ndarray
-    gamma: float
+
+
+_EMPTY_TABLE = _OrderTable({}, np.zeros(0, dtype=np.int64), np.zeros(0))
 
 
 class KneserNey:
@@ -70,7 +77,7 @@ class KneserNey:
         self.discounts: list[float] = []
         """``discounts[k − 1]`` is the discount of order k."""
         self._unigram = np.full(vocab_size, 1.0 / vocab_size)
-        self._tables: list[dict[tuple[int, ...], _ContextTable]] = [{} for _ in range(order)]
+        self._tables: list[_OrderTable] = [_EMPTY_TABLE] * order
 
     @classmethod
     def fit(
@@ -116,21 +123,28 @@ class KneserNey:
                 ids, cs = grouped.setdefault(gram[:-1], ([], []))
                 ids.append(gram[-1])
                 cs.append(c)
-            table: dict[tuple[int, ...], _ContextTable] = {}
+            index: dict[tuple[int, ...], tuple[int, int, float]] = {}
+            flat_ids: list[int] = []
+            flat_counts: list[int] = []
+            totals: list[float] = []
             for context, (ids, cs) in grouped.items():
-                c_arr = np.asarray(cs, dtype=np.float64)
-                total = float(c_arr.sum())
-                table[context] = _ContextTable(
-                    np.asarray(ids, dtype=np.int64),
-                    np.maximum(c_arr - d, 0.0) / total,
-                    d * len(ids) / total,
-                )
-            self._tables[k - 1] = table
+                start = len(flat_ids)
+                total = float(sum(cs))
+                index[context] = (start, start + len(ids), d * len(ids) / total)
+                flat_ids.extend(ids)
+                flat_counts.extend(cs)
+                totals.extend([total] * len(ids))
+            shares = np.maximum(np.asarray(flat_counts, dtype=np.float64) - d, 0.0) / np.asarray(
+                totals
+            )
+            self._tables[k - 1] = _OrderTable(index, np.asarray(flat_ids, dtype=np.int64), shares)
         unigram = np.full(self.vocab_size, 1.0 / self.vocab_size)
-        root = self._tables[0].get(())
+        first = self._tables[0]
+        root = first.index.get(())
         if root is not None:
-            unigram *= root.gamma
-            np.add.at(unigram, root.ids, root.shares)
+            start, end, gamma = root
+            unigram *= gamma
+            unigram[first.ids[start:end]] += first.shares[start:end]
         self._unigram = unigram
 
     def distribution(self, context: Sequence[int]) -> np.ndarray:
@@ -145,11 +159,13 @@ class KneserNey:
             ctx = (self.pad_id,) * (n - 1 - len(ctx)) + ctx
         vec = self._unigram.copy()
         for k in range(2, n + 1):
-            entry = self._tables[k - 1].get(ctx[len(ctx) - (k - 1) :])
+            table = self._tables[k - 1]
+            entry = table.index.get(ctx[len(ctx) - (k - 1) :])
             if entry is None:
                 continue
-            vec *= entry.gamma
-            vec[entry.ids] += entry.shares
+            start, end, gamma = entry
+            vec *= gamma
+            vec[table.ids[start:end]] += table.shares[start:end]
         return vec
 
 

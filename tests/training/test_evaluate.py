@@ -271,6 +271,12 @@ def test_evaluate_reports_every_readable_frame_and_skips_bad_files(tmp_path):
         data["nll_nats_per_frame"] / data["baselines"]["kn5_repeat"]["nll_nats_per_frame"]
     )
     assert [s["path"] for s in data["skipped"]] == [str(files[1]), str(files[3])]
+    # The n-gram fit on the training piece in every key: a third baseline on the same frames.
+    more = evaluate("m", pred, vocab, prior, 50, 5, False, the_plan, transposed_baseline=True)
+    shifted = more.baselines["kn5_repeat_transposed"]
+    assert shifted.frames == 12
+    assert more.baseline_info["transposed_train_frames"] == 12 * 10  # 12 keys × 10 frames
+    assert more.baselines["kn5_repeat"] == report.baselines["kn5_repeat"]
     nothing = Plan([tmp_path / "bad.mid"], "all", None, None)
     with pytest.raises(CorpusError, match="none of the 1 files"):
         evaluate("m", pred, vocab, prior, 50, 5, False, nothing)
