@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from musicgend.core.window import RollingWindow
 from musicgend.errors import CorpusError, MidiFileError, ModelError
 from musicgend.io.midifile import find_midi_files, iter_pieces, read_piece
 from musicgend.model.artifact import Artifact, load_artifact
+
+if TYPE_CHECKING:  # pragma: no cover
+    from musicgend.model.runtime import Predictor
 
 PRIME_CANDIDATES = 20
 """The default prime token is drawn from this many most frequent non-silent tokens."""
@@ -132,6 +136,36 @@ def reference_stats(midi_dirs: Sequence[str | Path], fs: int) -> MusicStats:
     return corpus_stats((p.frames for p in pieces), fs)
 
 
+def generate_tokens(
+    artifact: Artifact,
+    predictor: Predictor,
+    n_frames: int,
+    *,
+    seed: int = 0,
+    params: SamplerParams | None = None,
+    prime: str | Path | None = None,
+) -> tuple[str, list[PitchSet], list[int]]:
+    """``n_frames`` token ids from a loaded model: ``(prime name, prime frames, ids)``.
+
+    With the default prime, the chosen chord is the first of the ``n_frames`` ids and no
+    prime frames are returned; with a file, its first window of frames is returned.
+    """
+    cfg, vocab = artifact.config, artifact.vocab
+    sampler = Sampler(params or SamplerParams(), seed=seed)
+    if prime is None:
+        prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
+        first = [prime_ids[-1]]
+        written: list[PitchSet] = []
+        name = "seed"
+    else:
+        written = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
+        prime_ids = [vocab.nearest(f) for f in written]
+        first, name = [], str(prime)
+    n_draw = n_frames - len(first)
+    ids = first + generate_ids(predictor.predict, prime_ids, n_draw, sampler, cfg.window_frames)
+    return name, written, ids
+
+
 def generate_file(
     model: Artifact | str | Path,
     out: str | Path,
@@ -153,21 +187,10 @@ def generate_file(
     corpus = reference_stats(stats_against, cfg.fs) if stats_against else None
     predictor = load_predictor(artifact, runtime)
     n_frames = max(1, round(seconds * cfg.fs))
-    sampler = Sampler(params or SamplerParams(), seed=seed)
 
     started = time.perf_counter()
-    if prime is None:
-        prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
-        written_prime: list[PitchSet] = []
-        first = [prime_ids[-1]]
-        n_draw = n_frames - 1
-        prime_name = "seed"
-    else:
-        written_prime = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
-        prime_ids = [vocab.nearest(f) for f in written_prime]
-        first, n_draw, prime_name = [], n_frames, str(prime)
-    ids = first + generate_ids(
-        predictor.predict, prime_ids, n_draw, sampler, predictor.window_frames
+    prime_name, written_prime, ids = generate_tokens(
+        artifact, predictor, n_frames, seed=seed, params=params, prime=prime
     )
     elapsed_s = time.perf_counter() - started
 

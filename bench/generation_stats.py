@@ -1,0 +1,114 @@
+"""Generation statistics of a model under several sampling settings, next to the corpus's.
+
+For tuning the sampler defaults against the seed's weakness ("too many scattered notes"):
+each setting generates ``--seconds`` of music from the seed's prime with several seeds;
+the pooled statistics are compared with the corpus's (pitches per non-silent frame,
+onsets/s, repeat share, short-note share, scale consistency — see core/musicstats.py)
+and checked against the issue's goals.
+
+    .venv/bin/python bench/generation_stats.py --model models/default --data /tmp/bach
+    .venv/bin/python bench/generation_stats.py --model M --data D --grid default \\
+        --json bench/results/generation-stats.json
+
+For one setting, ``musicgend generate --model M -o x.mid --stats-against D`` does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from musicgend.core.musicstats import (  # noqa: E402
+    COMPARED,
+    corpus_stats,
+    goals,
+    ratios,
+)
+from musicgend.core.sampler import SamplerParams  # noqa: E402
+from musicgend.core.tokens import pitches_from_token  # noqa: E402
+from musicgend.model.artifact import load_artifact  # noqa: E402
+from musicgend.model.runtime import load_predictor  # noqa: E402
+from musicgend.training.generate import generate_tokens, reference_stats  # noqa: E402
+
+GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
+    "default": [
+        ("seed (plain softmax)", SamplerParams.seed()),
+        ("defaults", SamplerParams()),
+        ("p0.9 hold1", SamplerParams(top_p=0.9, hold_bias=1.0)),
+        ("p0.9 hold2", SamplerParams(top_p=0.9, hold_bias=2.0)),
+        ("p0.9 hold4", SamplerParams(top_p=0.9, hold_bias=4.0)),
+        ("p0.8 hold2", SamplerParams(top_p=0.8, hold_bias=2.0)),
+        ("p0.9 hold2 min2", SamplerParams(top_p=0.9, hold_bias=2.0, min_hold_frames=2)),
+        ("T0.8 p0.9 hold2", SamplerParams(temperature=0.8, top_p=0.9, hold_bias=2.0)),
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="corpus MIDI dirs")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seeds", type=int, default=3, help="generations per setting")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="default")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    artifact = load_artifact(args.model)
+    predictor = load_predictor(artifact, args.runtime)
+    fs = artifact.config.fs
+    t0 = time.perf_counter()
+    corpus = reference_stats(args.data, fs)
+    print(
+        f"corpus: {corpus.pieces} pieces, {corpus.seconds:.0f} s "
+        f"({time.perf_counter() - t0:.1f} s to read)",
+        flush=True,
+    )
+    n_frames = round(args.seconds * fs)
+    header = f"{'setting':22s}" + "".join(f"{name[:16]:>18s}" for name in COMPARED) + "  goals"
+    print(header)
+    print(f"{'corpus':22s}" + "".join(f"{getattr(corpus, n):18.3f}" for n in COMPARED))
+    rows = []
+    for label, params in GRIDS[args.grid]:
+        pieces = []
+        for seed in range(args.seeds):
+            _, _, ids = generate_tokens(artifact, predictor, n_frames, seed=seed, params=params)
+            pieces.append([pitches_from_token(artifact.vocab.token(i)) for i in ids])
+        stats = corpus_stats(pieces, fs)
+        r, ok = ratios(stats, corpus), goals(stats, corpus)
+        cells = "".join(f"{getattr(stats, n):9.3f} ({r[n]:4.2f})" for n in COMPARED)
+        print(f"{label:22s}{cells}  {sum(ok.values())}/{len(ok)}", flush=True)
+        rows.append(
+            {
+                "setting": label,
+                "sampler": params.model_dump(),
+                "stats": stats.to_dict(),
+                "ratios": r,
+                "goals": ok,
+            }
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "model": str(args.model),
+            "model_training": artifact.training,
+            "data": [str(d) for d in args.data],
+            "seconds_per_generation": args.seconds,
+            "seeds": args.seeds,
+            "runtime": predictor.runtime,
+            "corpus": corpus.to_dict(),
+            "settings": rows,
+        }
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
