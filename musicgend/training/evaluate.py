@@ -209,8 +209,22 @@ def score_model(
         start += len(y)
         if on_batch is not None:
             on_batch()
-    total = log_p + log_spell
-    return Score(float(-total.mean()), float(correct.mean()), frames)
+    known = np.concatenate([p.known for p in pieces])
+    return _score(log_p + log_spell, correct, known)
+
+
+def _score(log_p: np.ndarray, correct: np.ndarray, known: np.ndarray, **kw: Any) -> Score:
+    """Mean NLL and top-1, plus the NLL split between known and unknown chords.
+
+    ``nll_known`` / ``nll_unknown`` are means over those frames (``None`` when there are
+    none); the overall NLL is their frame-weighted mean.
+    """
+    by_kind = {
+        "nll_known": float(-log_p[known].mean()) if known.any() else None,
+        "nll_unknown": float(-log_p[~known].mean()) if (~known).any() else None,
+    }
+    extra = {**by_kind, **kw.pop("extra", {})}
+    return Score(float(-log_p.mean()), float(correct.mean()), len(log_p), extra=extra, **kw)
 
 
 # -- baselines ---------------------------------------------------------------------------------
@@ -258,23 +272,24 @@ def fit_baselines(
     )
 
 
-def _mixture_score(stats: FrameStats, log_spell: np.ndarray, lam: float, **extra: Any) -> Score:
+def _mixture_score(
+    stats: FrameStats, log_spell: np.ndarray, known: np.ndarray, lam: float, **extra: Any
+) -> Score:
     log_p = np.maximum(stats.log_probs(lam), LOG_FLOOR) + log_spell
-    return Score(
-        float(-log_p.mean()), float(stats.correct(lam).mean()), len(stats), lam, dict(extra)
-    )
+    return _score(log_p, stats.correct(lam), known, lam=lam, extra=extra)
 
 
 def score_baselines(baselines: Baselines, pieces: Sequence[EncodedPiece]) -> dict[str, Score]:
     """``{"repeat": …, "kn5_repeat": …}`` on every frame of ``pieces``."""
     log_spell = np.concatenate([p.log_spell for p in pieces])
+    known = np.concatenate([p.known for p in pieces])
     v = baselines.vocab_size
     uni = FrameStats.concat([uniform_stats(p.ids.tolist(), v) for p in pieces])
     kns = FrameStats.concat([kn_stats(baselines.kn, p.ids.tolist()) for p in pieces])
     return {
-        "repeat": _mixture_score(uni, log_spell, baselines.lam_repeat),
+        "repeat": _mixture_score(uni, log_spell, known, baselines.lam_repeat),
         f"kn{baselines.kn.order}_repeat": _mixture_score(
-            kns, log_spell, baselines.lam_kn, discounts=list(baselines.kn.discounts)
+            kns, log_spell, known, baselines.lam_kn, discounts=list(baselines.kn.discounts)
         ),
     }
 
@@ -434,6 +449,8 @@ class Report:
             "oov_rate": self.oov_rate,
             "nll_nats_per_frame": self.score.nll_nats_per_frame,
             "top1": self.score.top1,
+            "nll_known": self.score.extra.get("nll_known"),
+            "nll_unknown": self.score.extra.get("nll_unknown"),
             "baselines": {k: v.to_json() for k, v in self.baselines.items()},
             "nll_ratio_vs_kn5_repeat": self.nll_ratio,
             "baseline_data": self.baseline_info,
@@ -631,7 +648,7 @@ def _summary(report: Report) -> list[str]:
         b = report.baseline_info
         lines.append(
             f"baselines fit on {b['train_pieces']} training pieces ({b['train_frames']} frames), "
-            f"λ tuned on {b['val_pieces']} validation pieces ({b['val_frames']} frames)"
+            f"lambda tuned on {b['val_pieces']} validation pieces ({b['val_frames']} frames)"
         )
     ratio = report.nll_ratio
     if ratio is not None:
@@ -641,7 +658,7 @@ def _summary(report: Report) -> list[str]:
 
 def render_report(report: Report, stream: TextIO, rich: bool = False) -> None:
     """A readable table: rich on a terminal, plain aligned text otherwise."""
-    headers = ("", "NLL nats/frame", "top-1", "λ")
+    headers = ("", "NLL nats/frame", "top-1", "lambda")
     rows = _rows(report)
     summary = _summary(report)
     if rich:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from musicgend.training.evaluate import (
     evaluate,
     fit_baselines,
     plan,
+    render_report,
     score_baselines,
     score_model,
 )
@@ -102,6 +104,8 @@ def test_score_model_applies_the_rule_and_top1():
     assert score.nll_nats_per_frame == pytest.approx(expected, rel=1e-6)
     assert score.top1 == 0.5
     assert score.frames == 4
+    assert score.extra["nll_known"] == pytest.approx(-(2 * math.log(0.4) + math.log(0.2)) / 3)
+    assert score.extra["nll_unknown"] == pytest.approx(-(math.log(0.1) + prior.log_p(ODD)))
     # Context: the 3 previous ids, left-padded with silence; unknown → <unk>.
     windows = np.concatenate(pred.seen)
     c = vocab.id(token_from_pitches(C))
@@ -271,6 +275,11 @@ def test_evaluate_reports_every_readable_frame_and_skips_bad_files(tmp_path):
         data["nll_nats_per_frame"] / data["baselines"]["kn5_repeat"]["nll_nats_per_frame"]
     )
     assert [s["path"] for s in data["skipped"]] == [str(files[1]), str(files[3])]
+    for rich in (False, True):
+        out = io.StringIO()
+        render_report(report, out, rich=rich)
+        text = out.getvalue()
+        assert "kn5_repeat" in text and "2 pieces, 12 frames, 16.7 % unknown chords" in text
     # The n-gram fit on the training piece in every key: a third baseline on the same frames.
     more = evaluate("m", pred, vocab, prior, 50, 5, False, the_plan, transposed_baseline=True)
     shifted = more.baselines["kn5_repeat_transposed"]
