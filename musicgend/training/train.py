@@ -260,6 +260,20 @@ def _is_chief(strategy: Any) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def _chief_in_tf_config() -> bool:
+    """Whether TF_CONFIG makes this process the chief (read without TensorFlow)."""
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = tf_config.get("task", {})
+        cluster = tf_config.get("cluster", {})
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True  # make_strategy reports the bad TF_CONFIG
+    if kind in (None, "chief"):
+        return True
+    return kind == "worker" and index == 0 and "chief" not in cluster
+
+
 def _num_workers(strategy: Any) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None:
@@ -452,10 +466,8 @@ def train(
     saved ones, except ``epochs`` and ``patience``, which may change).
     """
     stream = stream or sys.stderr
-    # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
-    strategy = make_strategy(options.distributed)
-    chief = _is_chief(strategy)
     out_dir = options.out_dir
+    chief = not options.distributed or _chief_in_tf_config()
 
     state_info: dict[str, Any] | None = None
     saved_vars: tuple[list[np.ndarray], list[np.ndarray]] | None = None
@@ -479,6 +491,9 @@ def train(
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise TrainingError(f"{out_dir}: exists and is not empty; choose a new --out")
 
+    # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
+    strategy = make_strategy(options.distributed)
+    chief = _is_chief(strategy)
     import tensorflow as tf
 
     _seed_everything(options.seed, options.deterministic)
