@@ -355,8 +355,9 @@ def plan(
     """Decide which files to score and where the baselines' training pieces are.
 
     With ``split`` unset: the saved test split when ``midi_dir`` is the model's training data
-    directory, else every MIDI file under ``midi_dir``. ``split`` test/val/train picks that
-    part of the saved split under ``midi_dir``; ``all`` every file.
+    directory (as saved, or ``train_data``), else every MIDI file under ``midi_dir``.
+    ``split`` test/val/train picks that part of the saved split under ``midi_dir``; ``all``
+    every file.
     """
     if split is not None and split not in SPLITS:
         raise CorpusError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -364,7 +365,8 @@ def plan(
         raise CorpusError(f"{midi_dir}: no such file or directory")
     data_dir, saved = _training_info(artifact)
     if split is None:
-        split = "test" if data_dir is not None and _same_dir(midi_dir, data_dir) else "all"
+        homes = [d for d in (data_dir, train_data) if d is not None]
+        split = "test" if any(_same_dir(midi_dir, d) for d in homes) else "all"
     if split == "all":
         files = (
             [
@@ -398,7 +400,7 @@ def plan(
     elif root is None:
         problem = f"{artifact.path}: the model doesn't say where its training data is"
     elif not root.is_dir():
-        problem = f"the model's training data directory {root} is not there"
+        problem = f"{root}: no such directory (the model's training data)"
     else:
         try:
             train_files = _split_files(root, saved["train"], "training-split")

@@ -214,6 +214,9 @@ def test_plan_names_what_the_baselines_miss(tmp_path):
     touch(copy, "a.mid", "c.mid")
     p = plan(gone, other, train_data=copy)
     assert p.baseline_problem is None and p.train_files == [copy / "a.mid"]
+    assert p.split == "all"
+    touch(copy, "d.mid")
+    assert plan(gone, copy, train_data=copy).split == "test"  # the moved training data
     partial = tmp_path / "partial"
     touch(partial, "a.mid")
     problem = plan(gone, other, train_data=partial).baseline_problem
