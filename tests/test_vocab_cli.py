@@ -204,3 +204,14 @@ def test_bad_output_path_fails_before_reading(chord_corpus, tmp_path):
         f"error: {tmp_path}: is a directory (give the vocabulary file's name)"
     )
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_list_corpus_sorts_dedupes_and_ignores_hidden_files(chord_corpus):
+    from musicgend.training.corpus import list_corpus
+
+    write_not_midi(chord_corpus / ".hidden" / "x.txt")
+    write_not_midi(chord_corpus / ".DS_Store")
+    listing = list_corpus([chord_corpus, chord_corpus / "cadence.mid", chord_corpus / "sub"])
+    names = [p.relative_to(chord_corpus).as_posix() for p in listing.midi]
+    assert names == ["cadence.mid", "melody.mid", "sub/low.mid"]
+    assert listing.skipped == []

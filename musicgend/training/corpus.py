@@ -217,7 +217,8 @@ def _hidden(path: Path, root: Path) -> bool:
 def list_corpus(paths: Iterable[str | Path]) -> CorpusFiles:
     """Every MIDI file (by suffix, :data:`MIDI_SUFFIXES`) under the given directories, sorted.
 
-    A file named directly is taken as it is (its content decides later). Skipped with a
+    A file named directly is taken as it is (its content decides later); a file reached
+    twice is listed once. Skipped with a
     reason: a missing path, an empty directory, a directory without MIDI files, and every
     other (non-hidden) file in a directory.
     """
@@ -247,6 +248,11 @@ def list_corpus(paths: Iterable[str | Path]) -> CorpusFiles:
         if not midi:
             found.skipped.append(Skipped(root, "no MIDI files in this directory"))
         found.midi.extend(midi)
+    # a file reached twice (a directory and a file in it, or overlapping directories) counts once
+    unique: dict[Path, Path] = {}
+    for p in found.midi:
+        unique.setdefault(p.resolve(), p)
+    found.midi = list(unique.values())
     return found
 
 
