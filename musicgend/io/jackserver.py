@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ Backend = Literal["jack", "alsa"]
 BackendRequest = Literal["auto", "jack", "alsa"]
 
 _quiet_installed = False
+
+# libjack is not safe against jack_client_open and jack_client_close running at the same time
+# in two threads of one process (seen: a segfault in jack_client_close after a server loss).
+# Every client open/close in musicgend holds this lock.
+JACK_CLIENT_LOCK = threading.RLock()
 
 
 class JackServerError(MidiPortError):
@@ -71,13 +77,14 @@ def jack_running(server_name: str | None = None) -> bool:
         return False
     quiet_libjack()
     name = server_name or jack_server_name()
-    try:
-        client = jack.Client(
-            f"musicgend-probe-{os.getpid()}", no_start_server=True, servername=name
-        )
-    except jack.JackError:
-        return False
-    client.close()
+    with JACK_CLIENT_LOCK:
+        try:
+            client = jack.Client(
+                f"musicgend-probe-{os.getpid()}", no_start_server=True, servername=name
+            )
+        except jack.JackError:
+            return False
+        client.close()
     return True
 
 
@@ -210,9 +217,16 @@ class EmbeddedJack:
             if self._proc.poll() is not None:
                 output = self._log_tail()
                 self._cleanup()
+                hint = ""
+                if "Too many servers" in output:
+                    hint = (
+                        " (the JACK registry in /dev/shm holds 8 servers; servers killed with "
+                        "SIGKILL stay listed: with no JACK server running, remove "
+                        "/dev/shm/jack-shm-registry)"
+                    )
                 raise JackServerError(
                     f"jackd exited with code {self._proc.returncode} while starting "
-                    f"({' '.join(cmd)}): {output}"
+                    f"({' '.join(cmd)}): {output}{hint}"
                 )
             if time.monotonic_ns() > deadline_ns:
                 output = self._log_tail()

@@ -46,7 +46,13 @@ from types import TracebackType
 from typing import Any
 
 from musicgend.errors import MidiPortError
-from musicgend.io.jackserver import Backend, jack_running, jack_server_name, quiet_libjack
+from musicgend.io.jackserver import (
+    JACK_CLIENT_LOCK,
+    Backend,
+    jack_running,
+    jack_server_name,
+    quiet_libjack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -452,10 +458,21 @@ class JackMidiPorts(MidiPorts):
         self._last_cycle_ns = 0
         self._ns_per_frame = 0.0
         self._ports_changed = threading.Event()
+        self._shutdown_reason = ""
+        # Clients whose server died. Never jack_client_close()d: libjack 1.9.21 segfaults
+        # there (seen both right after the shutdown callback and at garbage collection).
+        # Their threads end by themselves (tested); the objects stay referenced so that
+        # the cffi callbacks outlive anything that might still call them.
+        self._dead_clients: list[Any] = []
 
     # JACK client lifecycle (supervisor thread or __enter__)
 
     def _open(self) -> None:
+        with JACK_CLIENT_LOCK:
+            self._open_locked()
+        self._connect_matching()
+
+    def _open_locked(self) -> None:
         import jack
 
         quiet_libjack()
@@ -492,22 +509,23 @@ class JackMidiPorts(MidiPorts):
             self._client = None
             client.close()
             raise MidiPortError(f"can't create JACK MIDI ports: {exc}") from exc
-        self._connect_matching()
 
     def _close_backend(self) -> None:
         client, self._client = self._client, None
         if client is None:
             return
-        with contextlib.suppress(Exception):
-            if not self._lost.is_set():
-                client.deactivate()
-        with contextlib.suppress(Exception):
-            client.close()
+        with JACK_CLIENT_LOCK:
+            with contextlib.suppress(Exception):
+                if not self._lost.is_set():
+                    client.deactivate()
+            with contextlib.suppress(Exception):
+                client.close()
 
     # JACK callbacks (JACK threads: no JACK API calls except port buffers)
 
     def _on_shutdown(self, status: Any, reason: str) -> None:
-        log.warning("JACK server %r shut down: %s", self._server, reason)
+        # Flags only: this runs in a JACK thread that is about to end.
+        self._shutdown_reason = reason
         self._ready.clear()
         self._lost.set()
         self._wake.set()
@@ -648,8 +666,18 @@ class JackMidiPorts(MidiPorts):
         self._ready.clear()
         self._lost.set()
         self._server_losses += 1
-        log.warning("JACK server %r lost; waiting for it to come back", self._server)
-        self._close_backend()
+        log.warning(
+            "JACK server %r lost (%s); waiting for it to come back",
+            self._server,
+            self._shutdown_reason or "no process cycle and no answer",
+        )
+        self._shutdown_reason = ""
+        dead, self._client = self._client, None
+        if dead is not None:
+            import jack
+
+            self._dead_clients.append((dead, self._inport, self._outport))
+            dead._ptr = jack._ffi.NULL  # so that neither close() nor __del__ closes it
         while not self._stop.is_set():
             if jack_running(self._server):
                 try:
@@ -814,18 +842,19 @@ def list_ports(backend: Backend) -> PortList:
 
         quiet_libjack()
         server = jack_server_name()
-        try:
-            client = jack.Client("musicgend-ports", no_start_server=True, servername=server)
-        except jack.JackError as exc:
-            raise MidiPortError(f"no JACK server {server!r} is running") from exc
-        try:
-            return PortList(
-                "jack",
-                sorted(p.name for p in client.get_ports(is_midi=True, is_output=True)),
-                sorted(p.name for p in client.get_ports(is_midi=True, is_input=True)),
-            )
-        finally:
-            client.close()
+        with JACK_CLIENT_LOCK:
+            try:
+                client = jack.Client("musicgend-ports", no_start_server=True, servername=server)
+            except jack.JackError as exc:
+                raise MidiPortError(f"no JACK server {server!r} is running") from exc
+            try:
+                return PortList(
+                    "jack",
+                    sorted(p.name for p in client.get_ports(is_midi=True, is_output=True)),
+                    sorted(p.name for p in client.get_ports(is_midi=True, is_input=True)),
+                )
+            finally:
+                client.close()
     if backend == "alsa":
         import rtmidi
 

@@ -197,6 +197,7 @@ def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) ->
             peer = JackPeer("keys")
             await await_until(lambda: ports.connections()["in"] == ["keys:out"])
             peer.kill()
+            threads_before = _os_threads()  # ours: JACK's two, the supervisor, main
             getattr(jackd, how)()
             # the server is gone: noticed within 2 s
             await await_until(lambda: not ports.connected, timeout_s=2.0, what="loss noticed")
@@ -214,6 +215,8 @@ def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) ->
                 assert event.data == NOTE_ON
             c = ports.counters
             assert (c.server_losses, c.reconnects) == (1, 1)
+            # the lost client's JACK threads ended: no thread per server loss
+            await await_until(lambda: _os_threads() == threads_before, what="old threads gone")
 
     run(main)
 
