@@ -114,7 +114,8 @@ class CallResponseSettings(_Section):
 
 class EngineSettings(_Section):
     model: Path = BUNDLED_MODEL_DIR
-    runtime: Literal["auto", "numpy", "litert", "tf", "keras"] = "auto"
+    runtime: Literal["auto", "numpy", "litert", "tf", "tf-xla", "keras", "eager"] = "auto"
+    """Inference runtime (see musicgend.model.runtime); ``auto`` picks the fastest available."""
     mode: Literal["accompany", "call-response", "solo"] = "accompany"
     temperature: float = Field(1.0, gt=0, le=10)
     top_p: float = Field(0.95, gt=0, le=1)

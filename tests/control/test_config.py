@@ -201,3 +201,13 @@ def test_cli_config_show_error(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: invalid configuration:")
     assert "midi.channel = 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_runtime_choices_match_the_model_runtimes() -> None:
+    from typing import get_args
+
+    from musicgend.config import EngineSettings
+    from musicgend.model.runtime import RUNTIMES
+
+    annotation = EngineSettings.model_fields["runtime"].annotation
+    assert set(get_args(annotation)) == set(RUNTIMES)
