@@ -64,13 +64,10 @@ def _check_pattern(value: str | None) -> str | None:
 
 
 def default_session_dir() -> Path:
-    """``$STATE_DIRECTORY/sessions`` under systemd, else the user's state directory."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0]) / "sessions"
-    from platformdirs import user_state_path
+    """``$STATE_DIRECTORY/sessions`` under systemd, else the user's data directory."""
+    from musicgend.io.session import default_session_root
 
-    return user_state_path("musicgend") / "sessions"
+    return default_session_root()
 
 
 class MidiSettings(_Section):

@@ -211,3 +211,10 @@ def test_runtime_choices_match_the_model_runtimes() -> None:
 
     annotation = EngineSettings.model_fields["runtime"].annotation
     assert set(get_args(annotation)) == set(RUNTIMES)
+
+
+def test_session_dir_under_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/musicgend:/var/lib/other")
+    assert load_config().session.dir == Path("/var/lib/musicgend/sessions")
+    monkeypatch.setenv("MUSICGEND_SESSION__DIR", "/srv/sessions")
+    assert load_config().session.dir == Path("/srv/sessions")
