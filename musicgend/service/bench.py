@@ -1,0 +1,313 @@
+"""``musicgend bench``: the daemon's real-time figures, measured from outside.
+
+One run starts a private JACK server (dummy driver), and for each condition (idle, then
+with a CPU-heavy process spinning on the other core) starts ``musicgend run`` as a
+subprocess, plays human notes into it at random moments from a separate JACK client (this
+process), records its output with JACK frame times, stops it with SIGTERM and reads the
+metrics it writes on exit. Reported (nothing is asserted):
+
+* ``frame_latency_ms``: decision latency, tick deadline → that frame's messages written;
+* ``late_frames`` (no result at the tick), ``stale_frames`` (result from slightly older input);
+* ``inference_ms``: per-call time in the daemon, and per runtime measured here side by side;
+* ``jitter_ms``: onsets of the daemon's frames as a separate JACK client sees them (absolute
+  JACK frame time), residuals against the 200 ms grid fitted by least squares;
+* ``rss_mb`` of the daemon; ``ports_ready_s``: process start → its ports visible in JACK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musicgend.errors import MusicgendError
+
+FRAME_S = 0.2
+CLIENT = "musicgend"
+
+
+def _pcts(values: Any) -> dict[str, float | None]:
+    a = np.asarray(list(values), dtype=np.float64)
+    if a.size == 0:
+        return {"p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(a, [50, 99])
+    return {
+        "p50": round(float(p50), 4),
+        "p99": round(float(p99), 4),
+        "max": round(float(a.max()), 4),
+    }
+
+
+def inference_times(model: Path, runtimes: list[str], calls: int = 300) -> dict[str, Any]:
+    """Per-call inference time of each runtime on random windows (this process)."""
+    from musicgend.model.runtime import load_predictor
+
+    out: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    for name in runtimes:
+        try:
+            threads = int(name.split(":")[1]) if ":" in name else 2
+            predictor = load_predictor(model, name.split(":")[0], threads=threads)
+        except MusicgendError as exc:
+            out[name] = {"error": str(exc)}
+            continue
+        v = predictor.vocab_size
+        windows = rng.integers(1, v, size=(calls + 20, predictor.window_frames), dtype=np.int32)
+        times = []
+        for i, w in enumerate(windows):
+            t0 = time.perf_counter_ns()
+            predictor.predict(w)
+            if i >= 20:
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+        out[name] = _pcts(times)
+    return out
+
+
+def onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, Any]:
+    """Residuals of onset times (JACK frames) against a fitted 200 ms grid, in ms."""
+    if len(frame_times) < 3:
+        return {"p50": None, "p99": None, "max": None, "onsets": len(frame_times)}
+    t = (np.asarray(frame_times, dtype=np.float64) - frame_times[0]) / rate_hz
+    k = np.round(t / FRAME_S)
+    slope, offset = np.polyfit(k, t, 1)
+    residual_ms = np.abs(t - (slope * k + offset)) * 1e3
+    result = _pcts(residual_ms)
+    result["onsets"] = len(frame_times)
+    result["grid_ms"] = round(float(slope) * 1e3, 6)
+    return result
+
+
+class Peer:
+    """A separate JACK client: records the daemon's output with frame times, plays notes."""
+
+    def __init__(self, server: str) -> None:
+        import jack
+
+        self.client = jack.Client("mgbench", no_start_server=True, servername=server)
+        self.inport = self.client.midi_inports.register("in")
+        self.outport = self.client.midi_outports.register("out")
+        self.events: list[tuple[int, bytes]] = []
+        self.to_send: deque[bytes] = deque()
+        self.lock = threading.Lock()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        base = self.client.last_frame_time
+        for offset, data in self.inport.incoming_midi_events():
+            self.events.append((base + offset, bytes(data)))
+        self.outport.clear_buffer()
+        while self.to_send:
+            self.outport.write_midi_event(0, self.to_send.popleft())
+
+    def wait_port(self, name: str, timeout_s: float) -> float | None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self.client.get_ports(name):
+                return time.monotonic() - start
+            time.sleep(0.002)
+        return None
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect both ways; retried while the daemon's client is still activating."""
+        import jack
+
+        deadline = time.monotonic() + timeout_s
+        pairs = [(f"{CLIENT}:out", "mgbench:in"), ("mgbench:out", f"{CLIENT}:in")]
+        while pairs:
+            try:
+                self.client.connect(*pairs[0])
+                pairs.pop(0)
+            except jack.JackError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def _hog() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def run_condition(
+    model: Path, frames: int, server: str, rate_hz: int, hog: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """One daemon run of ``frames`` frames; returns its figures."""
+    peer = Peer(server)
+    hog_proc = _hog() if hog else None
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory(prefix="musicgend-bench-") as tmp:
+        metrics_file = Path(tmp) / "metrics.json"
+        env = dict(os.environ, JACK_DEFAULT_SERVER=server)
+        started = time.monotonic()
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "musicgend",
+                "run",
+                "--backend",
+                "jack",
+                "--model",
+                str(model),
+                "--session-dir",
+                tmp,
+                "--metrics-out",
+                str(metrics_file),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            ready_s = peer.wait_port(f"{CLIENT}:out", 30.0)
+            if ready_s is None:
+                raise MusicgendError("the daemon's ports did not appear within 30 s")
+            ports_ready_s = time.monotonic() - started
+            peer.connect()
+            log(f"  daemon ports ready after {ports_ready_s:.2f} s; running {frames} frames")
+            end = time.monotonic() + frames * FRAME_S + 1.0
+            held: list[int] = []
+            while time.monotonic() < end:
+                # the "human": a note on or off every 0.05..0.45 s, at random phases
+                time.sleep(float(rng.uniform(0.05, 0.45)))
+                if held and (len(held) > 2 or rng.random() < 0.5):
+                    peer.to_send.append(bytes([0x80, held.pop(0), 0]))
+                else:
+                    pitch = int(rng.integers(48, 72))
+                    held.append(pitch)
+                    peer.to_send.append(bytes([0x90, pitch, 90]))
+            for pitch in held:
+                peer.to_send.append(bytes([0x80, pitch, 0]))
+            rss = _rss_mb(daemon.pid)
+            on_grid = len(peer.events)  # what comes after SIGTERM (note-offs, CC123) isn't
+            daemon.send_signal(signal.SIGTERM)
+            output, _ = daemon.communicate(timeout=30)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+            if hog_proc is not None:
+                hog_proc.kill()
+                hog_proc.wait()
+            peer.close()
+        if daemon.returncode != 0 or not metrics_file.exists():
+            raise MusicgendError(f"daemon exited {daemon.returncode}: {output[-2000:]}")
+        metrics = json.loads(metrics_file.read_text())
+    onsets = sorted({t for t, data in peer.events[:on_grid] if data[0] & 0xF0 in (0x80, 0x90)})
+    cc123 = sum(1 for _, data in peer.events if data[0] & 0xF0 == 0xB0 and data[1] == 123)
+    return {
+        "frames": metrics["frames"],
+        "frame_latency_ms": metrics["frame_latency_ms"],
+        "late_frames": metrics["late_frames"],
+        "stale_frames": metrics["stale_frames"],
+        "late_results": metrics["late_results"],
+        "missed_ticks": metrics["missed_ticks"],
+        "inference_ms_daemon": metrics["inference_ms"],
+        "jitter_ms": onset_jitter_ms(onsets, rate_hz),
+        "rss_mb": rss,
+        "ports_ready_s": round(ports_ready_s, 3),
+        "cc123_channels_at_stop": cc123,
+        "priority": metrics.get("priority"),
+        "exit_code": daemon.returncode,
+    }
+
+
+def _rss_mb(pid: int) -> float | None:
+    from musicgend.service.runtime import rss_mb
+
+    return rss_mb(pid)
+
+
+def run_bench(
+    model: Path,
+    frames: int = 3000,
+    runtimes: list[str] | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON-able result (DESIGN §4 keys at top level)."""
+    from musicgend.io.jackserver import EmbeddedJack
+
+    if not (model / "metadata.json").exists():
+        raise MusicgendError(f"{model}: not a model directory (pass --model DIR)")
+    os.environ.setdefault("JACK_NO_AUDIO_RESERVATION", "1")
+    rate_hz = 48000
+    log(f"inference per runtime ({model})")
+    per_runtime = inference_times(model, runtimes or ["numpy", "litert:1", "litert:2"])
+    conditions: dict[str, Any] = {}
+    with EmbeddedJack(rate_hz=rate_hz, period_frames=128, set_environment=False) as server:
+        for name, hog in (("idle", False), ("cpu_hog", True)):
+            log(f"condition {name}")
+            conditions[name] = run_condition(model, frames, server.name, rate_hz, hog, log)
+    worst_p99 = max(c["frame_latency_ms"]["p99"] or 0.0 for c in conditions.values())
+    idle = conditions["idle"]
+    return {
+        "frame_latency_ms": idle["frame_latency_ms"],
+        "late_frames": idle["late_frames"],
+        "inference_ms": {**per_runtime, "daemon": idle["inference_ms_daemon"]},
+        "rss_mb": idle["rss_mb"],
+        "jitter_ms": idle["jitter_ms"],
+        "ports_ready_s": idle["ports_ready_s"],
+        "conditions": conditions,
+        "goals": {
+            "frame_latency_p99_ms_le_1": worst_p99 <= 1.0,
+            "late_frames_0": all(c["late_frames"] == 0 for c in conditions.values()),
+            "jitter_p99_ms_le_1": all(
+                (c["jitter_ms"]["p99"] or 99) <= 1.0 for c in conditions.values()
+            ),
+            "rss_mb_le_100": all((c["rss_mb"] or 999) <= 100 for c in conditions.values()),
+            "ports_ready_s_le_1": all(c["ports_ready_s"] <= 1.0 for c in conditions.values()),
+        },
+        "frames_per_condition": frames,
+        "jack": {"rate_hz": rate_hz, "period_frames": 128},
+        "model": str(model),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "python": platform.python_version(),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    lines = []
+    for name, c in result["conditions"].items():
+        lat, jit = c["frame_latency_ms"], c["jitter_ms"]
+        inf = c["inference_ms_daemon"]
+        lines.append(
+            f"{name:8s} frames {c['frames']:5d}  decision p50 {lat['p50']} p99 {lat['p99']} "
+            f"max {lat['max']} ms  late {c['late_frames']} stale {c['stale_frames']}  "
+            f"inference p50 {inf['p50']} p99 {inf['p99']} ms  jitter p50 {jit['p50']} "
+            f"p99 {jit['p99']} max {jit['max']} ms  rss {c['rss_mb']} MB  "
+            f"ports {c['ports_ready_s']} s"
+        )
+    for name, figures in result["inference_ms"].items():
+        lines.append(f"inference {name:9s} {figures}")
+    lines.append(f"goals: {result['goals']}")
+    return "\n".join(lines)
+
+
+def save_result(result: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"latency-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return path
