@@ -476,6 +476,28 @@ def run_cmd(
         print(f"session written: {info.session_midi}", flush=True)
 
 
+@app.command("demo")
+def demo_cmd(
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where the chorale, session, PNG and WAV go.")
+    ] = Path("musicgend-demo"),
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: bundled).")] = None,
+    midi: Annotated[
+        Path | None, typer.Option(help="Play this .mid instead of a Bach chorale.")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=1, help="Play at most this long.")] = 30.0,
+) -> None:
+    """Play a Bach chorale into the daemon on a private JACK server; keep the session."""
+    from musicgend.config import BUNDLED_MODEL_DIR
+    from musicgend.service.demo import run_demo
+
+    result = run_demo(out_dir, model or BUNDLED_MODEL_DIR, midi, seconds)
+    print(f"played:  {result.source_midi}")
+    print(f"session: {result.session_midi}")
+    print(f"picture: {result.png}")
+    print(f"audio:   {result.wav or 'not rendered (fluidsynth or a GM soundfont missing)'}")
+
+
 @app.command("bench")
 def bench_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

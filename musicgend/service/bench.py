@@ -93,10 +93,10 @@ def onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, Any]:
 class Peer:
     """A separate JACK client: records the daemon's output with frame times, plays notes."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, name: str = "mgbench") -> None:
         import jack
 
-        self.client = jack.Client("mgbench", no_start_server=True, servername=server)
+        self.client = jack.Client(name, no_start_server=True, servername=server)
         self.inport = self.client.midi_inports.register("in")
         self.outport = self.client.midi_outports.register("out")
         self.events: list[tuple[int, bytes]] = []
@@ -120,6 +120,17 @@ class Peer:
                 return time.monotonic() - start
             time.sleep(0.002)
         return None
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until something is connected to both of our ports (the daemon's patterns)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.client.get_all_connections(self.inport) and self.client.get_all_connections(
+                self.outport
+            ):
+                return True
+            time.sleep(0.01)
+        return False
 
     def connect(self, timeout_s: float = 10.0) -> None:
         """Connect both ways; retried while the daemon's client is still activating."""
