@@ -39,15 +39,17 @@ from musicgend.model.config import preset  # noqa: E402
 # calls per runtime: the slow reference paths get fewer
 REPS = {
     "keras": 30,
-    "eager": 8,
+    "eager": 5,
     "tf": 150,
     "tf-xla": 300,
     "litert": 300,
+    "litert-1t": 300,
     "numpy-blas2": 100,
     "numpy": 300,
 }
 ORDER = tuple(REPS)
-"""``numpy-blas2``: the NumPy pass with OpenBLAS left at 2 threads (``numpy`` uses 1)."""
+"""``litert-1t``: LiteRT with 1 thread (``litert`` uses 2); ``numpy-blas2``: the NumPy pass
+with OpenBLAS left at 2 threads (``numpy`` uses 1)."""
 TOLERANCE = 1e-5
 
 
@@ -90,7 +92,12 @@ def time_calls(fn, x: np.ndarray, reps: int) -> list[float]:
 
 def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]:
     from musicgend.model.artifact import load_artifact
-    from musicgend.model.runtime import NumpyPredictor, Predictor, load_predictor
+    from musicgend.model.runtime import (
+        LiteRTPredictor,
+        NumpyPredictor,
+        Predictor,
+        load_predictor,
+    )
 
     art = load_artifact(path)
     rng = np.random.default_rng(2)
@@ -101,6 +108,8 @@ def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]
         predictor: Predictor
         if name == "numpy-blas2":
             predictor = NumpyPredictor(art, blas_threads=2)
+        elif name == "litert-1t":
+            predictor = LiteRTPredictor(art, threads=1)
         else:
             predictor = load_predictor(art, name)
         diff = float(np.abs(predictor.predict_batch(x[:4]) - reference).max())
@@ -178,6 +187,7 @@ def main() -> None:
             "numpy": np.__version__,
         },
         "tolerance_vs_keras": TOLERANCE,
+        "load_average_at_start": os.getloadavg(),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +220,8 @@ def main() -> None:
                     "startup": startup,
                 }
             )
+    report["load_average_at_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
