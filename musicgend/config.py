@@ -46,7 +46,7 @@ MASK = "**********"
 
 _TOPIC_SEGMENT = re.compile(r"^[^/+#\x00]+$")
 
-CcParam = Literal["temperature", "top_p", "top_k", "density", "hold_bias"]
+CcParam = Literal["temperature", "top_p", "top_k", "density", "hold_bias", "mode"]
 
 
 class _Section(BaseModel):
