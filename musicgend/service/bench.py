@@ -152,6 +152,18 @@ class Peer:
         self.client.close()
 
 
+def _realtime_jack() -> type:
+    """EmbeddedJack with ``jackd -R`` (real-time cycle thread), as a studio would run it."""
+    from musicgend.io.jackserver import EmbeddedJack
+
+    class RealtimeJack(EmbeddedJack):
+        def command(self) -> list[str]:
+            cmd = super().command()
+            return [cmd[0], "-R", *cmd[1:]]
+
+    return RealtimeJack
+
+
 def _hog() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -263,7 +275,15 @@ def run_bench(
     log(f"inference per runtime ({model})")
     per_runtime = inference_times(model, runtimes or ["numpy", "litert:1", "litert:2"])
     conditions: dict[str, Any] = {}
-    with EmbeddedJack(rate_hz=rate_hz, period_frames=128, set_environment=False) as server:
+    try:
+        server_cm = _realtime_jack()(rate_hz=rate_hz, period_frames=128, set_environment=False)
+        server_cm.start()
+        realtime = True
+    except MusicgendError:
+        server_cm = EmbeddedJack(rate_hz=rate_hz, period_frames=128, set_environment=False)
+        server_cm.start()
+        realtime = False
+    with server_cm as server:
         for name, hog in (("idle", False), ("cpu_hog", True)):
             log(f"condition {name}")
             conditions[name] = run_condition(model, frames, server.name, rate_hz, hog, log)
@@ -287,7 +307,7 @@ def run_bench(
             "ports_ready_s_le_1": all(c["ports_ready_s"] <= 1.0 for c in conditions.values()),
         },
         "frames_per_condition": frames,
-        "jack": {"rate_hz": rate_hz, "period_frames": 128},
+        "jack": {"rate_hz": rate_hz, "period_frames": 128, "realtime": realtime},
         "model": str(model),
         "machine": {
             "cpus": os.cpu_count(),
