@@ -650,8 +650,9 @@ def train(
                     )
                 print(_epoch_line(h, epochs, improved), file=stream, flush=True)
         except KeyboardInterrupt:
+            where = f"in epoch {epoch}" if len(history) < epoch else f"after epoch {epoch}"
             raise TrainingError(
-                f"interrupted in epoch {epoch}; the state after epoch {len(history)} is kept: "
+                f"interrupted {where}; the state after epoch {len(history)} is kept: "
                 f"continue with `musicgend train --out {out_dir} --resume`"
             ) from None
         stopped_early = patience_spent() and len(history) < epochs

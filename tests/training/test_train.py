@@ -99,13 +99,11 @@ def test_saved_model_reproduces_the_recorded_val_nll(run_a: Path, bach_dir: Path
     assert top1 == pytest.approx(meta["best_val_top1"], abs=1e-6)
 
 
-def test_resume_after_sigkill_continues_the_same_run(
-    run_a: Path, bach_dir: Path, tiny_config_file: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "model"
-    argv = [sys.executable, "-m", "musicgend", "train", "--data", str(bach_dir), "--out"]
+def interrupt_after_epoch(argv: list[str], epoch: int, sig: signal.Signals) -> tuple[int, str]:
+    """Run ``musicgend`` and send ``sig`` as soon as it reports ``epoch`` done (the next epoch
+    has begun). Returns the exit code and the rest of stderr."""
     proc = subprocess.Popen(
-        [*argv, str(out), "--config", str(tiny_config_file), *ARGS],
+        [sys.executable, "-m", "musicgend", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -114,16 +112,34 @@ def test_resume_after_sigkill_continues_the_same_run(
     )
     try:
         assert proc.stderr is not None
+        seen = []
         for line in proc.stderr:  # blocks on the pipe; no wall-clock sleeping
-            if line.startswith(f"epoch 1/{EPOCHS}"):
-                os.kill(proc.pid, signal.SIGKILL)
+            seen.append(line)
+            if line.startswith(f"epoch {epoch}/{EPOCHS}"):
+                os.kill(proc.pid, sig)
                 break
-        proc.wait(timeout=60)
+        else:
+            pytest.fail(f"training ended without reporting epoch {epoch}:\n" + "".join(seen))
+        _, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode, "".join(seen) + rest
+
+
+def test_interrupt_and_sigkill_then_resume_retrace_the_uninterrupted_run(
+    run_a: Path, bach_dir: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "model"
+    start = ["train", "--data", str(bach_dir), "--out", str(out)]
+    start += ["--config", str(tiny_config_file), *ARGS]
+
+    # Ctrl-C in epoch 2: one clear error line, the state after epoch 1 is kept
+    code, err = interrupt_after_epoch(start, 1, signal.SIGINT)
+    assert code == 1
+    assert "error: interrupted " in err and "; the state after epoch 1 is kept" in err
+    assert "--resume" in err and "Traceback" not in err
     assert state_dir_for(out).is_dir()
 
     # a resumed run keeps its settings: a different batch size is refused
@@ -131,14 +147,16 @@ def test_resume_after_sigkill_continues_the_same_run(
     assert clash.returncode == 1
     assert "--batch-size" in clash.stderr and "interrupted run" in clash.stderr
 
+    # resume, then SIGKILL in epoch 3: the state after epoch 2 survives
+    code, err = interrupt_after_epoch(["train", "--out", str(out), "--resume"], 2, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert "resuming after epoch 1" in err and f"epoch 1/{EPOCHS}" not in err
+
     resumed = cli("train", "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after epoch" in resumed.stderr
-    done = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
-    assert done in (1, 2)
-    assert f"epoch {done + 1}/{EPOCHS}" in resumed.stderr
-    assert f"epoch {done}/{EPOCHS}" not in resumed.stderr
-    # the resumed run retraces the uninterrupted one exactly
+    assert "resuming after epoch 2" in resumed.stderr
+    assert f"epoch 3/{EPOCHS}" in resumed.stderr and f"epoch 2/{EPOCHS}" not in resumed.stderr
+    # the twice-interrupted run retraces the uninterrupted one exactly
     assert learning(history(out)) == learning(history(run_a))
     meta, meta_a = load_artifact(out).training, load_artifact(run_a).training
     assert meta["final_weights_sha256"] == meta_a["final_weights_sha256"]
