@@ -77,11 +77,16 @@ def inference_times(model: Path, runtimes: list[str], calls: int = 300) -> dict[
 
 
 def onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, Any]:
-    """Residuals of onset times (JACK frames) against a fitted 200 ms grid, in ms."""
+    """Residuals of onset times (JACK frames) against a fitted 200 ms grid, in ms.
+
+    Grid indices are counted from consecutive gaps (the dummy driver's frame clock is not
+    locked to the monotonic clock, so over minutes absolute rounding would slip a frame);
+    the least-squares line then absorbs offset and rate difference.
+    """
     if len(frame_times) < 3:
         return {"p50": None, "p99": None, "max": None, "onsets": len(frame_times)}
     t = (np.asarray(frame_times, dtype=np.float64) - frame_times[0]) / rate_hz
-    k = np.round(t / FRAME_S)
+    k = np.concatenate([[0.0], np.cumsum(np.round(np.diff(t) / FRAME_S))])
     slope, offset = np.polyfit(k, t, 1)
     residual_ms = np.abs(t - (slope * k + offset)) * 1e3
     result = _pcts(residual_ms)
