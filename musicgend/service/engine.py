@@ -650,8 +650,10 @@ class Engine:
         journal: EventLog | None = None,
         loader: ModelLoader | None = None,
         session_info: Callable[[], Any] | None = None,
+        port_counters: Callable[[], Any] | None = None,
     ) -> None:
         self.core = core
+        self.port_counters = port_counters
         self.out = out
         self._stop = threading.Event()
         self.clock: Clock = clock or MonotonicClock(self._stop)
@@ -857,6 +859,11 @@ class Engine:
     def metrics(self) -> dict[str, Any]:
         data = self.core.metrics.snapshot()
         data["priority"] = self.priority
+        data["dropped_input"] = 0
+        if self.port_counters is not None:
+            c = self.port_counters()
+            data["dropped_input"] = c.dropped_malformed + c.dropped_sysex + c.dropped_overflow
+            data["midi"] = c.as_dict()
         return data
 
     def frames_on_time(self, within_ns: int | None = None) -> bool:

@@ -305,6 +305,7 @@ async def serve(
             journal=recorder,
             loader=lambda p: load_model(p, settings.engine.runtime),
             session_info=session_info,
+            port_counters=lambda: ports.counters,
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR1, engine.panic)
@@ -343,7 +344,6 @@ async def serve(
             sys.setswitchinterval(old_interval)
             info.metrics = engine.metrics()
             info.metrics["rss_mb"] = rss_mb()
-            info.metrics["midi"] = ports.counters.as_dict()
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)
 
