@@ -69,7 +69,9 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
 
     GRU arrays follow Keras 3 (``reset_after=True``): kernel ``(in, 3U)`` and recurrent
     kernel ``(U, 3U)`` with gate columns in the order z, r, h; bias ``(2, 3U)`` (input bias,
-    recurrent bias).
+    recurrent bias). A tied output (``tied_output_dim``) has no ``logits.kernel``: its
+    logits are ``(h @ tied_projection.kernel + tied_projection.bias) @ embedding.T +
+    logits.bias``.
     """
     u = config.gru_units
     shapes: dict[str, tuple[int, ...]] = {"embedding": (vocab_size, config.embed_dim)}
@@ -82,7 +84,12 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
         width = 2 * u
     shapes["dense.kernel"] = (width, config.dense_units)
     shapes["dense.bias"] = (config.dense_units,)
-    shapes["logits.kernel"] = (config.dense_units, vocab_size)
+    if config.tied_output_dim:
+        # logits = (h @ tied_projection.kernel + tied_projection.bias) @ embedding.T + logits.bias
+        shapes["tied_projection.kernel"] = (config.dense_units, config.tied_output_dim)
+        shapes["tied_projection.bias"] = (config.tied_output_dim,)
+    else:
+        shapes["logits.kernel"] = (config.dense_units, vocab_size)
     shapes["logits.bias"] = (vocab_size,)
     if config.copy_gate:
         shapes["copy_gate.kernel"] = (config.dense_units, 1)
@@ -101,10 +108,13 @@ def numpy_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarr
             out[f"bigru_{i}.{d}.kernel"] = np.asarray(cell.kernel.numpy())
             out[f"bigru_{i}.{d}.recurrent_kernel"] = np.asarray(cell.recurrent_kernel.numpy())
             out[f"bigru_{i}.{d}.bias"] = np.asarray(cell.bias.numpy())
-    for name in ("dense", "logits") + (("copy_gate",) if config.copy_gate else ()):
+    dense = ("dense",) + (("tied_projection",) if config.tied_output_dim else ("logits",))
+    for name in dense + (("copy_gate",) if config.copy_gate else ()):
         kernel, bias = model.get_layer(name).get_weights()
         out[f"{name}.kernel"] = np.asarray(kernel)
         out[f"{name}.bias"] = np.asarray(bias)
+    if config.tied_output_dim:
+        (out["logits.bias"],) = (np.asarray(w) for w in model.get_layer("logits").get_weights())
     return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
 
 

@@ -2,7 +2,11 @@
 
 Input: ``(batch, window_frames)`` int32 token ids. Output: ``(batch, vocab)`` probabilities
 (softmax, or with ``copy_gate`` a mixture of the softmax and a one-hot "repeat the last
-input token" expert, weighted by a learned sigmoid gate).
+input token" expert, weighted by a learned sigmoid gate). With ``tied_output_dim`` the
+logits are ``Dense(tied_output_dim)(h) @ E.T + bias``, E being the embedding matrix.
+
+The network is always rebuilt from its :class:`ModelConfig` by :func:`build_model` (weights
+are saved with ``save_weights``), never from a Keras model config.
 """
 
 from __future__ import annotations
@@ -30,11 +34,42 @@ class CopyMix(layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size}
 
 
+@keras.saving.register_keras_serializable(package="musicgend")
+class TiedLogits(layers.Layer):
+    """``x @ E.T + bias``, where E ``(vocab, dim)`` is an :class:`~keras.layers.Embedding`'s matrix.
+
+    The layer owns only ``bias``; E stays the embedding layer's variable (referenced, not
+    tracked), so ``save_weights``/``load_weights`` and exports see it once and the tie holds.
+    """
+
+    def __init__(self, embedding: layers.Embedding, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        object.__setattr__(self, "_tied_embedding", embedding)  # bypass Keras tracking
+        self.vocab_size = embedding.input_dim
+        self.dim = embedding.output_dim
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] != self.dim:
+            raise ValueError(f"TiedLogits expects inputs of width {self.dim}, got {input_shape}")
+        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        embeddings = self._tied_embedding.embeddings
+        return ops.matmul(x, ops.transpose(embeddings)) + self.bias
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.vocab_size)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
+
+
 def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Model:
     """The network for a vocabulary of ``vocab_size`` tokens; ``config`` defaults to seed."""
     config = config or ModelConfig()
     token_ids = keras.Input((config.window_frames,), dtype="int32", name="token_ids")
-    x = layers.Embedding(vocab_size, config.embed_dim, name="embedding")(token_ids)
+    embedding = layers.Embedding(vocab_size, config.embed_dim, name="embedding")
+    x = embedding(token_ids)
     if config.embed_dropout:
         x = layers.Dropout(config.embed_dropout, name="embed_dropout")(x)
     for i in range(config.gru_layers):
@@ -46,7 +81,11 @@ def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Mod
             x = layers.Dropout(config.gru_dropout, name=f"gru_dropout_{i}")(x)
     h = layers.Dense(config.dense_units, name="dense")(x)
     h = layers.LeakyReLU(negative_slope=config.leaky_relu_alpha, name="leaky_relu")(h)
-    logits = layers.Dense(vocab_size, name="logits")(h)
+    if config.tied_output_dim:
+        projected = layers.Dense(config.tied_output_dim, name="tied_projection")(h)
+        logits = TiedLogits(embedding, name="logits")(projected)
+    else:
+        logits = layers.Dense(vocab_size, name="logits")(h)
     if config.copy_gate:
         gate = layers.Dense(1, activation="sigmoid", name="copy_gate")(h)
         probs = CopyMix(vocab_size, name="probs")(logits, gate, token_ids)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ModelConfig(BaseModel):
@@ -26,18 +26,41 @@ class ModelConfig(BaseModel):
     gru_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     copy_gate: bool = False
     """Mix a learned "repeat the previous chord" expert into the softmax."""
+    tied_output_dim: int = Field(0, ge=0)
+    """0: a plain ``Dense(vocab)`` output (seed). Otherwise the output reuses the embedding
+    matrix E ``(vocab, embed_dim)``: ``logits = Dense(tied_output_dim)(h) @ E.T + bias``;
+    must equal ``embed_dim`` (the shared size). The ``dense_units × vocab`` output matrix
+    becomes ``dense_units × embed_dim``."""
     min_count: int = Field(2, ge=1)
     """Training tokens seen fewer times map to ``<unk>``."""
     fs: int = Field(5, ge=1, le=100)
     first_track_only: bool = False
     activation_dtype: Literal["float32"] = "float32"
 
+    @model_validator(mode="after")
+    def _tied_size_is_the_embedding_size(self) -> ModelConfig:
+        if self.tied_output_dim and self.tied_output_dim != self.embed_dim:
+            raise ValueError(
+                f"tied_output_dim ({self.tied_output_dim}) must equal embed_dim "
+                f"({self.embed_dim}): a tied output reuses the embedding matrix"
+            )
+        return self
+
 
 PRESETS: dict[str, ModelConfig] = {
     # The write-up's network: Embedding(100) → 3 × BiGRU(128) → Dense(256)+LeakyReLU → softmax.
     "seed": ModelConfig(name="seed"),
-    # The seed network plus what measurably helps on Bach: dropout and a copy gate.
-    "musicgend": ModelConfig(name="musicgend", embed_dropout=0.1, gru_dropout=0.2, copy_gate=True),
+    # The seed network plus what measurably helps on Bach (dropout, a copy gate), and a
+    # weight-tied output so a large (transposition-augmented) vocabulary stays small.
+    "musicgend": ModelConfig(
+        name="musicgend",
+        embed_dim=96,
+        tied_output_dim=96,
+        copy_gate=True,
+        embed_dropout=0.1,
+        gru_dropout=0.2,
+        min_count=3,
+    ),
 }
 
 

@@ -107,6 +107,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class NumpyPredictor(Predictor):
     """Keras 3 BiGRU semantics in NumPy (``reset_after=True``, gates z, r, h).
 
+    A tied output reuses the embedding matrix E: ``logits = (d @ W_proj + b_proj) @ E.T + b``.
+
     Each layer projects its whole input for both directions with one matmul; the forward and
     backward recurrences then advance together, one batched ``(2, N, U) @ (2, U, 3U)``
     matmul per step. ``blas_threads`` (default 1, see :func:`set_blas_threads`) is applied
@@ -133,7 +135,12 @@ class NumpyPredictor(Predictor):
             rec_bias = np.stack([w[f"{f}.bias"][1], w[f"{b}.bias"][1]])[:, None, :]
             self.layers.append((kernel, in_bias, recurrent, rec_bias))
         self.dense = (w["dense.kernel"], w["dense.bias"])
-        self.logits = (w["logits.kernel"], w["logits.bias"])
+        self.tied_projection: tuple[np.ndarray, np.ndarray] | None = None
+        if cfg.tied_output_dim:  # logits = (d @ W_proj + b_proj) @ E.T + b_out
+            self.tied_projection = (w["tied_projection.kernel"], w["tied_projection.bias"])
+            self.logits = (self.embedding.T, w["logits.bias"])
+        else:
+            self.logits = (w["logits.kernel"], w["logits.bias"])
         self.copy_gate = (w["copy_gate.kernel"], w["copy_gate.bias"]) if cfg.copy_gate else None
 
     def _bigru(
@@ -167,7 +174,10 @@ class NumpyPredictor(Predictor):
             h = self._bigru(h, layer, return_sequences=i < len(self.layers) - 1)
         d = h @ self.dense[0] + self.dense[1]
         d = np.where(d > 0, d, self.alpha * d)
-        logits = d @ self.logits[0] + self.logits[1]
+        features = d
+        if self.tied_projection is not None:
+            features = d @ self.tied_projection[0] + self.tied_projection[1]
+        logits = features @ self.logits[0] + self.logits[1]
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs = e / e.sum(axis=-1, keepdims=True)
         if self.copy_gate is not None:

@@ -28,7 +28,7 @@ def tiny_vocab() -> Vocab:
     return Vocab.from_counts(counts, min_count=2)
 
 
-def tiny_config(copy_gate: bool = False) -> ModelConfig:
+def tiny_config(copy_gate: bool = False, tied: bool = False) -> ModelConfig:
     return ModelConfig(
         name="tiny",
         window_frames=12,
@@ -37,6 +37,7 @@ def tiny_config(copy_gate: bool = False) -> ModelConfig:
         gru_layers=2,
         dense_units=10,
         copy_gate=copy_gate,
+        tied_output_dim=8 if tied else 0,
     )
 
 
@@ -46,35 +47,36 @@ def tiny_prior() -> PitchPrior:
     return PitchPrior(probs)
 
 
-def randomize(model, seed: int = 0) -> None:
-    """Random weights everywhere (biases too), so every parameter matters in comparisons."""
+def randomize(model, seed: int = 0, scale: float = 0.4) -> None:
+    """Random weights everywhere (biases too), so every parameter matters in comparisons.
+
+    Full-size layers need a smaller ``scale``: with 128 units, N(0, 0.4) recurrent weights
+    make the GRUs chaotic and float32 round-off grows into different outputs.
+    """
     rng = np.random.default_rng(seed)
     model.set_weights(
-        [rng.normal(0.0, 0.4, size=w.shape).astype(np.float32) for w in model.get_weights()]
+        [rng.normal(0.0, scale, size=w.shape).astype(np.float32) for w in model.get_weights()]
     )
 
 
-def build_tiny(copy_gate: bool = False, seed: int = 0):
+def build_tiny(copy_gate: bool = False, seed: int = 0, tied: bool = False):
     from musicgend.model.bigru import build_model
 
     vocab = tiny_vocab()
-    config = tiny_config(copy_gate)
+    config = tiny_config(copy_gate, tied)
     model = build_model(len(vocab), config)
     randomize(model, seed)
     return model, vocab, config
 
 
-@pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory) -> dict[bool, Path]:
-    """Saved tiny artifacts (with LiteRT export), keyed by copy_gate."""
+def _save_tiny_artifacts(root: Path, tied: bool) -> dict[bool, Path]:
     from musicgend.model.artifact import save_artifact
 
     out: dict[bool, Path] = {}
-    root = tmp_path_factory.mktemp("artifacts")
     for copy_gate in (False, True):
-        model, vocab, config = build_tiny(copy_gate, seed=int(copy_gate))
+        model, vocab, config = build_tiny(copy_gate, seed=int(copy_gate) + 2 * tied, tied=tied)
         out[copy_gate] = save_artifact(
-            root / f"tiny-{int(copy_gate)}",
+            root / f"tiny-{int(copy_gate)}{'-tied' * tied}",
             model,
             vocab,
             config,
@@ -82,3 +84,15 @@ def tiny_artifacts(tmp_path_factory) -> dict[bool, Path]:
             {"epochs": 0, "note": "random weights"},
         )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[bool, Path]:
+    """Saved tiny artifacts (with LiteRT export), keyed by copy_gate."""
+    return _save_tiny_artifacts(tmp_path_factory.mktemp("artifacts"), tied=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_artifacts(tmp_path_factory) -> dict[bool, Path]:
+    """Like ``tiny_artifacts`` with a weight-tied output (``tied_output_dim``)."""
+    return _save_tiny_artifacts(tmp_path_factory.mktemp("tied-artifacts"), tied=True)

@@ -20,8 +20,12 @@ from musicgend.model.artifact import (
     WEIGHTS_H5,
     WEIGHTS_NPZ,
     load_artifact,
+    numpy_weights,
     save_artifact,
+    weight_shapes,
 )
+from musicgend.model.config import ModelConfig
+from musicgend.model.runtime import NumpyPredictor
 from tests.model.conftest import build_tiny, tiny_prior
 
 pytestmark = pytest.mark.tf
@@ -44,9 +48,10 @@ def _window(vocab_size: int, n: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab_size, size=(n, width), dtype=np.int32)
 
 
-@pytest.mark.parametrize("copy_gate", [False, True])
-def test_round_trip_gives_identical_probabilities(tmp_path, copy_gate):
-    model, vocab, config = build_tiny(copy_gate, seed=3)
+@pytest.mark.parametrize("tied", [False, True], ids=["dense-out", "tied-out"])
+@pytest.mark.parametrize("copy_gate", [False, True], ids=["softmax", "copy-gate"])
+def test_round_trip_gives_identical_probabilities(tmp_path, copy_gate, tied):
+    model, vocab, config = build_tiny(copy_gate, seed=3, tied=tied)
     path = save_artifact(
         tmp_path / "m", model, vocab, config, tiny_prior(), {"epochs": 2}, export_tflite=False
     )
@@ -61,6 +66,53 @@ def test_round_trip_gives_identical_probabilities(tmp_path, copy_gate):
     expected = np.asarray(model(x, training=False))
     again = np.asarray(art.keras_model()(x, training=False))
     assert np.array_equal(expected, again)
+
+
+def test_tied_output_shares_the_embedding_matrix(tmp_path):
+    """One embedding matrix (no output kernel), and the tie survives save → load."""
+    model, vocab, config = build_tiny(copy_gate=True, seed=5, tied=True)
+    shapes = weight_shapes(config, len(vocab))
+    assert "logits.kernel" not in shapes
+    assert shapes["tied_projection.kernel"] == (config.dense_units, config.embed_dim)
+    assert model.count_params() == sum(int(np.prod(s)) for s in shapes.values())
+    arrays = numpy_weights(model, config)
+    assert {k: v.shape for k, v in arrays.items()} == shapes
+
+    path = save_artifact(
+        tmp_path / "m", model, vocab, config, tiny_prior(), {}, export_tflite=False
+    )
+    art = load_artifact(path)
+    loaded = art.keras_model()
+    embedding = loaded.get_layer("embedding")
+    (matrix,) = embedding.get_weights()
+    embedding.set_weights([matrix + np.linspace(-1.0, 1.0, matrix.size).reshape(matrix.shape)])
+    # Only the embedding layer changed; NumPy reads E for input and output alike, so Keras
+    # agrees with it only if its output layer reads the same (loaded, then edited) matrix.
+    art.weights = numpy_weights(loaded, config)
+    x = _window(len(vocab), 3, config.window_frames, seed=1)
+    expected = NumpyPredictor(art).predict_batch(x)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), expected, atol=1e-6)
+
+
+def test_tied_output_dim_must_equal_embed_dim():
+    with pytest.raises(ValueError, match=r"tied_output_dim \(6\) must equal embed_dim \(8\)"):
+        ModelConfig(embed_dim=8, tied_output_dim=6)
+    assert ModelConfig().tied_output_dim == 0  # the seed has a plain Dense output
+
+
+def test_config_and_weights_disagree_on_the_tied_output(tiny_artifacts, tmp_path):
+    path = _copy(tiny_artifacts[False], tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["tied_output_dim"] = config["embed_dim"]
+    (path / "config.json").write_text(json.dumps(config))
+    _rehash(path, "config.json")
+    with pytest.raises(ModelError, match=r"weights.npz: missing weight arrays tied_projection"):
+        load_artifact(path)
+    config["tied_output_dim"] = config["embed_dim"] + 1
+    (path / "config.json").write_text(json.dumps(config))
+    _rehash(path, "config.json")
+    with pytest.raises(ModelError, match=r"config.json: invalid config .*must equal embed_dim"):
+        load_artifact(path)
 
 
 def test_saved_artifact_has_every_file_and_checksums(tiny_artifacts):
