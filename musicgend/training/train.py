@@ -95,7 +95,8 @@ class TrainOptions:
     """``tf.config.experimental.enable_op_determinism()``."""
 
     def __post_init__(self) -> None:
-        self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
+        # absolute, so that a resumed run finds them from any working directory
+        self.data_dir, self.out_dir = Path(self.data_dir).absolute(), Path(self.out_dir).absolute()
         for name in ("epochs", "batch_size", "seed"):
             value = getattr(self, name)
             if value < (0 if name == "seed" else 1):

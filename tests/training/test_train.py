@@ -17,7 +17,7 @@ from musicgend.errors import TrainingError
 from musicgend.model.artifact import load_artifact
 from musicgend.model.config import ModelConfig
 from musicgend.training.dataset import Split, load_corpus, prepare
-from musicgend.training.train import TrainOptions, cli_train, state_dir_for
+from musicgend.training.train import Loop, TrainOptions, cli_train, state_dir_for, train
 
 from .conftest import TINY_CONFIG
 
@@ -162,6 +162,23 @@ def test_interrupt_and_sigkill_then_resume_retrace_the_uninterrupted_run(
     assert meta["final_weights_sha256"] == meta_a["final_weights_sha256"]
     assert meta["best_epoch"] == meta_a["best_epoch"]
     assert not state_dir_for(out).exists()
+
+
+def test_early_stopping_keeps_the_best_epoch(
+    bach_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Patience logic with scripted validation figures (the training itself is real)."""
+    scripted = iter([(3.0, 0.1), (2.0, 0.2), (2.5, 0.3), (2.6, 0.4), (1.0, 0.5)])
+    monkeypatch.setattr(Loop, "evaluate", lambda self, index: next(scripted))
+    options = TrainOptions(
+        bach_dir, tmp_path / "m", ModelConfig(**TINY_CONFIG), epochs=9, batch_size=64, patience=2
+    )
+    result = train(options, stream=sys.stderr)
+    assert result.stopped_early
+    assert [h["val_nll"] for h in result.history] == [3.0, 2.0, 2.5, 2.6]
+    assert (result.best_epoch, result.best_val_nll) == (2, 2.0)
+    meta = load_artifact(tmp_path / "m").training
+    assert meta["best_epoch"] == 2 and meta["stopped_early"] and meta["best_val_top1"] == 0.2
 
 
 def test_clear_errors(bach_dir: Path, tmp_path: Path) -> None:
