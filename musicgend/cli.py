@@ -365,6 +365,41 @@ def plot_cmd(
     print(f"wrote {plot_midi(midi, out, title)}")
 
 
+# -- model directories ------------------------------------------------------------------------
+
+model_app = typer.Typer(help="Maintain model directories (size, LiteRT export).")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("export-litert")
+def model_export_litert(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (rewritten in place).")],
+) -> None:
+    """Add (or rebuild) the LiteRT export model.tflite of a model (needs TensorFlow)."""
+    from musicgend.model.artifact import compact_artifact
+
+    print(compact_artifact(model_dir, litert=True).summary())
+
+
+@model_app.command("compact")
+def model_compact(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (rewritten in place).")],
+    float16: Annotated[
+        bool, typer.Option("--float16", help="Store the weights as float16 (half the size).")
+    ] = False,
+    no_litert: Annotated[
+        bool, typer.Option("--no-litert", help="Drop the LiteRT export (auto → numpy).")
+    ] = False,
+) -> None:
+    """Rewrite a model in the current format: drops model.weights.h5, keeps other files."""
+    from musicgend.model.artifact import compact_artifact
+
+    result = compact_artifact(
+        model_dir, weights_dtype="float16" if float16 else None, litert=False if no_litert else None
+    )
+    print(result.summary())
+
+
 # -- ports, session -----------------------------------------------------------------------
 
 session_app = typer.Typer(help="Session logs: recover a killed session.", no_args_is_help=True)

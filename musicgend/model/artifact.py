@@ -2,15 +2,27 @@
 
 Files (all names fixed)::
 
-    model.weights.h5   Keras weights (``model.save_weights``), for training / ``keras_model()``
-    weights.npz        the same weights as plain NumPy arrays (stable names, see
-                       :func:`weight_shapes`), for the TensorFlow-free NumPy runtime
-    model.tflite       LiteRT export, batch 1 (optional: checkpoints may skip it)
+    weights.npz        THE weights: plain NumPy arrays with stable names (see
+                       :func:`weight_shapes`), float32 or float16 (``weights_dtype`` in the
+                       metadata); every runtime loads them as float32, Keras included
+                       (:meth:`Artifact.keras_model` sets them by name)
+    model.tflite       LiteRT export of those weights, batch 1 (optional)
     vocab.json         :meth:`Vocab.dumps`
     config.json        :class:`ModelConfig`
     pitch_prior.json   the 128 per-pitch probabilities of p_spell
-    metadata.json      format/version, vocab hash and size, sha256 of every other file,
-                       musicgend version, creation time, and the caller's ``training`` dict
+    metadata.json      format/version, vocab hash and size, weights dtype, sha256 of every
+                       other file, musicgend version, creation time, and the caller's
+                       ``training`` dict
+
+Extra files (e.g. ``loss_curve.png``) may sit beside them; :func:`save_artifact` carries
+the ones it is given (``extra_files``) and lists their checksums too. Artifacts written
+before the npz became the only weights file also hold ``model.weights.h5`` (the same
+arrays for Keras): it is checked like any listed file but never read, and
+:func:`compact_artifact` drops it.
+
+A float16 artifact *is* its rounded weights: loading one and saving it again gives the
+same ``weights.npz`` bit for bit, and its LiteRT export is built from the rounded values,
+so all runtimes agree with each other as closely as for float32.
 
 :func:`save_artifact` writes into a temporary sibling directory and renames it into place,
 so a reader never sees a half-written model; an existing model directory is replaced only
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -32,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from pydantic import ValidationError
@@ -57,8 +70,13 @@ CONFIG_JSON = "config.json"
 PITCH_PRIOR_JSON = "pitch_prior.json"
 METADATA_JSON = "metadata.json"
 
-REQUIRED_FILES = (WEIGHTS_H5, WEIGHTS_NPZ, VOCAB_JSON, CONFIG_JSON, PITCH_PRIOR_JSON)
+REQUIRED_FILES = (WEIGHTS_NPZ, VOCAB_JSON, CONFIG_JSON, PITCH_PRIOR_JSON)
 """Files every artifact has besides ``metadata.json``; ``model.tflite`` is optional."""
+OWN_FILES = frozenset({*REQUIRED_FILES, TFLITE, METADATA_JSON, WEIGHTS_H5})
+"""Names an artifact writes itself (``model.weights.h5``: older artifacts only)."""
+
+WeightsDtype = Literal["float32", "float16"]
+WEIGHTS_DTYPES: tuple[str, ...] = get_args(WeightsDtype)
 
 
 # -- weights as NumPy arrays ----------------------------------------------------------------
@@ -97,25 +115,98 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
     return shapes
 
 
-def numpy_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
-    """The weights of a :func:`~musicgend.model.bigru.build_model` network, by stable name."""
-    out: dict[str, np.ndarray] = {}
-    out["embedding"] = np.asarray(model.get_layer("embedding").get_weights()[0])
+def _weight_variables(model: keras.Model, config: ModelConfig) -> list[tuple[str, Any]]:
+    """``(npz name, Keras variable)`` for a :func:`~musicgend.model.bigru.build_model` network."""
+    pairs: list[tuple[str, Any]] = [("embedding", model.get_layer("embedding").embeddings)]
     for i in range(config.gru_layers):
         bidir = model.get_layer(f"bigru_{i}")
         for d, sub in (("fwd", bidir.forward_layer), ("bwd", bidir.backward_layer)):
             cell = sub.cell
-            out[f"bigru_{i}.{d}.kernel"] = np.asarray(cell.kernel.numpy())
-            out[f"bigru_{i}.{d}.recurrent_kernel"] = np.asarray(cell.recurrent_kernel.numpy())
-            out[f"bigru_{i}.{d}.bias"] = np.asarray(cell.bias.numpy())
+            pairs.append((f"bigru_{i}.{d}.kernel", cell.kernel))
+            pairs.append((f"bigru_{i}.{d}.recurrent_kernel", cell.recurrent_kernel))
+            pairs.append((f"bigru_{i}.{d}.bias", cell.bias))
     dense = ("dense",) + (("tied_projection",) if config.tied_output_dim else ("logits",))
     for name in dense + (("copy_gate",) if config.copy_gate else ()):
-        kernel, bias = model.get_layer(name).get_weights()
-        out[f"{name}.kernel"] = np.asarray(kernel)
-        out[f"{name}.bias"] = np.asarray(bias)
+        layer = model.get_layer(name)
+        pairs.append((f"{name}.kernel", layer.kernel))
+        pairs.append((f"{name}.bias", layer.bias))
     if config.tied_output_dim:
-        (out["logits.bias"],) = (np.asarray(w) for w in model.get_layer("logits").get_weights())
-    return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
+        pairs.append(("logits.bias", model.get_layer("logits").bias))
+    return pairs
+
+
+def numpy_weights(model: keras.Model, config: ModelConfig) -> dict[str, np.ndarray]:
+    """The weights of a :func:`~musicgend.model.bigru.build_model` network, by stable name."""
+    return {
+        name: np.asarray(var.numpy(), dtype=np.float32)
+        for name, var in _weight_variables(model, config)
+    }
+
+
+def set_numpy_weights(
+    model: keras.Model, config: ModelConfig, arrays: Mapping[str, np.ndarray], source: str = ""
+) -> None:
+    """The inverse of :func:`numpy_weights`: set every weight of ``model`` from ``arrays``.
+
+    Every Keras weight must get exactly one array of its shape and every array must be used,
+    else :class:`ModelError` (naming ``source``, e.g. the npz file) and nothing is changed.
+    Arrays are cast to float32.
+    """
+    where = f"{source}: " if source else ""
+    pairs = _weight_variables(model, config)
+    names = [name for name, _ in pairs]
+    by_var = {id(var): name for name, var in pairs}
+    unmapped = [v.path for v in model.weights if id(v) not in by_var]
+    if unmapped or len(by_var) != len(pairs) or len(pairs) != len(model.weights):
+        raise ModelError(
+            f"{where}the Keras network's weights don't map one-to-one onto weight arrays"
+            + (f" (no array for {', '.join(unmapped)})" if unmapped else "")
+        )
+    missing = sorted(set(names) - set(arrays))
+    if missing:
+        raise ModelError(f"{where}missing weight arrays {', '.join(missing)}")
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise ModelError(f"{where}unexpected weight arrays {', '.join(extra)}")
+    values = []
+    for name, var in pairs:
+        value = np.asarray(arrays[name], dtype=np.float32)
+        if value.shape != tuple(var.shape):
+            raise ModelError(
+                f"{where}{name} has shape {value.shape}, the network needs {tuple(var.shape)}"
+            )
+        values.append(value)
+    for (_, var), value in zip(pairs, values, strict=True):
+        var.assign(value)
+
+
+def keras_model_from_arrays(
+    config: ModelConfig, vocab_size: int, arrays: Mapping[str, np.ndarray], source: str = ""
+) -> keras.Model:
+    """Build the network (imports TensorFlow) and set its weights from ``arrays``."""
+    from musicgend.model.bigru import build_model
+
+    model = build_model(vocab_size, config)
+    set_numpy_weights(model, config, arrays, source)
+    return model
+
+
+def round_weights(
+    arrays: Mapping[str, np.ndarray], weights_dtype: WeightsDtype
+) -> dict[str, np.ndarray]:
+    """The arrays as stored in ``weights.npz`` for ``weights_dtype`` (float16: rounded)."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ModelError(
+            f"unknown weights dtype {weights_dtype!r}; choose one of {', '.join(WEIGHTS_DTYPES)}"
+        )
+    dtype = np.dtype(weights_dtype)
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        stored = np.asarray(value).astype(dtype)
+        if not np.all(np.isfinite(stored)):
+            raise ModelError(f"weight array {name} has values outside the {weights_dtype} range")
+        out[name] = stored
+    return out
 
 
 # -- LiteRT export ---------------------------------------------------------------------------
@@ -126,7 +217,11 @@ def tflite_bytes(model: keras.Model, window_frames: int) -> bytes:
 
     Builtin ops only: the model is wrapped in a fixed-shape ``tf.function``, frozen, and
     converted from the concrete function (``from_keras_model`` would emit TensorList ops
-    that the PyPI interpreter can't run).
+    that the PyPI interpreter can't run). The weights are exported as they are in
+    ``model``: for a float16 artifact, pass a model holding the rounded weights
+    (:func:`save_artifact` does). They stay float32 in the flatbuffer: with float16
+    weights (``Optimize.DEFAULT`` + ``supported_types=[tf.float16]``, half the size) LiteRT's
+    CPU kernels gave probabilities up to 1e-5 off the other runtimes.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -180,6 +275,43 @@ def _is_artifact_dir(path: Path) -> bool:
     return isinstance(data, dict) and data.get("format") == FORMAT
 
 
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed member order and timestamps: equal arrays, equal bytes."""
+    with path.open("wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name in sorted(arrays):
+                buf = io.BytesIO()
+                np.lib.format.write_array(
+                    buf, np.ascontiguousarray(arrays[name]), allow_pickle=False
+                )
+                zf.writestr(
+                    zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
+                )
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_extra_files(extra_files: Mapping[str, str | Path]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for name, source in extra_files.items():
+        if not name or "/" in name or name.startswith(".") or name in OWN_FILES:
+            raise ModelError(f"extra file name {name!r}: not allowed in a model directory")
+        source = Path(source)
+        if not source.is_file():
+            raise ModelError(f"{source}: extra file missing or not a regular file")
+        out[name] = source
+    return out
+
+
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_artifact_dir(out_dir):
+        raise ModelError(
+            f"{out_dir}: refusing to replace a directory that is not a musicgend model"
+        )
+
+
 def save_artifact(
     out_dir: str | Path,
     model: keras.Model,
@@ -188,26 +320,61 @@ def save_artifact(
     pitch_prior: PitchPrior,
     metadata: Mapping[str, Any] | None = None,
     *,
+    weights_dtype: WeightsDtype = "float32",
     export_tflite: bool = True,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> Path:
     """Write a complete model directory at ``out_dir`` atomically and return its path.
 
     ``metadata`` (JSON-serialisable; e.g. data, split, epochs, losses) is stored under
-    ``"training"`` in ``metadata.json``. ``export_tflite=False`` skips the LiteRT export
-    (a few seconds) — meant for per-epoch checkpoints. An existing ``out_dir`` is replaced
-    only if it is empty or a musicgend model directory; the old one is removed after the
-    new one is in place.
+    ``"training"`` in ``metadata.json``. ``weights_dtype="float16"`` stores the weights
+    rounded to float16 (half the size); the LiteRT export is then built from the rounded
+    weights. ``export_tflite=False`` skips the LiteRT export (a few seconds; ``auto`` then
+    picks the NumPy runtime). ``extra_files`` maps names in the model directory to files
+    to copy there (e.g. ``{"loss_curve.png": path}``; the sources may lie in ``out_dir``
+    itself); their checksums are listed too. An existing ``out_dir`` is replaced only if it
+    is empty or a musicgend model directory; the old one is removed after the new one is
+    in place.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ModelError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_artifact_dir(out_dir):
-        raise ModelError(
-            f"{out_dir}: refusing to replace a directory that is not a musicgend model"
-        )
+    _check_target(out_dir)
     expected_vocab = model.output_shape[-1]
     if expected_vocab != len(vocab):
         raise ModelError(f"model outputs {expected_vocab} tokens but the vocab has {len(vocab)}")
+    stored = round_weights(numpy_weights(model, config), weights_dtype)
+    tflite: bytes | None = None
+    if export_tflite:
+        if weights_dtype != "float32":
+            model = keras_model_from_arrays(config, len(vocab), stored)
+        tflite = tflite_bytes(model, config.window_frames)
+    return _write_artifact(
+        out_dir,
+        stored,
+        vocab,
+        config,
+        pitch_prior,
+        metadata,
+        weights_dtype=weights_dtype,
+        tflite=tflite,
+        extra_files=extra_files or {},
+    )
+
+
+def _write_artifact(
+    out_dir: Path,
+    stored: Mapping[str, np.ndarray],
+    vocab: Vocab,
+    config: ModelConfig,
+    pitch_prior: PitchPrior,
+    metadata: Mapping[str, Any] | None,
+    *,
+    weights_dtype: WeightsDtype,
+    tflite: bytes | None,
+    extra_files: Mapping[str, str | Path],
+) -> Path:
+    """Write the files into a temporary sibling of ``out_dir`` and rename it into place."""
+    _check_target(out_dir)
+    extras = _check_extra_files(extra_files)
     try:
         training = json.loads(json.dumps(dict(metadata or {})))
     except (TypeError, ValueError) as exc:
@@ -216,22 +383,22 @@ def save_artifact(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        model.save_weights(str(tmp / WEIGHTS_H5))
-        _fsync(tmp / WEIGHTS_H5)
-        with (tmp / WEIGHTS_NPZ).open("wb") as f:
-            np.savez(f, **numpy_weights(model, config))  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        if export_tflite:
+        _write_npz(tmp / WEIGHTS_NPZ, stored)
+        if tflite is not None:
             with (tmp / TFLITE).open("wb") as f:
-                f.write(tflite_bytes(model, config.window_frames))
+                f.write(tflite)
                 f.flush()
                 os.fsync(f.fileno())
         _write_text(tmp / VOCAB_JSON, vocab.dumps())
         _write_text(tmp / CONFIG_JSON, config.model_dump_json(indent=1))
         _write_text(tmp / PITCH_PRIOR_JSON, json.dumps({"probs": pitch_prior.to_list()}))
+        for name, source in extras.items():
+            shutil.copyfile(source, tmp / name)
+            _fsync(tmp / name)
         files = {
-            name: _sha256(tmp / name) for name in (*REQUIRED_FILES, TFLITE) if (tmp / name).exists()
+            name: _sha256(tmp / name)
+            for name in (*REQUIRED_FILES, TFLITE, *sorted(extras))
+            if (tmp / name).exists()
         }
         meta = {
             "format": FORMAT,
@@ -241,6 +408,7 @@ def save_artifact(
             "vocab_hash": vocab.hash,
             "vocab_size": len(vocab),
             "config_name": config.name,
+            "weights_dtype": weights_dtype,
             "files": files,
             "training": training,
         }
@@ -301,19 +469,26 @@ class Artifact:
         """``model.tflite`` if this artifact has a LiteRT export, else ``None``."""
         return self.path / TFLITE if TFLITE in self.metadata["files"] else None
 
-    def keras_model(self) -> keras.Model:
-        """Build the Keras network and load ``model.weights.h5`` (imports TensorFlow)."""
-        from musicgend.model.bigru import build_model
+    @property
+    def weights_dtype(self) -> WeightsDtype:
+        """How ``weights.npz`` stores the weights (``weights`` are float32 either way)."""
+        value: WeightsDtype = self.metadata.get("weights_dtype", "float32")
+        return value
 
-        model = build_model(len(self.vocab), self.config)
-        try:
-            model.load_weights(str(self.path / WEIGHTS_H5))
-        except Exception as exc:  # h5py / Keras raise many types on bad files
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(
-                f"{self.path / WEIGHTS_H5}: can't load Keras weights ({reason})"
-            ) from None
-        return model
+    @property
+    def extra_files(self) -> dict[str, Path]:
+        """Regular files in the directory that the artifact doesn't write itself."""
+        return {
+            p.name: p
+            for p in sorted(self.path.iterdir())
+            if p.name not in OWN_FILES and not p.name.startswith(".") and p.is_file()
+        }
+
+    def keras_model(self) -> keras.Model:
+        """Build the Keras network with the weights of ``weights.npz`` (imports TensorFlow)."""
+        return keras_model_from_arrays(
+            self.config, len(self.vocab), self.weights, str(self.path / WEIGHTS_NPZ)
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -342,6 +517,11 @@ def _load_metadata(path: Path) -> dict[str, Any]:
     for key in ("vocab_hash", "vocab_size"):
         if key not in meta:
             raise ModelError(f"{where}: missing key {key!r}")
+    dtype = meta.setdefault("weights_dtype", "float32")  # older artifacts: float32
+    if dtype not in WEIGHTS_DTYPES:
+        raise ModelError(
+            f"{where}: weights_dtype {dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}"
+        )
     return meta
 
 
@@ -363,12 +543,20 @@ def _check_files(path: Path, files: Mapping[str, str]) -> None:
             raise ModelError(f"{file}: checksum mismatch (file corrupt or replaced)")
 
 
-def _load_npz(file: Path, config: ModelConfig, vocab_size: int) -> dict[str, np.ndarray]:
+def _load_npz(
+    file: Path, config: ModelConfig, vocab_size: int, weights_dtype: str
+) -> dict[str, np.ndarray]:
     try:
         with np.load(file, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
+            raw = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ModelError(f"{file}: can't load weights ({exc})") from None
+    for name, value in raw.items():
+        if value.dtype != np.dtype(weights_dtype):
+            raise ModelError(
+                f"{file}: {name} is {value.dtype}, metadata.json says weights_dtype {weights_dtype}"
+            )
+    arrays = {k: v.astype(np.float32) for k, v in raw.items()}
     expected = weight_shapes(config, vocab_size)
     missing = sorted(set(expected) - set(arrays))
     if missing:
@@ -435,14 +623,90 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ModelError(f"{path / PITCH_PRIOR_JSON}: expected 'probs': 128 numbers in [0, 1]")
     prior = PitchPrior(probs)
 
-    weights = _load_npz(path / WEIGHTS_NPZ, config, len(vocab))
+    weights = _load_npz(path / WEIGHTS_NPZ, config, len(vocab), meta["weights_dtype"])
     return Artifact(path, config, vocab, prior, meta, weights)
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What :func:`compact_artifact` did."""
+
+    path: Path
+    bytes_before: int
+    bytes_after: int
+    weights_dtype: WeightsDtype
+    litert: bool
+
+    def summary(self) -> str:
+        litert = "with LiteRT export" if self.litert else "no LiteRT export"
+        return (
+            f"{self.path}: {_mb(self.bytes_before)} → {_mb(self.bytes_after)} "
+            f"({self.weights_dtype} weights, {litert})"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def compact_artifact(
+    path: str | Path,
+    *,
+    weights_dtype: WeightsDtype | None = None,
+    litert: bool | None = None,
+) -> CompactResult:
+    """Rewrite a model directory in place, atomically, as the current format writes it.
+
+    ``weights_dtype``: ``None`` keeps the stored dtype; ``"float16"`` rounds the weights.
+    ``litert``: ``None`` keeps a LiteRT export if there is one, ``True`` (re-)exports it,
+    ``False`` drops it. A legacy ``model.weights.h5`` is dropped; every other file in the
+    directory (e.g. ``loss_curve.png``) is kept, the training metadata too. TensorFlow is
+    imported only when a LiteRT export must be built (added, or its weights changed).
+    """
+    art = load_artifact(path)
+    odd = sorted(
+        p.name
+        for p in art.path.iterdir()
+        if p.name not in OWN_FILES and p.name not in art.extra_files
+    )
+    if odd:  # directories, hidden files, …: a rewrite would lose them
+        raise ModelError(f"{art.path}: can't carry {', '.join(odd)} over; move them out first")
+    before = _dir_bytes(art.path)
+    dtype: WeightsDtype = weights_dtype or art.weights_dtype
+    if dtype == "float32" and art.weights_dtype == "float16":
+        raise ModelError(
+            f"{art.path}: the weights are float16; widening them to float32 would only "
+            "double the size"
+        )
+    stored = round_weights(art.weights, dtype)
+    want_litert = art.tflite_path is not None if litert is None else litert
+    tflite: bytes | None = None
+    if want_litert:
+        old = art.tflite_path
+        if litert is None and old is not None and dtype == art.weights_dtype:
+            tflite = old.read_bytes()  # built from these very weights
+        else:
+            model = keras_model_from_arrays(art.config, len(art.vocab), stored)
+            tflite = tflite_bytes(model, art.config.window_frames)
+    _write_artifact(
+        art.path,
+        stored,
+        art.vocab,
+        art.config,
+        art.pitch_prior,
+        art.training,
+        weights_dtype=dtype,
+        tflite=tflite,
+        extra_files=art.extra_files,
+    )
+    load_artifact(art.path)
+    return CompactResult(art.path, before, _dir_bytes(art.path), dtype, tflite is not None)
 
 
 def export_tflite(path: str | Path) -> Path:
     """Add (or redo) the LiteRT export of an existing artifact, atomically. Needs TensorFlow."""
-    art = load_artifact(path)
-    model = art.keras_model()
-    return save_artifact(
-        art.path, model, art.vocab, art.config, art.pitch_prior, art.training, export_tflite=True
-    )
+    return compact_artifact(path, litert=True).path

@@ -3,7 +3,8 @@
 Runtimes (all give the same probabilities within float32 round-off; ``bench/inference.py``
 measures them side by side):
 
-``numpy``   pure NumPy forward pass from ``weights.npz``; never imports TensorFlow.
+``numpy``   pure NumPy forward pass from ``weights.npz`` (float16 weights are widened to
+            float32 once, at load); never imports TensorFlow.
 ``litert``  the artifact's ``model.tflite`` in the ai-edge-litert interpreter (XNNPACK);
             never imports TensorFlow.
 ``tf``      ``tf.function`` around the Keras model (``tf-xla``: with ``jit_compile=True``).
@@ -200,8 +201,8 @@ class LiteRTPredictor(Predictor):
         path = artifact.tflite_path
         if path is None:
             raise ModelError(
-                f"{artifact.path}: no model.tflite (saved without LiteRT export); "
-                "use the numpy runtime or re-export the model"
+                f"{artifact.path}: the model has no LiteRT export (model.tflite); add one "
+                f"with `musicgend model export-litert {artifact.path}`, or use the numpy runtime"
             )
         try:
             from ai_edge_litert.interpreter import Interpreter

@@ -22,6 +22,7 @@ from musicgend.model.artifact import (
     load_artifact,
     numpy_weights,
     save_artifact,
+    set_numpy_weights,
     weight_shapes,
 )
 from musicgend.model.config import ModelConfig
@@ -119,8 +120,8 @@ def test_saved_artifact_has_every_file_and_checksums(tiny_artifacts):
     path = tiny_artifacts[True]
     meta = json.loads((path / METADATA_JSON).read_text())
     assert meta["format"] == "musicgend-model"
+    assert meta["weights_dtype"] == "float32"
     assert set(meta["files"]) == {
-        WEIGHTS_H5,
         WEIGHTS_NPZ,
         TFLITE,
         "vocab.json",
@@ -166,7 +167,7 @@ def test_missing_directory_and_not_a_directory(tmp_path):
         load_artifact(tmp_path / "file")
 
 
-@pytest.mark.parametrize("name", [WEIGHTS_H5, WEIGHTS_NPZ, "vocab.json", "config.json", TFLITE])
+@pytest.mark.parametrize("name", [WEIGHTS_NPZ, "vocab.json", "config.json", TFLITE])
 def test_missing_file(tiny_artifacts, tmp_path, name):
     path = _copy(tiny_artifacts[False], tmp_path)
     (path / name).unlink()
@@ -189,19 +190,60 @@ def test_corrupt_metadata_json(tiny_artifacts, tmp_path):
 
 def test_truncated_weights_fail_the_checksum(tiny_artifacts, tmp_path):
     path = _copy(tiny_artifacts[False], tmp_path)
-    data = (path / WEIGHTS_H5).read_bytes()
-    (path / WEIGHTS_H5).write_bytes(data[: len(data) // 2])
+    data = (path / WEIGHTS_NPZ).read_bytes()
+    (path / WEIGHTS_NPZ).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=rf"{WEIGHTS_NPZ}: checksum mismatch"):
+        load_artifact(path)
+
+
+def test_keras_weights_are_set_by_name_one_to_one(tiny_tied_artifacts):
+    """The npz is the only weights file: every Keras weight gets exactly one array."""
+    art = load_artifact(tiny_tied_artifacts[True])
+    assert not (art.path / WEIGHTS_H5).exists()
+    model = art.keras_model()
+    for name, value in numpy_weights(model, art.config).items():
+        assert np.array_equal(value, art.weights[name]), name
+    before = [np.array(w) for w in model.get_weights()]
+    missing = {k: v for k, v in art.weights.items() if k != "logits.bias"}
+    with pytest.raises(ModelError, match=r"w.npz: missing weight arrays logits.bias"):
+        set_numpy_weights(model, art.config, missing, "w.npz")
+    with pytest.raises(ModelError, match=r"unexpected weight arrays logits.kernel"):
+        set_numpy_weights(model, art.config, {**art.weights, "logits.kernel": np.zeros(3)})
+    wrong = {**art.weights, "dense.bias": np.zeros(art.config.dense_units + 1)}
+    with pytest.raises(ModelError, match=r"dense.bias has shape \(11,\), the network needs"):
+        set_numpy_weights(model, art.config, wrong)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_legacy_h5_artifact_still_loads(tiny_artifacts, tmp_path):
+    """Older artifacts list a model.weights.h5 beside the npz: checked, never needed."""
+    path = _copy(tiny_artifacts[False], tmp_path)
+    art = load_artifact(path)
+    art.keras_model().save_weights(str(path / WEIGHTS_H5))
+    _rehash(path, WEIGHTS_H5)
+    meta = json.loads((path / METADATA_JSON).read_text())
+    del meta["weights_dtype"]  # not recorded before float16 existed
+    (path / METADATA_JSON).write_text(json.dumps(meta))
+    legacy = load_artifact(path)
+    assert legacy.weights_dtype == "float32"
+    x = _window(len(art.vocab), 2, art.config.window_frames)
+    assert np.array_equal(legacy.keras_model()(x), art.keras_model()(x))
+    (path / WEIGHTS_H5).write_bytes(b"truncated")
     with pytest.raises(ModelError, match=rf"{WEIGHTS_H5}: checksum mismatch"):
         load_artifact(path)
 
 
-def test_corrupt_h5_with_matching_checksum_fails_cleanly_in_keras_model(tiny_artifacts, tmp_path):
+def test_npz_dtype_must_match_the_metadata(tiny_artifacts, tmp_path):
     path = _copy(tiny_artifacts[False], tmp_path)
-    (path / WEIGHTS_H5).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    _rehash(path, WEIGHTS_H5)
-    art = load_artifact(path)  # the NumPy weights are fine: TF-free loading works
-    with pytest.raises(ModelError, match=rf"{WEIGHTS_H5}: can't load Keras weights"):
-        art.keras_model()
+    meta = json.loads((path / METADATA_JSON).read_text())
+    meta["weights_dtype"] = "float16"
+    (path / METADATA_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"weights.npz: \S+ is float32, metadata.json says"):
+        load_artifact(path)
+    meta["weights_dtype"] = "int8"
+    (path / METADATA_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"weights_dtype 'int8' is not one of float32, float16"):
+        load_artifact(path)
 
 
 def test_corrupt_npz_with_matching_checksum(tiny_artifacts, tmp_path):

@@ -87,7 +87,7 @@ def test_auto_without_litert_export_is_numpy(tmp_path, tiny_artifacts):
     )
     if choose_runtime(load_artifact(path)) != "tf-xla":
         assert load_predictor(path).runtime == "numpy"
-    with pytest.raises(ModelError, match=r"no model.tflite"):
+    with pytest.raises(ModelError, match=r"no LiteRT export .*musicgend model export-litert"):
         load_predictor(path, "litert")
 
 
