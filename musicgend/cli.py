@@ -176,6 +176,14 @@ def train_cmd(
         bool | None,
         typer.Option("--augment-transpose/--no-augment-transpose", help="All 12 keys (train)."),
     ] = None,
+    augment_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--augment-mode",
+            help="With --augment-transpose: random (one key per window and epoch, default) "
+            "or expand (all 12 keys every epoch, 12x slower).",
+        ),
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(min=0, help="Early stop after N epochs without a better val NLL.")
     ] = None,
@@ -198,6 +206,7 @@ def train_cmd(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "augment_transpose": augment_transpose,
+        "augment_mode": augment_mode,
         "patience": patience,
         "seed": seed,
         "distributed": distributed,

@@ -4,13 +4,26 @@
 piece itself). A shift that would push any pitch of the piece out of MIDI range 0..127 is
 left out for that piece, so every copy is a real transposition of the whole piece.
 Vocabulary building and training both use this, so they see the same copies.
+
+For augmentation on the fly, :func:`id_shift_table` maps token ids to the ids of their
+transpositions, and :func:`token_pitch_bounds` gives each token's pitch range (so a window's
+valid shifts are known without looking at its tokens).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from musicgend.core.tokens import MAX_PITCH, MIN_PITCH, PitchSet
+import numpy as np
+
+from musicgend.core.tokens import (
+    MAX_PITCH,
+    MIN_PITCH,
+    PitchSet,
+    pitches_from_token,
+    token_from_pitches,
+    transpose_pitches,
+)
 
 TRANSPOSITIONS = range(-5, 7)
 """The 12 shifts of the default augmentation: every key once, the original (0) included."""
@@ -52,3 +65,40 @@ def transpositions(
             yield shift, list(fixed)
         else:
             yield shift, [frozenset(p + shift for p in f) for f in fixed]
+
+
+def id_shift_table(
+    tokens: Sequence[str], unk_id: int = 0, semitones_range: Iterable[int] = TRANSPOSITIONS
+) -> np.ndarray:
+    """``table[k, i]``: the id of token ``tokens[i]`` shifted by the k-th shift (int32).
+
+    ``tokens`` is a vocabulary in id order whose entry ``unk_id`` is the unknown token: it
+    stays itself. A token whose shift leaves 0..127 or is not in ``tokens`` maps to
+    ``unk_id``; silence maps to itself.
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    shifts = list(semitones_range)
+    table = np.full((len(shifts), len(tokens)), unk_id, dtype=np.int32)
+    for i, token in enumerate(tokens):
+        if i == unk_id:
+            continue
+        pitches = pitches_from_token(token)
+        for k, shift in enumerate(shifts):
+            moved = transpose_pitches(pitches, shift)
+            if moved is not None:
+                table[k, i] = index.get(token_from_pitches(moved), unk_id)
+    return table
+
+
+def token_pitch_bounds(tokens: Sequence[str], unk_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest pitch of every token (int16); silence and the unknown token get
+    ``(MAX_PITCH, MIN_PITCH)``, so that they never restrict a shift."""
+    low = np.full(len(tokens), MAX_PITCH, dtype=np.int16)
+    high = np.full(len(tokens), MIN_PITCH, dtype=np.int16)
+    for i, token in enumerate(tokens):
+        if i == unk_id:
+            continue
+        pitches = pitches_from_token(token)
+        if pitches:
+            low[i], high[i] = min(pitches), max(pitches)
+    return low, high

@@ -5,6 +5,12 @@ directory) are sorted, then shuffled with the seed. The vocabulary and the pitch
 come from the training split only; the optional transposition augmentation (all 12 keys,
 :mod:`musicgend.core.augment`) touches the training split only, and the vocabulary is
 counted over the augmented copies so that it knows the chords the model is trained on.
+Two augmentation modes: ``expand`` trains on all 12 copies every epoch (12× the work);
+``random`` (:class:`RandomTranspose`) trains on the pieces as they are, each window and its
+target shifted by one shift per epoch, drawn from ``(seed, epoch, window index)`` among the
+shifts that keep the window's pitches in 0..127, applied to the ids in the tf.data pipeline
+through a (12 × vocabulary) id table. A shifted chord the vocabulary lacks becomes ``<unk>``
+(as it would in ``expand`` mode); ``<unk>`` stays ``<unk>``.
 
 Windows are not materialised: every part keeps one flat id array in which each piece is
 preceded by ``window_frames`` silence ids (the seed's left padding), plus the position of
@@ -26,12 +32,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from musicgend.core.augment import TRANSPOSITIONS, transpositions
+from musicgend.core.augment import (
+    TRANSPOSITIONS,
+    id_shift_table,
+    token_pitch_bounds,
+    transpositions,
+)
 from musicgend.core.pianoroll import tokens_from_frames
 from musicgend.core.spelling import PitchPrior
-from musicgend.core.tokens import PitchSet
-from musicgend.core.vocab import SILENCE_ID, Vocab
-from musicgend.errors import CorpusError, MidiFileError
+from musicgend.core.tokens import MAX_PITCH, MIN_PITCH, PitchSet
+from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
+from musicgend.errors import CorpusError, MidiFileError, TrainingError
 from musicgend.io.midifile import Piece, find_midi_files, read_piece
 from musicgend.model.config import ModelConfig
 from musicgend.progress import progress
@@ -41,6 +52,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 """Train, validation, test shares of the pieces."""
+
+AUGMENT_MODES = ("random", "expand")
+"""``random``: one random key per window and epoch; ``expand``: all 12 keys every epoch."""
 
 
 # -- split ---------------------------------------------------------------------------------
@@ -199,10 +213,59 @@ class WindowIndex:
         offsets = np.arange(-self.window_frames, 0, dtype=np.int64)
         return self.ids[pos[:, None] + offsets], self.ids[pos]
 
+    def epoch_permutation(self, seed: int, epoch: int) -> np.ndarray:
+        """The window indices of one epoch in their shuffled order (depends on seed, epoch)."""
+        return np.random.default_rng([seed, epoch]).permutation(len(self.positions))
+
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The target positions of one epoch in their shuffled order (depends on seed, epoch)."""
-        rng = np.random.default_rng([seed, epoch])
-        return self.positions[rng.permutation(len(self.positions))]
+        return self.positions[self.epoch_permutation(seed, epoch)]
+
+
+@dataclass(frozen=True)
+class RandomTranspose:
+    """One random transposition per training window and epoch, applied to ids on the fly.
+
+    ``table[k, i]`` is the id of token ``i`` shifted by ``TRANSPOSITIONS[k]``
+    (:func:`~musicgend.core.augment.id_shift_table`); ``low[j] .. high[j]`` are the shifts
+    that keep window ``j`` (its ``window_frames`` ids and its target) inside 0..127.
+    """
+
+    table: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def build(cls, vocab: Vocab, index: WindowIndex) -> RandomTranspose:
+        table = id_shift_table(vocab.tokens, UNK_ID, TRANSPOSITIONS)
+        token_low, token_high = token_pitch_bounds(vocab.tokens, UNK_ID)
+        span = index.window_frames + 1
+        starts = index.positions - index.window_frames
+        lows = np.zeros(len(starts), dtype=np.int16)
+        highs = np.zeros(len(starts), dtype=np.int16)
+        if len(starts):
+            view = np.lib.stride_tricks.sliding_window_view
+            lows = view(token_low[index.ids], span).min(axis=1)[starts]
+            highs = view(token_high[index.ids], span).max(axis=1)[starts]
+        first, last = TRANSPOSITIONS[0], TRANSPOSITIONS[-1]
+        low = np.maximum(first, MIN_PITCH - lows.astype(np.int32)).astype(np.int8)
+        high = np.minimum(last, MAX_PITCH - highs.astype(np.int32)).astype(np.int8)
+        return cls(table, low, high)
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    def epoch_shifts(self, seed: int, epoch: int) -> np.ndarray:
+        """The shift (semitones) of every window in one epoch, by window index: uniform over
+        the window's valid shifts, a pure function of ``(seed, epoch)``."""
+        u = np.random.default_rng([seed, epoch, 1]).random(len(self.low))
+        low = self.low.astype(np.int32)
+        n = self.high.astype(np.int32) - low + 1
+        return low + np.minimum((u * n).astype(np.int32), n - 1)
+
+    def rows(self, shifts: np.ndarray) -> np.ndarray:
+        """The table rows of ``shifts`` (int32)."""
+        return (np.asarray(shifts) - TRANSPOSITIONS[0]).astype(np.int32)
 
 
 def window_dataset(
@@ -212,19 +275,37 @@ def window_dataset(
     *,
     drop_remainder: bool,
     weights: np.ndarray | None = None,
+    shift_table: np.ndarray | None = None,
+    shift_rows: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(x, y)`` (or ``(x, y, w)``) windows for ``positions``, in that order."""
+    """Batches of ``(x, y)`` (or ``(x, y, w)``) windows for ``positions``, in that order.
+
+    With ``shift_table`` (K × V ids) and ``shift_rows`` (one row per position), every id of
+    a window and its target is replaced by ``shift_table[row, id]`` (one gather per batch).
+    """
     import tensorflow as tf
 
     flat = tf.constant(index.ids)
     offsets = tf.range(-index.window_frames, 0, dtype=tf.int64)
+    source: tuple[np.ndarray, ...] = (positions,)
+    if shift_table is not None:
+        if shift_rows is None or len(shift_rows) != len(positions):
+            raise TrainingError("shift_rows must give one table row per position")
+        vocab_size = int(shift_table.shape[1])
+        table = tf.constant(np.ascontiguousarray(shift_table, dtype=np.int32).reshape(-1))
+        source += (np.asarray(shift_rows, dtype=np.int32) * vocab_size,)
 
     def gather(pos, *rest):
         x = tf.gather(flat, pos[:, None] + offsets)
         y = tf.gather(flat, pos)
+        if shift_table is not None:
+            base, rest = rest[0], rest[1:]
+            x = tf.gather(table, x + base[:, None])
+            y = tf.gather(table, y + base)
         return (x, y, *rest)
 
-    source = (positions,) if weights is None else (positions, weights)
+    if weights is not None:
+        source += (weights,)
     ds = tf.data.Dataset.from_tensor_slices(source)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -246,6 +327,9 @@ class TrainingData:
     augment_transpose: bool
     train_frames: int
     """Frames of the training split before augmentation."""
+    augment_mode: str = "random"
+    transpose: RandomTranspose | None = None
+    """The per-epoch random transposition (``random`` mode with augmentation), else None."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -257,6 +341,7 @@ class TrainingData:
             "val_windows": len(self.val),
             "vocab_size": len(self.vocab),
             "augment_transpose": self.augment_transpose,
+            "augment_mode": self.augment_mode if self.augment_transpose else None,
             "skipped_files": dict(self.corpus.skipped),
         }
 
@@ -269,13 +354,29 @@ def training_frames(pieces: Sequence[Piece], augment_transpose: bool) -> list[Se
 
 
 def prepare(
-    corpus: Corpus, config: ModelConfig, *, augment_transpose: bool = False
+    corpus: Corpus,
+    config: ModelConfig,
+    *,
+    augment_transpose: bool = False,
+    augment_mode: str = "random",
 ) -> TrainingData:
-    """Vocabulary (training split, ``config.min_count``), pitch prior, windows of both parts."""
+    """Vocabulary (training split, ``config.min_count``), pitch prior, windows of both parts.
+
+    With ``augment_transpose`` the vocabulary is counted over the 12 keys in both modes;
+    ``expand`` trains on all the copies, ``random`` on the pieces with a
+    :class:`RandomTranspose`.
+    """
+    if augment_mode not in AUGMENT_MODES:
+        raise CorpusError(
+            f"augment mode must be one of {', '.join(AUGMENT_MODES)}: {augment_mode!r}"
+        )
     frames = training_frames(corpus.train, augment_transpose)
     train_streams = [tokens_from_frames(f) for f in frames]
     vocab = Vocab.build(train_streams, min_count=config.min_count, fs=config.fs)
     prior = PitchPrior.from_frames(f for p in corpus.train for f in p.frames)
+    on_the_fly = augment_transpose and augment_mode == "random"
+    if on_the_fly:
+        train_streams = [p.tokens for p in corpus.train]
     train = WindowIndex.from_sequences((vocab.ids(s) for s in train_streams), config.window_frames)
     val = WindowIndex.from_sequences(
         (vocab.ids(p.tokens) for p in corpus.val), config.window_frames
@@ -288,4 +389,6 @@ def prepare(
         val,
         augment_transpose,
         sum(len(p.frames) for p in corpus.train),
+        augment_mode,
+        RandomTranspose.build(vocab, train) if on_the_fly else None,
     )

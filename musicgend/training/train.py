@@ -42,6 +42,7 @@ from musicgend.errors import ConfigError, CorpusError, TrainingError
 from musicgend.model.config import ModelConfig, preset
 from musicgend.progress import is_tty, progress
 from musicgend.training.dataset import (
+    AUGMENT_MODES,
     Split,
     TrainingData,
     WindowIndex,
@@ -66,6 +67,7 @@ RESUMABLE_FIXED = (
     "batch_size",
     "learning_rate",
     "augment_transpose",
+    "augment_mode",
     "seed",
     "max_pieces",
     "distributed",
@@ -85,6 +87,8 @@ class TrainOptions:
     batch_size: int = 64
     learning_rate: float = 1e-3
     augment_transpose: bool = False
+    augment_mode: str = "random"
+    """With ``augment_transpose``: ``random`` (one key per window and epoch) or ``expand``."""
     patience: int = 5
     seed: int = 0
     distributed: bool = False
@@ -105,6 +109,11 @@ class TrainOptions:
             raise TrainingError(f"--patience must be >= 0, got {self.patience}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise TrainingError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise TrainingError(
+                f"--augment-mode must be one of {', '.join(AUGMENT_MODES)}, "
+                f"got {self.augment_mode!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -116,6 +125,7 @@ class TrainOptions:
     def from_json(cls, data: dict[str, Any]) -> TrainOptions:
         data = dict(data)
         data["config"] = ModelConfig.model_validate(data["config"])
+        data.setdefault("augment_mode", "expand")  # states written before the modes existed
         return cls(**data)
 
 
@@ -375,15 +385,31 @@ class Loop:
             for v, a in zip(variables, arrays, strict=True):
                 v.assign(a)
 
-    def train_batches(self, positions: np.ndarray, index: WindowIndex) -> Iterator[Any]:
-        """This epoch's batches; each worker takes an equal share of ``positions``."""
+    def train_batches(
+        self,
+        positions: np.ndarray,
+        index: WindowIndex,
+        shift_table: np.ndarray | None = None,
+        shift_rows: np.ndarray | None = None,
+    ) -> Iterator[Any]:
+        """This epoch's batches; each worker takes an equal share of ``positions`` (and of
+        ``shift_rows``, the transposition of each window, see :func:`window_dataset`)."""
         global_batch = self.global_batch
 
         def dataset_fn(ctx):
             n, i = ctx.num_input_pipelines, ctx.input_pipeline_id
-            mine = positions[i::n][: len(positions) // n]
+            share = len(positions) // n
+            mine = positions[i::n][:share]
+            rows = None if shift_rows is None else shift_rows[i::n][:share]
             per_replica = ctx.get_per_replica_batch_size(global_batch)
-            return window_dataset(index, mine, per_replica, drop_remainder=True)
+            return window_dataset(
+                index,
+                mine,
+                per_replica,
+                drop_remainder=True,
+                shift_table=shift_table,
+                shift_rows=rows,
+            )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -509,7 +535,10 @@ def train(
         stream=stream,
     )
     data: TrainingData = prepare(
-        corpus, options.config, augment_transpose=options.augment_transpose
+        corpus,
+        options.config,
+        augment_transpose=options.augment_transpose,
+        augment_mode=options.augment_mode,
     )
     if state_info and state_info["vocab_hash"] != data.vocab.hash:
         raise CorpusError(
@@ -584,10 +613,15 @@ def train(
             for epoch in range(start_epoch, epochs + 1):
                 if patience_spent():
                     break
-                order = data.train.epoch_order(options.seed, epoch)
+                perm = data.train.epoch_permutation(options.seed, epoch)
+                table, rows = None, None
+                if data.transpose is not None:
+                    table = data.transpose.table
+                    shifts = data.transpose.epoch_shifts(options.seed, epoch)
+                    rows = data.transpose.rows(shifts)[perm]
                 t0 = time.perf_counter()
                 sums = []
-                batches = loop.train_batches(order, data.train)
+                batches = loop.train_batches(data.train.positions[perm], data.train, table, rows)
                 if tty:
                     with progress(steps, f"epoch {epoch}/{epochs}", stream) as bar:
                         for x, y in batches:

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from musicgend.core.augment import TRANSPOSITIONS
 from musicgend.core.tokens import token_from_pitches
-from musicgend.core.vocab import SILENCE_ID, UNK, UNK_ID
+from musicgend.core.vocab import SILENCE_ID, UNK, UNK_ID, Vocab
 from musicgend.core.window import training_windows
 from musicgend.errors import CorpusError
 from musicgend.model.config import ModelConfig
 from musicgend.training.dataset import (
+    RandomTranspose,
     Split,
     WindowIndex,
     load_corpus,
@@ -119,12 +121,21 @@ def test_min_count_maps_rare_training_tokens_to_unk(tmp_path: Path) -> None:
     assert (y == UNK_ID).sum() == len(corpus.train)
 
 
-def test_augmentation_transposes_the_training_split_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["expand", "random"])
+def test_augmentation_transposes_the_training_split_only(tmp_path: Path, mode: str) -> None:
     root = _corpus(tmp_path / "c")
     corpus = load_corpus(root, seed=0)
-    plain = prepare(corpus, ModelConfig(min_count=1, window_frames=10))
-    aug = prepare(corpus, ModelConfig(min_count=1, window_frames=10), augment_transpose=True)
-    assert len(aug.train) == 12 * len(plain.train)
+    config = ModelConfig(min_count=1, window_frames=10)
+    plain = prepare(corpus, config)
+    aug = prepare(corpus, config, augment_transpose=True, augment_mode=mode)
+    assert aug.summary()["augment_mode"] == mode and plain.summary()["augment_mode"] is None
+    if mode == "expand":
+        assert len(aug.train) == 12 * len(plain.train) and aug.transpose is None
+    else:  # same windows per epoch as unaugmented, same vocabulary as expand
+        assert len(aug.train) == len(plain.train) and aug.transpose is not None
+        np.testing.assert_array_equal(aug.train.positions, plain.train.positions)
+        expand = prepare(corpus, config, augment_transpose=True, augment_mode="expand")
+        assert aug.vocab.hash == expand.vocab.hash
     assert len(aug.val) == len(plain.val)
     for shift in range(-5, 7):
         assert token_from_pitches({60 + shift, 64 + shift, 67 + shift}) in aug.vocab
@@ -151,3 +162,56 @@ def test_corpus_errors(tmp_path: Path) -> None:
     split = split_names([*NAMES[:3]], seed=0)
     with pytest.raises(CorpusError, match="saved split are gone"):
         load_corpus(root, seed=0, split=split)
+
+
+def _hand_index() -> tuple[Vocab, WindowIndex]:
+    """Two pieces over a hand-made vocabulary; the second reaches up to pitch 125."""
+    vocab = Vocab.from_counts({t: 1 for t in ("60", "62", "64", "125")})
+    ids = vocab.id
+    first = [ids("60"), ids("62"), SILENCE_ID, ids("64")] * 5
+    second = [ids("60"), ids("125"), ids("62"), ids("60"), ids("60"), ids("64")]
+    return vocab, WindowIndex.from_sequences([first, second], window_frames=3)
+
+
+def test_random_transpose_shifts_are_seeded_per_epoch_and_keep_pitches_in_range() -> None:
+    vocab, index = _hand_index()
+    aug = RandomTranspose.build(vocab, index)
+    assert len(aug) == len(index) == 26
+    shifts = aug.epoch_shifts(seed=7, epoch=1)
+    np.testing.assert_array_equal(shifts, aug.epoch_shifts(seed=7, epoch=1))
+    assert not np.array_equal(shifts, aug.epoch_shifts(seed=7, epoch=2))
+    assert not np.array_equal(shifts, aug.epoch_shifts(seed=8, epoch=1))
+    every = np.stack([aug.epoch_shifts(seed=7, epoch=e) for e in range(1, 200)])
+    assert every.min() == -5 and every.max() == 6
+    # windows (3 ids + target) holding pitch 125 allow shifts up to +2 only; the others +6
+    x, y = index.windows()
+    holds_125 = (np.concatenate([x, y[:, None]], axis=1) == vocab.id("125")).any(axis=1)
+    assert holds_125.sum() == 4
+    assert every[:, holds_125].max() == 2 and every[:, ~holds_125].max() == 6
+    np.testing.assert_array_equal(aug.rows(np.array([-5, 0, 6])), [0, 5, 11])
+    assert aug.table.shape == (len(TRANSPOSITIONS), len(vocab))
+
+
+@pytest.mark.tf
+def test_window_dataset_applies_the_shift_table_per_window() -> None:
+    vocab, index = _hand_index()
+    aug = RandomTranspose.build(vocab, index)
+    perm = index.epoch_permutation(seed=3, epoch=1)
+    rows = aug.rows(aug.epoch_shifts(seed=3, epoch=1))[perm]
+    order = index.positions[perm]
+    batches = list(
+        window_dataset(
+            index, order, 8, drop_remainder=False, shift_table=aug.table, shift_rows=rows
+        )
+    )
+    x = np.concatenate([b[0].numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+    ex, ey = index.windows(order)
+    np.testing.assert_array_equal(x, aug.table[rows[:, None], ex])
+    np.testing.assert_array_equal(y, aug.table[rows, ey])
+    # e.g. "60" shifted by +2 is "62"; a shifted "125" is a chord the vocabulary lacks
+    up2 = rows == 7
+    assert up2.any()
+    assert (x[up2][ex[up2] == vocab.id("60")] == vocab.id("62")).all()
+    shifted_125 = (ex == vocab.id("125")) & (rows[:, None] != 5)
+    assert shifted_125.any() and (x[shifted_125] == UNK_ID).all()

@@ -196,3 +196,55 @@ def test_clear_errors(bach_dir: Path, tmp_path: Path) -> None:
     proc = cli("train", "--data", bach_dir, "--out", tmp_path / "m", "--config", "huge")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model config 'huge'")
+
+
+def test_random_key_augmentation_trains_resumes_and_retraces(
+    bach_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--augment-mode random``: an epoch has the unaugmented number of windows, the mode is
+    recorded, and a run interrupted after epoch 1 resumes (keeping the mode) to the same
+    weights as an uninterrupted one."""
+
+    def options(out: str, **kw: object) -> TrainOptions:
+        kw = {"epochs": 2, "batch_size": 64, "seed": 3, "patience": 0, **kw}
+        return TrainOptions(
+            bach_dir, tmp_path / out, ModelConfig(**TINY_CONFIG), augment_transpose=True, **kw
+        )
+
+    whole = train(options("a"), stream=sys.stderr)
+    meta = load_artifact(tmp_path / "a").training
+    assert meta["options"]["augment_mode"] == "random"
+    assert meta["data"]["augment_mode"] == "random"
+    corpus = load_corpus(bach_dir, seed=3, split=Split.from_json(meta["split"]))
+    plain = prepare(corpus, ModelConfig(**TINY_CONFIG))
+    assert meta["data"]["train_windows"] == len(plain.train)
+    assert [h["windows"] for h in whole.history] == [len(plain.train) // 64 * 64] * 2
+    assert all(np.isfinite(h["train_nll"]) for h in whole.history)
+
+    evaluate, calls = Loop.evaluate, []
+
+    def interrupted_in_epoch_2(self: Loop, index):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, index)
+
+    monkeypatch.setattr(Loop, "evaluate", interrupted_in_epoch_2)
+    with pytest.raises(TrainingError, match="state after epoch 1 is kept"):
+        train(options("b"), stream=sys.stderr)
+    monkeypatch.setattr(Loop, "evaluate", evaluate)
+    with pytest.raises(TrainingError, match="--augment-mode differs"):
+        train(options("b", augment_mode="expand"), resume=True, explicit={"augment_mode"})
+    resumed = train(options("b", augment_mode="expand"), resume=True, explicit=set())
+    assert load_artifact(tmp_path / "b").training["options"]["augment_mode"] == "random"
+    assert learning(resumed.history) == learning(whole.history)
+    assert resumed.weights_sha256 == whole.weights_sha256
+
+
+def test_states_saved_before_the_augment_modes_resume_as_expand(tmp_path: Path) -> None:
+    saved = TrainOptions(tmp_path, tmp_path / "m", augment_transpose=True).to_json()
+    assert TrainOptions.from_json(saved).augment_mode == "random"
+    del saved["augment_mode"]
+    assert TrainOptions.from_json(saved).augment_mode == "expand"
+    with pytest.raises(TrainingError, match="--augment-mode must be one of random, expand"):
+        TrainOptions(tmp_path, tmp_path / "m", augment_mode="shuffle")
