@@ -7,6 +7,7 @@ exit code 1; usage errors exit 2 (typer's convention).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,9 @@ import typer
 
 from musicgend import __version__
 from musicgend.errors import MusicgendError
+
+# TensorFlow's C++ start-up chatter (CPU feature notes, oneDNN) is not for users; errors stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class _App(typer.Typer):
