@@ -5,9 +5,13 @@
 - :func:`alsa_sequencer_present` checks for ``/dev/snd/seq``.
 - :func:`resolve_backend` picks ``auto`` → running JACK → jack; ALSA sequencer → alsa; else an
   embedded JACK server with the dummy driver.
-- :class:`EmbeddedJack` starts ``jackd -n <unique> -d dummy`` and stops it on exit (also on
-  exceptions); while it runs, ``os.environ["JACK_DEFAULT_SERVER"]`` names it, so every JACK
-  client of this process (JACK-Client, python-rtmidi) uses it.
+- :class:`EmbeddedJack` starts ``jackd -R -p 64 -n <unique> -d dummy`` and stops it on exit
+  (also on exceptions); while it runs, ``os.environ["JACK_DEFAULT_SERVER"]`` names it, so every
+  JACK client of this process (JACK-Client, python-rtmidi) uses it.
+
+Memory: every JACK client maps the server's shared memory segment (``/dev/shm/jack-*``) and
+libjack locks it, so it counts fully in each client's RSS. Its size grows with the server's
+``--port-max``: ~38 MB fixed plus ~34 KB per port (2048 ports by default: 102 MB; 64: 40 MB).
 """
 
 from __future__ import annotations
@@ -126,8 +130,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: jackd ends if we are SIGKILLed
 
 
+DEFAULT_PORT_MAX = 64
+"""``jackd --port-max`` of an embedded server: the daemon's 2 ports, the dummy driver's 4
+audio ports and room for a dozen clients (a keyboard, a DAW, a synthesizer, tests)."""
+
+
 class EmbeddedJack:
     """A private ``jackd -d dummy`` server for this process.
+
+    ``realtime`` asks for ``jackd -R`` (its cycle thread under SCHED_FIFO, as a studio runs
+    it); where jackd fails to start that way it is started once more with ``-r``
+    (:attr:`realtime` then says False). ``port_max`` bounds the ports (and the shared memory
+    every client maps, see the module docstring); None keeps jackd's default.
 
     ``with EmbeddedJack() as server:`` starts it, waits until it accepts clients (at most
     ``start_timeout_s``), and sets ``os.environ["JACK_DEFAULT_SERVER"] = server.name``; exit
@@ -147,6 +161,8 @@ class EmbeddedJack:
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
         set_environment: bool = True,
+        realtime: bool = True,
+        port_max: int | None = DEFAULT_PORT_MAX,
     ) -> None:
         self.name = name or f"musicgend-{os.getpid()}-{secrets.token_hex(3)}"
         self.rate_hz = rate_hz
@@ -155,6 +171,8 @@ class EmbeddedJack:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.set_environment = set_environment
+        self.realtime = realtime
+        self.port_max = port_max
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
         self._saved_env: str | None = None
@@ -169,8 +187,12 @@ class EmbeddedJack:
         return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
+        server_options = ["-R" if self.realtime else "-r"]
+        if self.port_max is not None:
+            server_options += ["-p", str(self.port_max)]
         return [
             self.jackd,
+            *server_options,
             "-n",
             self.name,
             "-d",
@@ -185,6 +207,20 @@ class EmbeddedJack:
         """Start the server and wait until it accepts clients."""
         if self.running:
             return
+        try:
+            self._start()
+        except JackServerError as exc:
+            if (
+                not self.realtime
+                or "not found on PATH" in str(exc)
+                or "already running" in str(exc)
+            ):
+                raise
+            log.info("jackd -R failed (%s); starting it without real-time scheduling", exc)
+            self.realtime = False
+            self._start()
+
+    def _start(self) -> None:
         exe = shutil.which(self.jackd)
         if exe is None:
             raise JackServerError(

@@ -63,6 +63,25 @@ def test_jackd_that_fails_to_start_is_a_clear_error(tmp_path: Path) -> None:
         EmbeddedJack(jackd=str(fake)).start()
 
 
+@pytest.mark.jack
+def test_jackd_without_realtime_permission_starts_without_realtime(tmp_path: Path) -> None:
+    """A jackd that refuses -R is started again with -r; both runs get the small port-max."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "jackd"
+    real = subprocess.run(["sh", "-c", "command -v jackd"], capture_output=True, text=True)
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'case " $* " in *" -R "*) echo "cannot use real-time scheduling" >&2; exit 1;; esac\n'
+        f'exec {real.stdout.strip()} "$@"\n'
+    )
+    fake.chmod(0o755)
+    with EmbeddedJack(jackd=str(fake)) as server:
+        assert jack_running(server.name) and not server.realtime
+    first, second = calls.read_text().splitlines()
+    assert first.startswith("-R -p 64 -n ") and second.startswith("-r -p 64 -n ")
+
+
 def test_auto_backend_without_any_server_means_embedded_jack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
