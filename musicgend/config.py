@@ -113,6 +113,8 @@ class EngineSettings(_Section):
     model: Path = BUNDLED_MODEL_DIR
     runtime: Literal["auto", "numpy", "litert", "tf", "tf-xla", "keras", "eager"] = "auto"
     """Inference runtime (see musicgend.model.runtime); ``auto`` picks the fastest available."""
+    threads: int = Field(1, ge=1, le=64)
+    """LiteRT interpreter threads (NumPy runs on one BLAS thread); 1 beside JACK on few cores."""
     mode: Literal["accompany", "call-response", "solo"] = "accompany"
     temperature: float = Field(1.0, gt=0, le=10)
     top_p: float = Field(0.95, gt=0, le=1)

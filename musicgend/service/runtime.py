@@ -33,21 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from musicgend.core.clock import FrameGrid
-from musicgend.core.modes import CallResponseSettings, Mode
-from musicgend.core.voicing import VoicingSettings
 from musicgend.errors import ConfigError, ModelError, MusicgendError
-from musicgend.service.engine import (
-    Engine,
-    EngineParams,
-    FrameCore,
-    LoadedModel,
-    default_sampler,
-)
 
 if TYPE_CHECKING:
     from musicgend.config import Settings
+    from musicgend.core.modes import CallResponseSettings
+    from musicgend.core.voicing import VoicingSettings
     from musicgend.io.midi import MidiPorts
+    from musicgend.service.engine import Engine, EngineParams, FrameCore, LoadedModel
+
+# Start-up order: the ports open before NumPy, the engine and the model are imported (in the
+# model-loading thread), so `musicgend run` is connectable after ~0.35 s of Python start-up
+# and imports. tests/service/test_imports.py checks what importing this module pulls in.
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +78,16 @@ class _Stop(Exception):
     """Raised inside the task group to end it on a stop signal."""
 
 
-def load_model(path: Path, runtime: str = "auto") -> LoadedModel:
-    """A model directory on the chosen runtime, as the engine needs it."""
+def load_model(path: Path, runtime: str = "auto", threads: int = 1) -> LoadedModel:
+    """A model directory on the chosen runtime, as the engine needs it.
+
+    ``threads``: LiteRT interpreter threads (NumPy always runs on one BLAS thread). One is
+    the daemon's default: it shares the cores with JACK and the synthesizer, and a second
+    interpreter thread made calls slower, not faster, on the 2-core reference machine
+    (README, "Where the time goes").
+    """
     from musicgend.model.runtime import load_predictor
+    from musicgend.service.engine import LoadedModel
 
     path = Path(path)
     if not path.is_dir():
@@ -91,7 +95,7 @@ def load_model(path: Path, runtime: str = "auto") -> LoadedModel:
             f"{path}: model directory not found (train one with `musicgend train`, "
             "or pass --model DIR)"
         )
-    predictor = load_predictor(path, runtime)
+    predictor = load_predictor(path, runtime, threads=threads)
     artifact = predictor.artifact
     if artifact.config.window_frames < 1:
         raise ModelError(f"{path}: bad window size {artifact.config.window_frames}")
@@ -99,6 +103,8 @@ def load_model(path: Path, runtime: str = "auto") -> LoadedModel:
 
 
 def voicing_from(settings: Settings) -> VoicingSettings:
+    from musicgend.core.voicing import VoicingSettings
+
     midi = settings.midi
     try:
         return VoicingSettings(
@@ -114,6 +120,9 @@ def voicing_from(settings: Settings) -> VoicingSettings:
 
 
 def params_from(settings: Settings) -> EngineParams:
+    from musicgend.core.modes import Mode
+    from musicgend.service.engine import EngineParams
+
     e = settings.engine
     return EngineParams(
         mode=Mode.parse(e.mode),
@@ -127,6 +136,8 @@ def params_from(settings: Settings) -> EngineParams:
 
 
 def call_from(settings: Settings) -> CallResponseSettings:
+    from musicgend.core.modes import CallResponseSettings
+
     cr = settings.engine.call_response
     fs = settings.clock.fs
     return CallResponseSettings(
@@ -137,6 +148,9 @@ def call_from(settings: Settings) -> CallResponseSettings:
 
 def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:
     """The engine's frame logic configured from the settings."""
+    from musicgend.core.clock import FrameGrid
+    from musicgend.service.engine import FrameCore, default_sampler
+
     window_frames = getattr(getattr(model.predictor, "artifact", None), "config", None)
     size = window_frames.window_frames if window_frames is not None else 50
     return FrameCore(
@@ -193,6 +207,24 @@ def rss_mb(pid: int | str = "self") -> float | None:
     except OSError:
         return None
     return None
+
+
+def private_mb(pid: int | str = "self") -> float | None:
+    """Memory only this process holds (USS: ``Private_Clean + Private_Dirty`` from
+    ``/proc/PID/smaps_rollup``) in MiB; None where unknown.
+
+    RSS also counts shared pages: the JACK server's shared memory segment (locked by
+    libjack in every client, ~40 MB with ``--port-max 64``) and shared libraries.
+    """
+    total_kb = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total_kb += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return round(total_kb / 1024, 1)
 
 
 @contextlib.contextmanager
@@ -281,7 +313,12 @@ async def serve(
         ports = stack.enter_context(open_ports(port_config, loop))
         info.in_port, info.out_port = ports.in_port_name, ports.out_port_name
         info.ports_ready_s = time.monotonic() - started
-        model = await asyncio.to_thread(load_model, settings.engine.model, settings.engine.runtime)
+        engine_settings = settings.engine
+        model = await asyncio.to_thread(
+            load_model, engine_settings.model, engine_settings.runtime, engine_settings.threads
+        )
+        from musicgend.service.engine import Engine  # imported by load_model, in its thread
+
         info.runtime = model.runtime
         recorder: SessionRecorder | None = None
         if settings.session.enabled:
@@ -303,7 +340,7 @@ async def serve(
             core,
             ports,
             journal=recorder,
-            loader=lambda p: load_model(p, settings.engine.runtime),
+            loader=lambda p: load_model(p, engine_settings.runtime, engine_settings.threads),
             session_info=session_info,
             port_counters=lambda: ports.counters,
         )
@@ -344,6 +381,7 @@ async def serve(
             sys.setswitchinterval(old_interval)
             info.metrics = engine.metrics()
             info.metrics["rss_mb"] = rss_mb()
+            info.metrics["private_mb"] = private_mb()
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)
 
@@ -354,6 +392,8 @@ def run_daemon(
     """``musicgend run``: start (with a private JACK server if needed), serve until a stop
     signal, clean up. Returns what happened (ports, session files)."""
     info = DaemonInfo()
+    # NumPy runs on one BLAS thread in the daemon (set_blas_threads); no idle pool either.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         with _backend(settings.midi.backend, info):
             asyncio.run(serve(settings, info, on_ready=on_ready))
