@@ -485,8 +485,10 @@ def run_cmd(
     """
     import logging
 
+    from musicgend.service.runtime import DaemonInfo, raise_priority, run_daemon
+
+    raise_priority()  # first: a busy core doesn't hold up the start-up imports and the ports
     from musicgend.config import load_config
-    from musicgend.service.runtime import DaemonInfo, run_daemon
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = load_config(

@@ -11,7 +11,11 @@ metrics it writes on exit. Reported (nothing is asserted):
 * ``inference_ms``: per-call time in the daemon, and per runtime measured here side by side;
 * ``jitter_ms``: onsets of the daemon's frames as a separate JACK client sees them (absolute
   JACK frame time), residuals against the 200 ms grid fitted by least squares;
-* ``rss_mb`` of the daemon; ``ports_ready_s``: process start → its ports visible in JACK.
+* ``rss_mb`` of the daemon, and ``private_mb``: the part only it holds (RSS also counts the
+  JACK server's shared memory, which libjack maps and locks in every client: ~40 MB with the
+  embedded server's ``--port-max 64``, ~102 MB with jackd's default);
+* ``ports_ready_s``: process start → its ports visible in JACK;
+* ``load_avg``: the machine's 1-minute load average before and after each condition.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def inference_times(model: Path, runtimes: list[str], calls: int = 300) -> dict[
     rng = np.random.default_rng(0)
     for name in runtimes:
         try:
-            threads = int(name.split(":")[1]) if ":" in name else 2
+            threads = int(name.split(":")[1]) if ":" in name else 1
             predictor = load_predictor(model, name.split(":")[0], threads=threads)
         except MusicgendError as exc:
             out[name] = {"error": str(exc)}
@@ -157,18 +161,6 @@ class Peer:
         self.client.close()
 
 
-def _realtime_jack() -> type:
-    """EmbeddedJack with ``jackd -R`` (real-time cycle thread), as a studio would run it."""
-    from musicgend.io.jackserver import EmbeddedJack
-
-    class RealtimeJack(EmbeddedJack):
-        def command(self) -> list[str]:
-            cmd = super().command()
-            return [cmd[0], "-R", *cmd[1:]]
-
-    return RealtimeJack
-
-
 def _hog() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -177,6 +169,7 @@ def run_condition(
     model: Path, frames: int, server: str, rate_hz: int, hog: bool, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """One daemon run of ``frames`` frames; returns its figures."""
+    load_before = round(os.getloadavg()[0], 2)
     peer = Peer(server)
     hog_proc = _hog() if hog else None
     rng = np.random.default_rng(1)
@@ -225,6 +218,7 @@ def run_condition(
             for pitch in held:
                 peer.to_send.append(bytes([0x80, pitch, 0]))
             rss = _rss_mb(daemon.pid)
+            private = _private_mb(daemon.pid)
             on_grid = len(peer.events)  # what comes after SIGTERM (note-offs, CC123) isn't
             daemon.send_signal(signal.SIGTERM)
             output, _ = daemon.communicate(timeout=30)
@@ -251,10 +245,13 @@ def run_condition(
         "inference_ms_daemon": metrics["inference_ms"],
         "jitter_ms": onset_jitter_ms(onsets, rate_hz),
         "rss_mb": rss,
+        "private_mb": private,
         "ports_ready_s": round(ports_ready_s, 3),
         "cc123_channels_at_stop": cc123,
         "priority": metrics.get("priority"),
+        "runtime": metrics.get("runtime"),
         "exit_code": daemon.returncode,
+        "load_avg": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
     }
 
 
@@ -262,6 +259,12 @@ def _rss_mb(pid: int) -> float | None:
     from musicgend.service.runtime import rss_mb
 
     return rss_mb(pid)
+
+
+def _private_mb(pid: int) -> float | None:
+    from musicgend.service.runtime import private_mb
+
+    return private_mb(pid)
 
 
 def run_bench(
@@ -280,18 +283,13 @@ def run_bench(
     log(f"inference per runtime ({model})")
     per_runtime = inference_times(model, runtimes or ["numpy", "litert:1", "litert:2"])
     conditions: dict[str, Any] = {}
-    try:
-        server_cm = _realtime_jack()(rate_hz=rate_hz, period_frames=128, set_environment=False)
-        server_cm.start()
-        realtime = True
-    except MusicgendError:
-        server_cm = EmbeddedJack(rate_hz=rate_hz, period_frames=128, set_environment=False)
-        server_cm.start()
-        realtime = False
+    # the daemon's own embedded-server settings: jackd -R (falls back to -r), --port-max 64
+    server_cm = EmbeddedJack(rate_hz=rate_hz, period_frames=128, set_environment=False)
     with server_cm as server:
         for name, hog in (("idle", False), ("cpu_hog", True)):
             log(f"condition {name}")
             conditions[name] = run_condition(model, frames, server.name, rate_hz, hog, log)
+        realtime, port_max = server.realtime, server.port_max
     worst_p99 = max(c["frame_latency_ms"]["p99"] or 0.0 for c in conditions.values())
     idle = conditions["idle"]
     return {
@@ -299,6 +297,7 @@ def run_bench(
         "late_frames": idle["late_frames"],
         "inference_ms": {**per_runtime, "daemon": idle["inference_ms_daemon"]},
         "rss_mb": idle["rss_mb"],
+        "private_mb": idle["private_mb"],
         "jitter_ms": idle["jitter_ms"],
         "ports_ready_s": idle["ports_ready_s"],
         "conditions": conditions,
@@ -309,10 +308,16 @@ def run_bench(
                 (c["jitter_ms"]["p99"] or 99) <= 1.0 for c in conditions.values()
             ),
             "rss_mb_le_100": all((c["rss_mb"] or 999) <= 100 for c in conditions.values()),
+            "private_mb_le_100": all((c["private_mb"] or 999) <= 100 for c in conditions.values()),
             "ports_ready_s_le_1": all(c["ports_ready_s"] <= 1.0 for c in conditions.values()),
         },
         "frames_per_condition": frames,
-        "jack": {"rate_hz": rate_hz, "period_frames": 128, "realtime": realtime},
+        "jack": {
+            "rate_hz": rate_hz,
+            "period_frames": 128,
+            "realtime": realtime,
+            "port_max": port_max,
+        },
         "model": str(model),
         "machine": {
             "cpus": os.cpu_count(),
@@ -332,8 +337,9 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{name:8s} frames {c['frames']:5d}  decision p50 {lat['p50']} p99 {lat['p99']} "
             f"max {lat['max']} ms  late {c['late_frames']} stale {c['stale_frames']}  "
             f"inference p50 {inf['p50']} p99 {inf['p99']} ms  jitter p50 {jit['p50']} "
-            f"p99 {jit['p99']} max {jit['max']} ms  rss {c['rss_mb']} MB  "
-            f"ports {c['ports_ready_s']} s"
+            f"p99 {jit['p99']} max {jit['max']} ms  rss {c['rss_mb']} MB "
+            f"(private {c.get('private_mb')} MB)  ports {c['ports_ready_s']} s  "
+            f"runtime {c.get('runtime')}  load {c.get('load_avg')}"
         )
     for name, figures in result["inference_ms"].items():
         lines.append(f"inference {name:9s} {figures}")

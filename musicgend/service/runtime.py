@@ -26,6 +26,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -60,8 +61,19 @@ def raise_priority(priority: int = 5) -> str:
     process callback, a normal-priority thread preempted by a busy process while it holds the
     GIL delays the tick by a whole scheduler slice; giving them all a real-time priority
     avoids that. Falls back to ``nice -10``, then to nothing, where not permitted (systemd:
-    ``LimitRTPRIO=`` / ``CPUSchedulingPolicy=``). Returns what it got.
+    ``LimitRTPRIO=`` / ``CPUSchedulingPolicy=``). Returns what it got. Once per thread: a
+    second call returns the first result (``nice`` would otherwise add up).
     """
+    thread = threading.get_ident()
+    if thread not in _priorities:
+        _priorities[thread] = _set_priority(priority)
+    return _priorities[thread]
+
+
+_priorities: dict[int, str] = {}
+
+
+def _set_priority(priority: int) -> str:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
         return "fifo"
@@ -382,6 +394,9 @@ async def serve(
             info.metrics = engine.metrics()
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()
+            info.metrics["runtime"] = (
+                f"litert:{engine_settings.threads}" if model.runtime == "litert" else model.runtime
+            )
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)
 
