@@ -47,6 +47,32 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
         ("p0.9 hold2 min2", SamplerParams(top_p=0.9, hold_bias=2.0, min_hold_frames=2)),
         ("T0.8 p0.9 hold2", SamplerParams(temperature=0.8, top_p=0.9, hold_bias=2.0)),
     ],
+    "key": [
+        ("seed (plain softmax)", SamplerParams.seed()),
+        ("defaults", SamplerParams()),
+        *[
+            (
+                f"T{t:g} p{p:g} h{h:g} m{m} k{k:g}",
+                SamplerParams(
+                    temperature=t, top_p=p, hold_bias=h, min_hold_frames=m, scale_penalty=k
+                ),
+            )
+            for t, p, h, m, k in [
+                (1.0, 1.0, 1.0, 1, 0.3),
+                (1.0, 0.9, 1.0, 1, 0.3),
+                (1.0, 0.9, 1.5, 1, 0.3),
+                (1.0, 0.9, 1.0, 2, 0.3),
+                (0.9, 0.95, 1.0, 1, 0.3),
+                (1.0, 1.0, 1.0, 1, 0.1),
+                (1.0, 1.0, 1.0, 1, 0.15),
+                (1.05, 1.0, 1.0, 1, 0.1),
+                (1.0, 0.98, 1.0, 1, 0.1),
+                (1.05, 1.0, 1.0, 1, 0.05),
+                (1.1, 1.0, 1.0, 1, 0.1),
+                (1.0, 1.0, 0.7, 1, 0.05),
+            ]
+        ],
+    ],
 }
 
 

@@ -322,6 +322,10 @@ def generate_cmd(
         int | None, typer.Option(help="Keep every chord at least this many frames.")
     ] = None,
     silence_bias: Annotated[float | None, typer.Option(help="Weight × on silence.")] = None,
+    scale_penalty: Annotated[
+        float | None,
+        typer.Option(help="Weight × per pitch outside the context's key (1 = off)."),
+    ] = None,
     seed_sampling: Annotated[
         bool, typer.Option("--seed-sampling", help="The seed's plain softmax draw.")
     ] = False,
@@ -346,6 +350,7 @@ def generate_cmd(
         hold_bias=hold_bias,
         min_hold_frames=min_hold,
         silence_bias=silence_bias,
+        scale_penalty=scale_penalty,
     )
     gen = generate_file(
         model,

@@ -117,7 +117,7 @@ class EngineSettings(_Section):
     """LiteRT interpreter threads (NumPy runs on one BLAS thread); 1 beside JACK on few cores."""
     mode: Literal["accompany", "call-response", "solo"] = "accompany"
     temperature: float = Field(1.0, gt=0, le=10)
-    top_p: float = Field(0.95, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     """0 = no top-k cut."""
     density: float = Field(1.0, ge=0, le=1)
@@ -126,6 +126,8 @@ class EngineSettings(_Section):
     """Sampling seed; unset = a fresh seed each run."""
     hold_bias: float = Field(0.0, ge=0, le=10)
     """Extra log-probability for repeating the chord that sounds (fewer scattered notes)."""
+    scale_penalty: float = Field(0.15, ge=0, le=1)
+    """Weight × per pitch outside the key of the recent frames (1 = off)."""
     call_response: CallResponseSettings = Field(default_factory=CallResponseSettings)
     cc: dict[CcParam, int] = Field(default_factory=dict)
     """MIDI CC bindings, e.g. ``{temperature = 21}`` (CC numbers 0–119)."""

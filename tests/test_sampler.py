@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from musicgend.core.sampler import Sampler, SamplerParams
+from musicgend.core.sampler import Sampler, SamplerParams, scale_table
 
 
 def _probs(v: int = 50, seed: int = 0) -> np.ndarray:
@@ -142,3 +142,85 @@ def test_params_are_validated():
         SamplerParams(temperature=-1)
     with pytest.raises(ValidationError):
         SamplerParams(bogus=1)  # type: ignore[call-arg]
+
+
+# -- key bias --------------------------------------------------------------------------------
+
+# C major triad, an F# alone, C major + F#, a G major triad, a D major triad (F#)
+_KEY_TOKENS = ["<unk>", "e", "48,52,55", "54", "48,54", "55,59,62", "50,54,57"]
+
+
+class _Tokens:
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+
+
+def test_key_table_counts_pitches_outside_each_scale():
+    table = scale_table(_Tokens(_KEY_TOKENS))
+    c_major, g_major = 0, 7
+    assert table.outside[c_major].tolist() == [0, 0, 0, 1, 1, 0, 1]
+    assert table.outside[g_major].tolist() == [0, 0, 0, 0, 0, 0, 0]
+    assert scale_table(_Tokens(_KEY_TOKENS)) is not table  # another vocabulary object
+    vocab = _Tokens(_KEY_TOKENS)
+    assert scale_table(vocab) is scale_table(vocab)  # computed once per vocabulary
+
+
+def test_detected_key_follows_the_context():
+    table = scale_table(_Tokens(_KEY_TOKENS))
+    assert table.key([1] * 50) is None  # silence: no key
+    c_context = [2] * 40 + [5] * 10  # C major chords, a little G major
+    assert table.key(c_context) == 0
+    g_context = [5] * 20 + [6] * 20 + [2] * 10  # G and D major: F# is in, so G major
+    assert table.key(g_context) == 7
+
+
+def test_out_of_scale_tokens_lose_the_penalty_factor_per_pitch():
+    probs = np.array([0.0, 0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
+    vocab = _Tokens(_KEY_TOKENS)
+    context = [2] * 50  # C major
+    n = 20_000
+    params = SamplerParams(top_p=1.0, hold_bias=1.0, scale_penalty=0.25)
+    s = Sampler(params, seed=3, vocab=vocab)
+    draws = np.bincount([s.sample(probs, None, context) for _ in range(n)], minlength=7)
+    weights = probs * 0.25 ** np.array([0, 0, 0, 1, 1, 0, 1])
+    np.testing.assert_allclose(draws / n, weights / weights.sum(), atol=0.01)
+    # in G major nothing is out of scale: the plain distribution
+    s = Sampler(params, seed=3)
+    g_context = [5] * 20 + [6] * 20 + [2] * 10  # G major (see above)
+    draws = np.bincount([s.sample(probs, None, g_context, vocab) for _ in range(n)], minlength=7)
+    np.testing.assert_allclose(draws / n, probs, atol=0.01)
+
+
+def test_key_bias_is_seeded_and_off_in_the_seed_settings():
+    probs = np.array([0.0, 0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
+    vocab = _Tokens(_KEY_TOKENS)
+    params = SamplerParams(top_p=1.0, hold_bias=1.0, min_hold_frames=1, scale_penalty=0.3)
+
+    def run(seed: int) -> list[int]:
+        s, context, out = Sampler(params, seed=seed, vocab=vocab), [2] * 50, []
+        for _ in range(100):
+            out.append(s.sample(probs, context[-1], context))
+            context = [*context[1:], out[-1]]
+        return out
+
+    assert run(4) == run(4) != run(5)
+    assert SamplerParams.seed().scale_penalty == 1.0
+    # off: the context and vocabulary change nothing
+    off = SamplerParams(scale_penalty=1.0)
+    a = [Sampler(off, seed=1).sample(probs, 2) for _ in range(20)]
+    b = [Sampler(off, seed=1, vocab=vocab).sample(probs, 2, [2] * 50) for _ in range(20)]
+    assert a == b
+    with pytest.raises(ValueError, match="vocabulary"):
+        Sampler(params, seed=0).sample(probs, 2, [2] * 50)
+
+
+def test_engine_passes_scale_penalty_to_the_sampler():
+    from musicgend.service.engine import EngineParams, default_sampler
+
+    params = EngineParams().updated(scale_penalty=0.2)
+    sampler = default_sampler(params)
+    assert isinstance(sampler, Sampler)
+    assert sampler.params.scale_penalty == 0.2
+    assert params.public()["scale_penalty"] == 0.2
+    with pytest.raises(ValueError, match="scale_penalty"):
+        EngineParams(scale_penalty=1.5)

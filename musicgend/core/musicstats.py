@@ -27,9 +27,10 @@ import numpy as np
 
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 PITCH_CLASS_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-_SCALES = np.array(
+SCALES = np.array(
     [[(pc - tonic) % 12 in MAJOR_STEPS for pc in range(12)] for tonic in range(12)], dtype=bool
 )
+"""``(12, 12)`` bool: row ``t`` = the pitch classes of ``t`` major (= its relative minor)."""
 
 GOAL_TOLERANCE = 0.15
 """Issue goal: pitches/frame, onsets/s and repeat share within ±15 % of the corpus."""
@@ -115,6 +116,16 @@ def piano_roll(frames: Sequence[Iterable[int]]) -> np.ndarray:
     return roll
 
 
+def best_scale(pc_weights: np.ndarray) -> tuple[int, float]:
+    """The best-fitting scale for pitch-class weights ``(12,)``: ``(tonic, weight inside)``.
+
+    ``tonic`` is the major tonic (row of :data:`SCALES`); ties go to the lowest tonic.
+    """
+    fit = SCALES.astype(pc_weights.dtype) @ pc_weights
+    tonic = int(np.argmax(fit))
+    return tonic, float(fit[tonic])
+
+
 def key_name(tonic: int) -> str:
     return f"{PITCH_CLASS_NAMES[tonic]} major / {PITCH_CLASS_NAMES[(tonic + 9) % 12]} minor"
 
@@ -140,9 +151,8 @@ def _counts(frames: Sequence[Iterable[int]]) -> _Counts:
     per_pitch = onsets.sum(axis=0)
     pc_hist = np.zeros(12, dtype=np.int64)
     np.add.at(pc_hist, np.arange(128) % 12, per_pitch)
-    fit = _SCALES.astype(np.int64) @ pc_hist
-    tonic = int(np.argmax(fit))
-    c.in_scale_onsets = int(fit[tonic])
+    tonic, inside = best_scale(pc_hist)
+    c.in_scale_onsets = int(inside)
     c.key = key_name(tonic)
     return c
 

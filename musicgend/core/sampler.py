@@ -4,12 +4,18 @@ One call, in this order:
 
 1. ``<unk>`` (id 0) gets probability 0: it names no chord, so it can't be played.
 2. Temperature: ``p ** (1 / T)`` (the same as dividing the logits by ``T``); ``T = 0`` is greedy.
-3. Hold bias: the previous token's weight is multiplied by ``hold_bias`` (> 1 favours holding
+3. Key bias (``scale_penalty < 1``, given the context window and the vocabulary): the
+   pitch-class profile of the context (every sounding pitch of every frame the model sees,
+   human and machine alike) picks the best-fitting of the 24 major / natural-minor scales
+   (:func:`musicgend.core.musicstats.best_scale`, the scale-consistency definition); each
+   token's weight is multiplied by ``scale_penalty ** (its pitches outside that scale)``.
+   A silent context biases nothing.
+4. Hold bias: the previous token's weight is multiplied by ``hold_bias`` (> 1 favours holding
    the chord, the cure for "too many scattered notes"); ``silence_bias`` does the same for
    silence (< 1 plays denser).
-4. Top-k, then top-p (nucleus: the smallest set of most likely tokens whose share of the
+5. Top-k, then top-p (nucleus: the smallest set of most likely tokens whose share of the
    remaining mass reaches ``top_p``); the draw is from what is left, renormalised.
-5. Minimum hold (anti-flicker): while the chord that sounds has lasted fewer than
+6. Minimum hold (anti-flicker): while the chord that sounds has lasted fewer than
    ``min_hold_frames`` frames, it is kept. The run length is counted by the sampler from the
    ``prev_id`` it is given, so live input that changes the chord restarts the count.
 
@@ -19,45 +25,133 @@ is kept (silence if there is none).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from musicgend.core.musicstats import SCALES, best_scale
+from musicgend.core.tokens import pitches_from_token
 
 UNK_ID = 0
 SILENCE_ID = 1
 _PRESELECT = (64, 512)
 """Top-p first looks among this many most likely tokens; a full sort only when they don't
 reach ``top_p``. Keeps a draw from V ≈ 6500 tokens under 100 µs."""
+_THRESHOLDS = (1e-3, 1e-5)
+"""Before that, top-p tries the tokens above these shares of the nucleus mass: one
+comparison over the vocabulary instead of a partition (V = 20,000: ~30 µs instead of ~150)."""
+_TABLE_CACHE_SIZE = 4
+
+
+class _HasTokens(Protocol):
+    @property
+    def tokens(self) -> Sequence[str]: ...
+
+
+class ScaleTable:
+    """Per vocabulary, computed once: each token's pitch-class counts ``(V, 12)`` and its
+    number of pitches outside each of the 12 scale sets ``(12, V)``."""
+
+    __slots__ = ("_factors", "outside", "pc_counts")
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        pc = np.zeros((len(tokens), 12), dtype=np.float64)
+        for i, token in enumerate(tokens):
+            if i != UNK_ID:
+                for pitch in pitches_from_token(token):
+                    pc[i, pitch % 12] += 1
+        self.pc_counts = pc
+        self.outside = ((~SCALES).astype(np.int64) @ pc.T.astype(np.int64)).astype(np.int16)
+        self._factors: tuple[float, np.ndarray] | None = None
+
+    def key(self, context_ids: np.ndarray | Sequence[int]) -> int | None:
+        """The best-fitting scale's tonic for a window of ids; None if it is all silence."""
+        ids = np.asarray(context_ids, dtype=np.int64)
+        ids = ids[(ids >= 0) & (ids < len(self.pc_counts))]
+        profile = self.pc_counts[ids].sum(axis=0)
+        if not profile.any():
+            return None
+        return best_scale(profile)[0]
+
+    def factors(self, penalty: float) -> np.ndarray:
+        """``(12, V)``: ``penalty ** outside`` (the last penalty's table is kept)."""
+        cached = self._factors
+        if cached is None or cached[0] != penalty:
+            powers = penalty ** np.arange(int(self.outside.max(initial=0)) + 1, dtype=np.float64)
+            cached = (penalty, powers[self.outside])
+            self._factors = cached
+        return cached[1]
+
+
+_tables: dict[int, tuple[object, ScaleTable]] = {}
+
+
+def scale_table(vocab: _HasTokens) -> ScaleTable:
+    """The :class:`ScaleTable` of a vocabulary (cached for the last few vocabularies)."""
+    hit = _tables.get(id(vocab))
+    if hit is not None and hit[0] is vocab:
+        return hit[1]
+    table = ScaleTable(vocab.tokens)
+    while len(_tables) >= _TABLE_CACHE_SIZE:
+        _tables.pop(next(iter(_tables)))
+    _tables[id(vocab)] = (vocab, table)  # the reference keeps id(vocab) from being reused
+    return table
 
 
 class SamplerParams(BaseModel):
-    """Sampling settings (validated; the MQTT ``set`` command and the CLI fill them)."""
+    """Sampling settings (validated; the MQTT ``set`` command and the CLI fill them).
+
+    The defaults were tuned with ``bench/generation_stats.py`` on the bundled model (see
+    ``bench/results/generation-stats.json``): the key bias alone; the model's copy gate
+    already holds chords, so a hold bias or top-p cut over-holds.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = all")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus mass; 1 = all")
-    hold_bias: float = Field(2.0, ge=0.0, le=1000.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 = all")
+    hold_bias: float = Field(1.0, ge=0.0, le=1000.0)
     silence_bias: float = Field(1.0, ge=0.0, le=1000.0)
     min_hold_frames: int = Field(1, ge=1, le=100)
+    scale_penalty: float = Field(
+        0.15, ge=0.0, le=1.0, description="weight × per pitch outside the context's key; 1 = off"
+    )
 
     @classmethod
     def seed(cls) -> SamplerParams:
         """The seed's sampling: a plain draw from the softmax (``<unk>`` still excluded)."""
-        return cls(temperature=1.0, top_k=0, top_p=1.0, hold_bias=1.0, min_hold_frames=1)
+        return cls(
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            hold_bias=1.0,
+            silence_bias=1.0,
+            min_hold_frames=1,
+            scale_penalty=1.0,
+        )
 
 
 class Sampler:
     """Draws token ids with a seeded :class:`numpy.random.Generator`.
 
     Keeps the run length of the current chord for ``min_hold_frames``; call :meth:`reset`
-    when the stream restarts.
+    when the stream restarts. The key bias needs the vocabulary (here or per call) and the
+    context window (per call).
     """
 
-    __slots__ = ("_rng", "_run_frames", "_run_id", "params")
+    __slots__ = ("_rng", "_run_frames", "_run_id", "params", "vocab")
 
-    def __init__(self, params: SamplerParams | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        params: SamplerParams | None = None,
+        seed: int | None = 0,
+        vocab: _HasTokens | None = None,
+    ) -> None:
         self.params = params or SamplerParams()
+        self.vocab = vocab
         self._rng = np.random.default_rng(seed)
         self._run_id = -1
         self._run_frames = 0
@@ -69,8 +163,16 @@ class Sampler:
         """Forget the current chord's run length."""
         self._run_id, self._run_frames = -1, 0
 
-    def sample(self, probs: np.ndarray, prev_id: int | None = None) -> int:
-        """The next token id given the model's probabilities ``(V,)`` and the previous id."""
+    def sample(
+        self,
+        probs: np.ndarray,
+        prev_id: int | None = None,
+        context_ids: np.ndarray | Sequence[int] | None = None,
+        vocab: _HasTokens | None = None,
+    ) -> int:
+        """The next token id given the model's probabilities ``(V,)``, the previous id and
+        the window the model saw (``context_ids``, for the key bias; ``vocab`` overrides the
+        sampler's)."""
         p = self.params
         vocab_size = probs.shape[0]
         prev = int(prev_id) if prev_id is not None and 0 < prev_id < vocab_size else -1
@@ -87,6 +189,8 @@ class Sampler:
         w[UNK_ID] = 0.0
         if p.temperature not in (0.0, 1.0):
             np.power(w, 1.0 / p.temperature, out=w)
+        if p.scale_penalty != 1.0 and context_ids is not None:
+            self._key_bias(w, context_ids, vocab or self.vocab)
         if has_prev and p.hold_bias != 1.0:
             w[prev] *= p.hold_bias
         if p.silence_bias != 1.0 and vocab_size > SILENCE_ID:
@@ -110,11 +214,35 @@ class Sampler:
         cum = np.cumsum(w[candidates])
         return self._emit(int(candidates[self._draw(cum)]))
 
+    def _key_bias(
+        self, w: np.ndarray, context_ids: np.ndarray | Sequence[int], vocab: _HasTokens | None
+    ) -> None:
+        if vocab is None:
+            raise ValueError("the key bias (scale_penalty < 1) needs the vocabulary")
+        table = scale_table(vocab)
+        if len(table.pc_counts) != len(w):
+            raise ValueError(
+                f"probabilities for {len(w)} tokens, but the vocabulary has {len(table.pc_counts)}"
+            )
+        tonic = table.key(context_ids)
+        if tonic is not None:
+            w *= table.factors(self.params.scale_penalty)[tonic]
+
     def _nucleus(self, w: np.ndarray, pool: np.ndarray | None, total: float) -> np.ndarray:
         """Ids of the nucleus within ``pool`` (``None``: all ids)."""
         values = w if pool is None else w[pool]
         n = len(values)
         target = self.params.top_p * (total if pool is None else float(values.sum()))
+        for share in _THRESHOLDS:  # the tokens above a weight; if they reach top_p, so does
+            above = np.flatnonzero(values >= share * target)  # the nucleus, a prefix of them
+            sub = values[above]
+            if len(above) > 4096:
+                break
+            if float(sub.sum()) >= target:
+                order = np.argsort(-sub, kind="stable")
+                cut = int(np.searchsorted(np.cumsum(sub[order]), target, side="left")) + 1
+                chosen = above[order[:cut]]
+                return chosen if pool is None else pool[chosen]
         for m in _PRESELECT:  # usually the nucleus is among the few most likely tokens
             if n <= m:
                 break

@@ -4,9 +4,10 @@ Topics under the prefix (default ``musicgend/<instance>``):
 
 - ``…/cmd`` (JSON in): ``{"action": "start"|"stop"|"panic"|"set"|"load_model", …}``; ``set``
   takes ``mode``, ``temperature``, ``top_p``, ``density``, ``seed`` (and ``top_k``,
-  ``hold_bias``); ``load_model`` takes ``path``. Every command may carry an ``id`` (string or
-  integer) that errors echo. Zero-length payloads (clearing a retained message) are ignored;
-  retained commands are refused (they would run again on every reconnect).
+  ``hold_bias``, ``scale_penalty``); ``load_model`` takes ``path``. Every command may carry an
+  ``id`` (string or integer) that errors echo. Zero-length payloads (clearing a retained
+  message) are ignored; retained commands are refused (they would run again on every
+  reconnect).
 - ``…/status`` (retained JSON out): ``online``, ``mode``, ``model``, ``params``, ``session`` —
   whatever the engine's ``status()`` returns plus ``online``. The last will and a clean exit both
   publish ``{"online": false}``, retained.
@@ -105,6 +106,7 @@ class SetCommand(_Command):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     top_k: int | None = Field(None, ge=0)
     hold_bias: float | None = Field(None, ge=0, le=10)
+    scale_penalty: float | None = Field(None, ge=0, le=1)
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude={"action", "id"}, exclude_none=True)
@@ -180,7 +182,8 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(_describe_validation(exc), action=action, id=cmd_id) from None
     if isinstance(cmd, SetCommand) and not cmd.params():
         raise CommandError(
-            "'set' needs at least one of mode, temperature, top_p, density, seed, top_k, hold_bias",
+            "'set' needs at least one of mode, temperature, top_p, density, seed, top_k, "
+            "hold_bias, scale_penalty",
             action="set",
             id=cmd_id,
         )

@@ -73,9 +73,12 @@ class Predictor(Protocol):
 
 
 class TokenSampler(Protocol):
-    """Draws the next token id from probabilities (``prev_id``: the chord that sounds)."""
+    """Draws the next token id from probabilities (``prev_id``: the chord that sounds;
+    ``context_ids``: the window the model saw; ``vocab``: the model's, for the key bias)."""
 
-    def sample(self, probs: np.ndarray, prev_id: int) -> int: ...
+    def sample(
+        self, probs: np.ndarray, prev_id: int, context_ids: np.ndarray, vocab: Vocab
+    ) -> int: ...
 
 
 class MidiOut(Protocol):
@@ -114,11 +117,12 @@ class EngineParams:
 
     mode: Mode = Mode.ACCOMPANY
     temperature: float = 1.0
-    top_p: float = 0.95
+    top_p: float = 1.0
     top_k: int = 0
     density: float = 1.0
     hold_bias: float = 0.0
     seed: int | None = None
+    scale_penalty: float = 0.15
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
@@ -131,6 +135,8 @@ class EngineParams:
             raise ValueError(f"density must be in [0, 1], got {self.density}")
         if not 0.0 <= self.hold_bias <= 10.0:
             raise ValueError(f"hold_bias must be in [0, 10], got {self.hold_bias}")
+        if not 0.0 <= self.scale_penalty <= 1.0:
+            raise ValueError(f"scale_penalty must be in [0, 1], got {self.scale_penalty}")
 
     def updated(self, **changes: Any) -> EngineParams:
         """A copy with ``changes`` applied and checked; unknown names raise ValueError."""
@@ -139,7 +145,7 @@ class EngineParams:
             raise ValueError(f"unknown parameter {unknown[0]!r}")
         if "mode" in changes and not isinstance(changes["mode"], Mode):
             changes["mode"] = Mode.parse(str(changes["mode"]))
-        for name in ("temperature", "top_p", "density", "hold_bias"):
+        for name in ("temperature", "top_p", "density", "hold_bias", "scale_penalty"):
             if name in changes:
                 changes[name] = _number(name, changes[name], float)
         if "top_k" in changes:
@@ -157,6 +163,7 @@ class EngineParams:
             "density": self.density,
             "hold_bias": self.hold_bias,
             "seed": self.seed,
+            "scale_penalty": self.scale_penalty,
         }
 
 
@@ -196,7 +203,8 @@ def cc_value(param: str, value: int) -> Any:
 
 def default_sampler(params: EngineParams) -> TokenSampler:
     """:class:`musicgend.core.sampler.Sampler` for these parameters. ``hold_bias`` is in
-    log-probability units here (0 = none); the sampler takes the factor ``exp(hold_bias)``."""
+    log-probability units here (0 = none); the sampler takes the factor ``exp(hold_bias)``.
+    The other settings (minimum hold, silence bias) are the sampler's defaults."""
     from musicgend.core.sampler import Sampler, SamplerParams
 
     sampler_params = SamplerParams(
@@ -204,6 +212,7 @@ def default_sampler(params: EngineParams) -> TokenSampler:
         top_k=params.top_k,
         top_p=params.top_p,
         hold_bias=float(np.exp(params.hold_bias)),
+        scale_penalty=params.scale_penalty,
     )
     return Sampler(sampler_params, seed=params.seed)
 
@@ -408,7 +417,7 @@ class FrameCore:
             messages = self.voicer.release()
         if params.density != self.params.density:
             self.voicer.configure(replace(self.voicer.settings, density=params.density))
-        sampler_keys = ("temperature", "top_p", "top_k", "hold_bias", "seed")
+        sampler_keys = ("temperature", "top_p", "top_k", "hold_bias", "seed", "scale_penalty")
         if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
             self.sampler = self._sampler_factory(params)
         if params.seed != self.params.seed and params.seed is not None:
@@ -470,7 +479,9 @@ class FrameCore:
         if not np.isfinite(total) or total <= 0:
             token_id = SILENCE_ID
         else:
-            token_id = int(job.sampler.sample(probs / total, job.prev_id))
+            token_id = int(
+                job.sampler.sample(probs / total, job.prev_id, job.window, job.model.vocab)
+            )
         if token_id == UNK_ID or not 0 <= token_id < len(job.model.vocab):
             token_id = SILENCE_ID
         chord = pitches_from_token(job.model.vocab.token(token_id))
@@ -581,7 +592,7 @@ class EngineControl(Protocol):
 
     def set_params(self, **params: Any) -> None:
         """Change ``mode``, ``temperature``, ``top_p``, ``top_k``, ``density``,
-        ``hold_bias``, ``seed``."""
+        ``hold_bias``, ``seed``, ``scale_penalty``."""
         ...
 
     async def load_model(self, path: str | Path) -> None:

@@ -144,6 +144,7 @@ def params_from(settings: Settings) -> EngineParams:
         density=e.density,
         hold_bias=e.hold_bias,
         seed=e.seed,
+        scale_penalty=e.scale_penalty,
     )
 
 

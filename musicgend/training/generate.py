@@ -82,7 +82,8 @@ def generate_ids(
     prev = int(prime_ids[-1]) if len(prime_ids) else None
     out: list[int] = []
     for _ in range(n_frames):
-        token = sampler.sample(predict(window.array()), prev)
+        context = window.array()
+        token = sampler.sample(predict(context), prev, context)
         window.push(token)
         out.append(token)
         prev = token
@@ -151,7 +152,7 @@ def generate_tokens(
     prime frames are returned; with a file, its first window of frames is returned.
     """
     cfg, vocab = artifact.config, artifact.vocab
-    sampler = Sampler(params or SamplerParams(), seed=seed)
+    sampler = Sampler(params or SamplerParams(), seed=seed, vocab=vocab)
     if prime is None:
         prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
         first = [prime_ids[-1]]

@@ -44,7 +44,7 @@ class ArgmaxSampler:
     def __init__(self, params: EngineParams) -> None:
         self.params = params
 
-    def sample(self, probs: np.ndarray, prev_id: int) -> int:
+    def sample(self, probs: np.ndarray, prev_id: int, context_ids: object, vocab: object) -> int:
         return int(np.argmax(probs))
 
 
