@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh >/dev/null
+# A jackd killed with SIGKILL leaves its entry in JACK's shared-memory registry (8 slots), and a
+# later private test server can then hang at start. With no jackd running, none is in use.
+if ! pgrep -x jackd >/dev/null && ! pgrep -x jackdbus >/dev/null; then
+  rm -f /dev/shm/jack-shm-registry /dev/shm/jack_* /dev/shm/jack-[0-9]* 2>/dev/null || true
+fi
 .venv/bin/ruff check musicgend tests bench
 .venv/bin/ruff format --check musicgend tests bench
 .venv/bin/mypy
