@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,15 +30,9 @@ pytestmark = [pytest.mark.jack, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.sl
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight model artifact (numpy weights; the daemon never imports TF)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from musicgend.model.artifact import save_artifact
-    from tests.model.conftest import build_tiny, tiny_prior
+    from tests.model.conftest import save_tiny_artifact
 
-    model, vocab, config = build_tiny(False, seed=3)
-    return save_artifact(
-        tmp_path_factory.mktemp("model") / "tiny", model, vocab, config, tiny_prior(), {}
-    )
+    return save_tiny_artifact(tmp_path_factory.mktemp("model") / "tiny", seed=3)
 
 
 class Daemon:

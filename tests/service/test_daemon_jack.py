@@ -27,14 +27,9 @@ pytestmark = [pytest.mark.jack, pytest.mark.tf, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from musicgend.model.artifact import save_artifact
-    from tests.model.conftest import build_tiny, tiny_prior
+    from tests.model.conftest import save_tiny_artifact
 
-    model, vocab, config = build_tiny(False, seed=5)
-    return save_artifact(
-        tmp_path_factory.mktemp("model") / "tiny", model, vocab, config, tiny_prior(), {}
-    )
+    return save_tiny_artifact(tmp_path_factory.mktemp("model") / "tiny", seed=5)
 
 
 class Daemon:
