@@ -16,6 +16,8 @@ Fixtures: ``make_midi`` / ``make_chords`` (the same, writing under ``tmp_path``)
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -166,3 +168,22 @@ def chord_corpus(tmp_path: Path) -> Path:
     for name, chords in CHORD_CORPUS.items():
         write_chords(root / name, chords)
     return root
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_musicgend(
+    *args: object, timeout_s: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a real process from the repository root, no stdin, wide
+    terminal columns; ``env`` adds to (or overrides) the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "musicgend", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )

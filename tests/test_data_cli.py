@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from musicgend.io.midifile import read_piece
 from musicgend.training.corpus import ScoreSource, bach_chorale_sources, export_scores
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_musicgend
 
 
 def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "musicgend", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200"},
-        stdin=subprocess.DEVNULL,
-    )
+    return run_musicgend(*args, timeout_s=300)
 
 
 def test_sources_are_the_bwv_chorales_once_each():

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,21 +15,12 @@ from musicgend.training.generate import (
     seed_prime_ids,
     write_midi,
 )
+from tests.conftest import run_musicgend
 from tests.model.conftest import build_tiny, tiny_prior, tiny_vocab
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
-    """The CLI as a user runs it: a real process, exit code and stderr as they are."""
-    return subprocess.run(
-        [sys.executable, "-m", "musicgend", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_musicgend(*args, timeout_s=120)
 
 
 @pytest.fixture(scope="module")

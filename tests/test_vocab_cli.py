@@ -7,11 +7,8 @@ the ``error:`` path are exactly what a user sees.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,26 +18,16 @@ from tests.conftest import (
     CHORD_CORPUS,
     TrackSpec,
     chord_frames,
+    run_musicgend,
     write_chords,
     write_midi,
     write_not_midi,
     write_truncated,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "musicgend", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_musicgend(*args, timeout_s=120)
 
 
 def corpus_counts() -> Counter[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from musicgend.core.tokens import token_from_pitches
 from musicgend.core.vocab import Vocab
 from musicgend.io.midifile import read_piece
 from musicgend.model.config import ModelConfig
+from tests.conftest import run_musicgend
 
 from .test_evaluate import write_midi
 
@@ -28,15 +27,7 @@ TEST = ["p5.mid", "sub/p6.mid"]
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "musicgend", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_musicgend(*args, timeout_s=120, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from musicgend.model.artifact import load_artifact
 from musicgend.model.config import ModelConfig
 from musicgend.training.dataset import Split, load_corpus, prepare
 from musicgend.training.train import Loop, TrainOptions, cli_train, state_dir_for, train
+from tests.conftest import run_musicgend
 
 from .conftest import TINY_CONFIG
 
@@ -27,19 +28,15 @@ EPOCHS = 3
 ARGS = ["--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "5", "--patience", "0"]
 
 
+QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return {**os.environ, **QUIET_TF}
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "musicgend", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-    )
+    return run_musicgend(*args, timeout_s=240, env=QUIET_TF)
 
 
 def learning(h: list[dict[str, float]]) -> list[dict[str, float]]:
