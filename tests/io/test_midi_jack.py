@@ -189,7 +189,20 @@ def test_pattern_connections_follow_a_port_that_comes_and_goes(jackd: Any) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["kill", "stop"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "kill",
+        pytest.param(
+            "stop",
+            marks=pytest.mark.skipif(
+                os.environ.get("CI") == "true",
+                reason="known defect: after the [kill] case this restart hung in 2 of 4 "
+                "fresh-clone suite runs (open in issue 5); run it outside CI",
+            ),
+        ),
+    ],
+)
 def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) -> None:
     async def main() -> None:
         cfg = PortConfig(connect_in=r"^keys:out$")
