@@ -92,6 +92,34 @@ def jack_running(server_name: str | None = None) -> bool:
     return True
 
 
+JACK_TMP_DIR = Path("/dev/shm")  # where jackd2 on Linux puts its server socket
+
+
+def jack_server_socket(server_name: str | None = None) -> Path:
+    """The UNIX socket jackd2 listens on for ``server_name`` (removed on a clean exit, left
+    behind by a server that was killed)."""
+    name = server_name or jack_server_name()
+    return JACK_TMP_DIR / f"jack_{name}_{os.getuid()}_0"
+
+
+def jack_server_listening(server_name: str | None = None) -> bool:
+    """True when something accepts connections on the server's socket. Unlike
+    :func:`jack_running` this opens no JACK client, so it cannot get caught in the handshake
+    of a server that is shutting down; a socket left by a killed server refuses at once."""
+    import socket
+
+    path = jack_server_socket(server_name)
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def alsa_sequencer_present(device: Path = ALSA_SEQ_DEVICE) -> bool:
     """True when the ALSA sequencer device exists and is readable and writable."""
     return device.exists() and os.access(device, os.R_OK | os.W_OK)

@@ -34,6 +34,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -50,6 +51,7 @@ from musicgend.io.jackserver import (
     JACK_CLIENT_LOCK,
     Backend,
     jack_running,
+    jack_server_listening,
     jack_server_name,
     quiet_libjack,
 )
@@ -464,6 +466,10 @@ class JackMidiPorts(MidiPorts):
         # Their threads end by themselves (tested); the objects stay referenced so that
         # the cffi callbacks outlive anything that might still call them.
         self._dead_clients: list[Any] = []
+        # Native threads that libjack started for the current client: after a server loss
+        # no new client is opened until they have ended (a client opened while they wind
+        # down can wait forever on a libjack mutex).
+        self._client_tids: frozenset[int] = frozenset()
 
     # JACK client lifecycle (supervisor thread or __enter__)
 
@@ -476,6 +482,7 @@ class JackMidiPorts(MidiPorts):
         import jack
 
         quiet_libjack()
+        tids_before = _native_thread_ids()
         try:
             client = jack.Client(
                 self.config.client_name,
@@ -505,6 +512,7 @@ class JackMidiPorts(MidiPorts):
             self._last_cycle_ns = time.monotonic_ns()
             self._client = client
             client.activate()
+            self._client_tids = _native_thread_ids() - tids_before
         except jack.JackError as exc:
             self._client = None
             client.close()
@@ -678,6 +686,21 @@ class JackMidiPorts(MidiPorts):
 
             self._dead_clients.append((dead, self._inport, self._outport))
             dead._ptr = jack._ffi.NULL  # so that neither close() nor __del__ closes it
+        # Before any new JACK client is opened (the probe included): let the old server go
+        # (its socket vanishes on a clean exit and refuses when it was killed; a client
+        # opened against a server that is still shutting down waits on a handshake that
+        # never ends) and let the lost client's libjack threads end. Both waits are bounded.
+        settle_deadline_ns = time.monotonic_ns() + int(self.config.watchdog_s * 5e9)
+        while not self._stop.is_set() and time.monotonic_ns() < settle_deadline_ns:
+            if not jack_server_listening(self._server) and not (
+                self._client_tids & _native_thread_ids()
+            ):
+                break
+            self._stop.wait(0.05)
+        else:
+            if not self._stop.is_set():
+                log.debug("old JACK server or client threads still there; re-opening anyway")
+        self._client_tids = frozenset()
         while not self._stop.is_set():
             if jack_running(self._server):
                 try:
@@ -690,6 +713,14 @@ class JackMidiPorts(MidiPorts):
                     log.warning("JACK server %r back; ports re-created", self._server)
                     return
             self._stop.wait(min(self.config.rescan_s, 0.25))
+
+
+def _native_thread_ids() -> frozenset[int]:
+    """The kernel thread ids of this process (Linux ``/proc``; empty where there is none)."""
+    try:
+        return frozenset(int(t) for t in os.listdir("/proc/self/task"))
+    except OSError:
+        return frozenset()
 
 
 class AlsaMidiPorts(MidiPorts):

@@ -18,6 +18,8 @@ from musicgend.io.jackserver import (
     JackServerError,
     alsa_sequencer_present,
     jack_running,
+    jack_server_listening,
+    jack_server_socket,
     resolve_backend,
 )
 from musicgend.io.midi import PortConfig, open_ports
@@ -40,6 +42,20 @@ def test_embedded_jack_starts_names_itself_and_stops(monkeypatch: pytest.MonkeyP
     assert not jack_running(server.name)
     assert os.environ["JACK_DEFAULT_SERVER"] == "previous-value"
     assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.jack
+def test_server_socket_tells_a_live_server_from_a_gone_or_killed_one() -> None:
+    server = EmbeddedJack()
+    with server:
+        assert jack_server_listening(server.name)
+        server.kill()  # leaves its socket behind: it must refuse, not count as a server
+        assert jack_server_socket(server.name).exists()
+        assert not jack_server_listening(server.name)
+        server.start()
+        assert jack_server_listening(server.name)
+    assert not jack_server_socket(server.name).exists()  # a clean exit removes it
+    assert not jack_server_listening(server.name)
 
 
 @pytest.mark.jack

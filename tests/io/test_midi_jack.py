@@ -191,17 +191,7 @@ def test_pattern_connections_follow_a_port_that_comes_and_goes(jackd: Any) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "how",
-    [
-        "kill",
-        pytest.param(
-            "stop",
-            marks=pytest.mark.skipif(
-                os.environ.get("CI") == "true",
-                reason="known defect: after the [kill] case this restart hung in 2 of 5 "
-                "fresh-clone suite runs (open in issue 5); run it outside CI",
-            ),
-        ),
-    ],
+    ["kill", "stop"],
 )
 def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) -> None:
     async def main() -> None:
@@ -228,8 +218,9 @@ def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) ->
                 assert event.data == NOTE_ON
             c = ports.counters
             assert (c.server_losses, c.reconnects) == (1, 1)
-            # the lost client's JACK threads ended: no thread per server loss
-            await await_until(lambda: _os_threads() == threads_before, what="old threads gone")
+            # the lost client's JACK threads ended: no thread per server loss (fewer is fine:
+            # helper threads of the killed peer may still have been winding down before)
+            await await_until(lambda: _os_threads() <= threads_before, what="old threads gone")
 
     run(main)
 
