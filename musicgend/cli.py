@@ -420,7 +420,10 @@ def model_compact(
 
 # -- ports, session -----------------------------------------------------------------------
 
-session_app = typer.Typer(help="Session logs: recover a killed session.", no_args_is_help=True)
+session_app = typer.Typer(
+    help="Session logs: recover a killed session, export sessions as a MIDI corpus.",
+    no_args_is_help=True,
+)
 app.add_typer(session_app, name="session")
 
 
@@ -451,6 +454,39 @@ def session_recover(
         f"{s.midi_path}: {s.human_events} human + {s.machine_events} machine events, "
         f"{s.duration_s:.1f} s, {ended}{tail}"
     )
+
+
+@session_app.command("export")
+def session_export(
+    session_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Session directories, or directories holding them (session root)."),
+    ],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Corpus directory (created).")],
+    track: Annotated[
+        str, typer.Option(help="human (what you played), machine (its answers) or both.")
+    ] = "human",
+    gap: Annotated[
+        float, typer.Option(help="Cut sessions into pieces at silences this long (s; 0: never).")
+    ] = 10.0,
+) -> None:
+    """Turn logged sessions into .mid files for `musicgend train --data OUT_DIR`.
+
+    Existing files are never overwritten; an identical earlier export is kept once. The
+    exit code is 1 only when no file at all is usable.
+    """
+    from musicgend.io.session_export import export_sessions
+
+    report = export_sessions(
+        session_dirs,
+        out_dir,
+        track=track,
+        gap_s=gap,
+        on_note=lambda line: print(line, file=sys.stderr),
+    )
+    print(report.summary(out_dir))
+    if report.usable == 0:
+        raise typer.Exit(1)
 
 
 # -- run / demo / bench (service) ---------------------------------------------------------

@@ -426,11 +426,17 @@ def _track(name: str, events: Iterable[JournalEvent], end_tick: int) -> tuple[An
 
 def write_session_midi(path: Path | str, journal: Journal) -> dict[str, int]:
     """Write ``journal`` as a two-track .mid (atomically). Returns event counts."""
+    payload, counts = session_midi_bytes(journal)
+    _atomic_write(Path(path), payload)
+    return counts
+
+
+def session_midi_bytes(journal: Journal) -> tuple[bytes, dict[str, int]]:
+    """``journal`` as the bytes of its two-track .mid (nothing written), and event counts."""
     import io
 
     import mido
 
-    path = Path(path)
     start = _utc(journal.start_unix_ns).isoformat(timespec="milliseconds")
     info = {"start_utc": start, "start_unix_ns": journal.start_unix_ns, **journal.metadata}
     conductor = mido.MidiTrack()
@@ -452,8 +458,7 @@ def write_session_midi(path: Path | str, journal: Journal) -> dict[str, int]:
     midi.tracks.extend([conductor, human, machine])
     buf = io.BytesIO()
     midi.save(file=buf)
-    _atomic_write(path, buf.getvalue())
-    return {
+    return buf.getvalue(), {
         "human": h_written,
         "machine": m_written,
         "skipped": h_skipped + m_skipped,
