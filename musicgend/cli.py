@@ -199,8 +199,19 @@ def train_cmd(
         int | None, typer.Option(min=3, help="Use only N pieces (quick runs).")
     ] = None,
     xla: Annotated[bool | None, typer.Option("--xla/--no-xla", help="XLA train step.")] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Fine-tune this model: keep its weights, config and vocabulary (plus new "
+            "chords seen twice); defaults: 5 epochs, rate 3e-4, patience 2.",
+        ),
+    ] = None,
 ) -> None:
-    """Train a model on a MIDI corpus (split 80/10/10 by piece) and save the best epoch."""
+    """Train a model on a MIDI corpus (split 80/10/10 by piece) and save the best epoch.
+
+    With --from BASE_MODEL: fine-tune BASE_MODEL on the corpus instead.
+    """
     from musicgend.training.train import cli_train
 
     given = {
@@ -216,6 +227,7 @@ def train_cmd(
         "distributed": distributed,
         "max_pieces": max_pieces,
         "jit_compile": xla,
+        "base_model": base_model,
     }
     print(cli_train(out, resume, {k: v for k, v in given.items() if v is not None}))
 
@@ -274,6 +286,13 @@ def evaluate_cmd(
             help="Also fit the KN5 baseline on the training pieces in all 12 keys.",
         ),
     ] = False,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Also score this model on the same files (e.g. the base of a fine-tune); "
+            "repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
     from musicgend.progress import is_tty, progress
@@ -291,6 +310,7 @@ def evaluate_cmd(
         batch_size=batch_size,
         baselines=not no_baselines,
         transposed_baseline=transposed_baseline,
+        compare=compare or (),
         on_skip=skip,
         progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
     )

@@ -359,12 +359,15 @@ def prepare(
     *,
     augment_transpose: bool = False,
     augment_mode: str = "random",
+    vocab: Vocab | None = None,
+    pitch_prior: PitchPrior | None = None,
 ) -> TrainingData:
     """Vocabulary (training split, ``config.min_count``), pitch prior, windows of both parts.
 
     With ``augment_transpose`` the vocabulary is counted over the 12 keys in both modes;
     ``expand`` trains on all the copies, ``random`` on the pieces with a
-    :class:`RandomTranspose`.
+    :class:`RandomTranspose`. A given ``vocab`` / ``pitch_prior`` (fine-tuning:
+    :mod:`musicgend.training.finetune`) is used instead of the one counted here.
     """
     if augment_mode not in AUGMENT_MODES:
         raise CorpusError(
@@ -372,8 +375,9 @@ def prepare(
         )
     frames = training_frames(corpus.train, augment_transpose)
     train_streams = [tokens_from_frames(f) for f in frames]
-    vocab = Vocab.build(train_streams, min_count=config.min_count, fs=config.fs)
-    prior = PitchPrior.from_frames(f for p in corpus.train for f in p.frames)
+    if vocab is None:
+        vocab = Vocab.build(train_streams, min_count=config.min_count, fs=config.fs)
+    prior = pitch_prior or PitchPrior.from_frames(f for p in corpus.train for f in p.frames)
     on_the_fly = augment_transpose and augment_mode == "random"
     if on_the_fly:
         train_streams = [p.tokens for p in corpus.train]

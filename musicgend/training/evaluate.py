@@ -20,6 +20,10 @@ The scoring rule (DESIGN.md §4, a contract):
   The previous id of a piece's first frame is ``"e"``. Both are fit on the model's training
   split pieces (as read, without augmentation) and each λ minimises the NLL on its validation
   pieces.
+* Comparison (``--compare OTHER_MODEL``, e.g. the base of a fine-tuned model): the other
+  model is scored by the same rule, with its own vocabulary and pitch prior, on exactly the
+  files chosen for the first model (e.g. the held-out pieces of the fine-tune's data). Its
+  fs and track choice must be the same, so that both score the same frames.
 """
 
 from __future__ import annotations
@@ -419,6 +423,31 @@ def plan(
 # -- the whole evaluation ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Another model scored on the same files (``--compare``)."""
+
+    model: str
+    runtime: str
+    score: Score
+    oov_rate: float
+    vocab_size: int
+
+    def to_json(self, reference: Score) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "runtime": self.runtime,
+            "frames": self.score.frames,
+            "vocab_size": self.vocab_size,
+            "oov_rate": self.oov_rate,
+            "nll_nats_per_frame": self.score.nll_nats_per_frame,
+            "top1": self.score.top1,
+            "nll_known": self.score.extra.get("nll_known"),
+            "nll_unknown": self.score.extra.get("nll_unknown"),
+            "model_nll_minus_this": reference.nll_nats_per_frame - self.score.nll_nats_per_frame,
+        }
+
+
 @dataclass
 class Report:
     """Everything ``musicgend evaluate`` prints."""
@@ -433,6 +462,7 @@ class Report:
     baseline_info: dict[str, Any]
     seconds: dict[str, float]
     runtime: str
+    comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def nll_ratio(self) -> float | None:
@@ -442,6 +472,12 @@ class Report:
         return self.score.nll_nats_per_frame / kn.nll_nats_per_frame
 
     def to_json(self) -> dict[str, Any]:
+        out = self._fields()
+        if self.comparisons:
+            out["compare"] = [c.to_json(self.score) for c in self.comparisons]
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "split": self.split,
@@ -574,12 +610,14 @@ def run_evaluation(
     on_skip: Callable[[Path, str], None] | None = None,
     progress_factory: Callable[[int], Any] | None = None,
     transposed_baseline: bool = False,
+    compare: Sequence[str | Path] = (),
 ) -> Report:
-    """``musicgend evaluate``: load the model, pick the files, score model and baselines.
+    """``musicgend evaluate``: load the model, pick the files, score model and baselines,
+    and every ``compare`` model on the same files (:class:`Comparison`).
 
-    Raises :class:`~musicgend.errors.ModelError` for a broken model directory and
-    :class:`~musicgend.errors.CorpusError` when the files to score, or the pieces the
-    baselines need, can't be found.
+    Raises :class:`~musicgend.errors.ModelError` for a broken model directory (or a compare
+    model that quantises differently) and :class:`~musicgend.errors.CorpusError` when the
+    files to score, or the pieces the baselines need, can't be found.
     """
     from musicgend.model.artifact import load_artifact
     from musicgend.model.runtime import load_predictor
@@ -587,6 +625,16 @@ def run_evaluation(
     if batch_size < 1:
         raise CorpusError(f"--batch-size must be >= 1, got {batch_size}")
     artifact = load_artifact(model_dir)
+    others = [load_artifact(m) for m in compare]
+    for other in others:
+        a, b = artifact.config, other.config
+        if (a.fs, a.first_track_only) != (b.fs, b.first_track_only):
+            raise ModelError(
+                f"{other.path}: can't compare: it reads MIDI at fs={b.fs}"
+                f"{' (first track only)' if b.first_track_only else ''}, {model_dir} at "
+                f"fs={a.fs}{' (first track only)' if a.first_track_only else ''}; "
+                "they would score different frames"
+            )
     the_plan = plan(
         artifact,
         Path(midi_dir),
@@ -601,7 +649,7 @@ def run_evaluation(
         artifact, scoring_runtime(artifact) if runtime == "auto" else runtime
     )
     try:
-        return evaluate(
+        report = evaluate(
             str(model_dir),
             predictor,
             artifact.vocab,
@@ -617,9 +665,49 @@ def run_evaluation(
             transposed_baseline=transposed_baseline,
         )
     finally:
-        close = getattr(predictor, "close", None)
-        if callable(close):
-            close()
+        _close(predictor)
+    for other, name in zip(others, compare, strict=True):
+        report.comparisons.append(
+            score_other(str(name), other, the_plan.files, runtime, batch_size, progress_factory)
+        )
+    return report
+
+
+def _close(predictor: Any) -> None:
+    close = getattr(predictor, "close", None)
+    if callable(close):
+        close()
+
+
+def score_other(
+    name: str,
+    artifact: Artifact,
+    files: Sequence[Path],
+    runtime: str = "auto",
+    batch_size: int = 256,
+    progress_factory: Callable[[int], Any] | None = None,
+) -> Comparison:
+    """Score another model on ``files`` by the same rule, with its own vocabulary and prior."""
+    from musicgend.model.runtime import load_predictor
+
+    cfg = artifact.config
+    target = read_pieces(files, artifact.vocab, artifact.pitch_prior, cfg.fs, cfg.first_track_only)
+    if not target.pieces:
+        raise CorpusError(f"none of the {len(files)} files could be read")
+    predictor = load_predictor(
+        artifact, scoring_runtime(artifact) if runtime == "auto" else runtime
+    )
+    try:
+        args = (predictor, target.pieces, len(artifact.vocab), cfg.window_frames, batch_size)
+        if progress_factory is not None:
+            with progress_factory(math.ceil(target.frames / batch_size)) as bar:
+                score = score_model(*args, bar.advance)
+        else:
+            score = score_model(*args)
+    finally:
+        _close(predictor)
+    oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / target.frames
+    return Comparison(name, predictor.runtime, score, oov, len(artifact.vocab))
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -637,6 +725,11 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     for name, s in report.baselines.items():
         lam = f"{s.lam:.3f}" if s.lam is not None else ""
         rows.append((name, f"{s.nll_nats_per_frame:.3f}", f"{100 * s.top1:.1f} %", lam))
+    for c in report.comparisons:
+        s = c.score
+        rows.append(
+            (f"compare {c.model}", f"{s.nll_nats_per_frame:.3f}", f"{100 * s.top1:.1f} %", "")
+        )
     return rows
 
 
@@ -655,6 +748,12 @@ def _summary(report: Report) -> list[str]:
     ratio = report.nll_ratio
     if ratio is not None:
         lines.append(f"model NLL / kn{KN_ORDER}_repeat NLL = {ratio:.3f}")
+    for c in report.comparisons:
+        delta = report.score.nll_nats_per_frame - c.score.nll_nats_per_frame
+        lines.append(
+            f"model NLL - {c.model} NLL = {delta:+.3f} nats/frame on the same {c.score.frames} "
+            f"frames ({100 * c.oov_rate:.1f} % unknown to it)"
+        )
     return lines
 
 

@@ -72,6 +72,7 @@ RESUMABLE_FIXED = (
     "max_pieces",
     "distributed",
     "jit_compile",
+    "base_model",
 )
 """Options a resumed run must share with the interrupted one."""
 
@@ -97,10 +98,15 @@ class TrainOptions:
     """XLA-compile the train step (single worker only)."""
     deterministic: bool = True
     """``tf.config.experimental.enable_op_determinism()``."""
+    base_model: Path | None = None
+    """Fine-tune this model (:mod:`musicgend.training.finetune`); its config replaces
+    ``config``."""
 
     def __post_init__(self) -> None:
         # absolute, so that a resumed run finds them from any working directory
         self.data_dir, self.out_dir = Path(self.data_dir).absolute(), Path(self.out_dir).absolute()
+        if self.base_model is not None:
+            self.base_model = Path(self.base_model).absolute()
         for name in ("epochs", "batch_size", "seed"):
             value = getattr(self, name)
             if value < (0 if name == "seed" else 1):
@@ -119,6 +125,7 @@ class TrainOptions:
         out = dataclasses.asdict(self)
         out["data_dir"], out["out_dir"] = str(self.data_dir), str(self.out_dir)
         out["config"] = self.config.model_dump()
+        out["base_model"] = None if self.base_model is None else str(self.base_model)
         return out
 
     @classmethod
@@ -141,6 +148,8 @@ class TrainResult:
     windows_per_s: float
     weights_sha256: str
     """Digest of the final (last-epoch) weights: equal on every worker of one run."""
+    fine_tune: dict[str, Any] | None = None
+    """The lineage of a fine-tune (``training.fine_tune`` in the model's metadata)."""
 
 
 # -- state directory ---------------------------------------------------------------------
@@ -518,6 +527,13 @@ def train(
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise TrainingError(f"{out_dir}: exists and is not empty; choose a new --out")
 
+    base = None
+    if options.base_model is not None:
+        from musicgend.training.finetune import load_base
+
+        base = load_base(options.base_model)
+        options = dataclasses.replace(options, config=base.config)
+
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
     strategy = make_strategy(options.distributed)
     chief = _is_chief(strategy)
@@ -534,11 +550,18 @@ def train(
         split=split,
         stream=stream,
     )
+    finetune = None
+    if base is not None:
+        from musicgend.training.finetune import plan_finetune
+
+        finetune = plan_finetune(base, corpus, options.augment_transpose)
     data: TrainingData = prepare(
         corpus,
         options.config,
         augment_transpose=options.augment_transpose,
         augment_mode=options.augment_mode,
+        vocab=finetune.vocab if finetune else None,
+        pitch_prior=finetune.pitch_prior if finetune else None,
     )
     if state_info and state_info["vocab_hash"] != data.vocab.hash:
         raise CorpusError(
@@ -562,6 +585,23 @@ def train(
     history: list[dict[str, float]] = []
     best_epoch, best_val, bad_epochs, wall_before = 0, math.inf, 0, 0.0
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    command = command if command is not None else list(sys.argv)
+    lineage: dict[str, Any] | None = None
+    if finetune is not None:
+        lineage = state_info.get("fine_tune") if state_info else None
+        if lineage is None:
+            from musicgend.model.artifact import set_numpy_weights
+
+            set_numpy_weights(loop.model, options.config, finetune.initial_weights())
+            lineage = finetune.lineage(options.data_dir, command)
+            lineage["val_nll_before"], lineage["val_top1_before"] = loop.evaluate(data.val)
+            print(
+                f"fine-tuning {finetune.base.path}: {len(finetune.added)} chords added "
+                f"to its {len(finetune.base.vocab)} tokens; validation NLL before "
+                f"{lineage['val_nll_before']:.4f}",
+                file=stream,
+                flush=True,
+            )
     if state_info and saved_vars:
         loop.restore(*saved_vars)
         history = state_info["history"]
@@ -572,7 +612,7 @@ def train(
     start_epoch = len(history) + 1
 
     base_meta = {
-        "command": command if command is not None else list(sys.argv),
+        "command": command,
         "data_dir": str(options.data_dir.resolve()),
         "options": options.to_json(),
         "split": corpus.split.to_json(),
@@ -583,6 +623,8 @@ def train(
         "workers": workers,
         "loop": "GradientTape step in tf.function" + (" (XLA)" if options.jit_compile else ""),
     }
+    if lineage is not None:
+        base_meta["fine_tune"] = lineage
 
     def metadata(wall_s: float) -> dict[str, Any]:
         trained = sum(h["windows"] for h in history)
@@ -679,6 +721,7 @@ def train(
                             "options": options.to_json(),
                             "split": corpus.split.to_json(),
                             "vocab_hash": data.vocab.hash,
+                            "fine_tune": lineage,
                         },
                         loop.model_arrays(),
                         loop.optimizer_arrays(),
@@ -704,15 +747,24 @@ def train(
         meta["stopped_early"] = stopped_early
         meta["final_weights_sha256"] = final_digest
         best = load_artifact(artifact_dir)
-        save_artifact(
-            artifact_dir,
-            best.keras_model(),
-            best.vocab,
-            best.config,
-            best.pitch_prior,
-            meta,
-            export_tflite=True,
-        )
+        with tempfile.TemporaryDirectory(prefix="musicgend-card-") as tmp:
+            extra: dict[str, str | Path] = {}
+            if lineage is not None:
+                from musicgend.training.finetune import MODEL_CARD, model_card
+
+                card = Path(tmp) / MODEL_CARD
+                card.write_text(model_card(meta), encoding="utf-8")
+                extra[MODEL_CARD] = card
+            save_artifact(
+                artifact_dir,
+                best.keras_model(),
+                best.vocab,
+                best.config,
+                best.pitch_prior,
+                meta,
+                export_tflite=True,
+                extra_files=extra,
+            )
         plot_loss_curve(history, best_epoch, artifact_dir / LOSS_CURVE_PNG)
     if chief:
         shutil.rmtree(state_target, ignore_errors=True)
@@ -725,6 +777,7 @@ def train(
         wall_s,
         meta["windows_per_s"] or 0.0,
         final_digest,
+        lineage,
     )
 
 
@@ -747,6 +800,14 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
     """The ``musicgend train`` command: options from the CLI (only those given), a summary."""
     explicit = set(given)
     values = dict(given)
+    if values.get("base_model") is not None:
+        if "config" in values:
+            raise TrainingError("--config can't be combined with --from (the base model's is kept)")
+        if not resume:
+            from musicgend.training.finetune import DEFAULTS
+
+            for name, value in DEFAULTS.items():
+                values.setdefault(name, value)
     if "config" in values:
         values["config"] = load_model_config(values["config"])
     if "data_dir" not in values:
@@ -764,6 +825,12 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
     result = train(options, resume=resume, explicit=explicit)
     where = result.out_dir if result.out_dir is not None else "(worker: nothing saved)"
     stop = ", stopped early" if result.stopped_early else ""
+    if result.fine_tune is not None:
+        ft = result.fine_tune
+        where = (
+            f"{where} (fine-tuned from {ft['base_model']}, {ft['added_tokens']} chords added; "
+            f"val NLL before {ft['val_nll_before']:.4f})"
+        )
     return (
         f"best epoch {result.best_epoch}/{len(result.history)}{stop}: "
         f"val NLL {result.best_val_nll:.4f} nats/frame; {result.windows_per_s:.0f} windows/s; "
