@@ -538,8 +538,19 @@ def run_cmd(
     metrics_out: Annotated[
         Path | None, typer.Option("--metrics-out", help="Write the final metrics (JSON) here.")
     ] = None,
+    clock: Annotated[
+        str | None,
+        typer.Option(help="internal (own tempo) or midi (follow MIDI clock on the input)."),
+    ] = None,
+    bpm: Annotated[
+        float | None,
+        typer.Option(help="Internal clock tempo (default: exactly 5 frames per second)."),
+    ] = None,
 ) -> None:
-    """Run the daemon: listen on the input port, play a chord every 200 ms on the output.
+    """Run the daemon: listen on the input port, play a chord every frame on the output.
+
+    A frame is 200 ms by default, 12 MIDI clock ticks (an eighth note) with --bpm or
+    --clock midi.
 
     With no JACK server and no ALSA sequencer a private JACK server (dummy driver) is
     started. SIGTERM/SIGINT: all notes off, session written, exit 0. SIGUSR1: panic.
@@ -565,6 +576,8 @@ def run_cmd(
             "session.dir": session_dir,
             "mqtt.url": mqtt_url,
             "engine.runtime": runtime,
+            "clock.source": clock,
+            "clock.bpm": bpm,
         },
     )
 

@@ -300,7 +300,25 @@ class MqttSettings(_Section):
 
 class ClockSettings(_Section):
     fs: Literal[5] = 5
-    """Frames per second (fixed: the models are trained at 5)."""
+    """Nominal frames per second (fixed: the models are trained at 5)."""
+    source: Literal["internal", "midi"] = "internal"
+    """``internal``: the daemon's own clock; ``midi``: follow MIDI clock on the input port."""
+    bpm: float | None = Field(None, ge=20, le=300)
+    """Internal clock tempo (a frame is ``ticks_per_frame`` ticks of 24 per quarter note);
+    unset: exactly ``fs`` frames per second (150 BPM with 12 ticks per frame)."""
+    ticks_per_frame: int = Field(12, ge=1, le=96)
+    """MIDI clock ticks per frame (24 = a quarter note; 12, the default, an eighth)."""
+    loss_timeout_s: float = Field(0.5, gt=0, le=10)
+    """MIDI clock: no tick for this long while running is a clock loss (the daemon falls
+    silent and says so on MQTT until ticks come back)."""
+
+    @model_validator(mode="after")
+    def _bpm_is_internal(self) -> ClockSettings:
+        if self.source == "midi" and self.bpm is not None:
+            raise ValueError(
+                "bpm sets the internal clock; with source 'midi' the band's clock sets the tempo"
+            )
+        return self
 
 
 class _TomlSource(PydanticBaseSettingsSource):

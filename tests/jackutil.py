@@ -17,6 +17,7 @@ Use from another test module: ``from tests.jackutil import JackPeer, jackd, wait
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import queue
@@ -148,6 +149,11 @@ class JackPeer:
             timeout_s=30.0,
         )
 
+    def schedule(self, events: Sequence[tuple[int, bytes]]) -> None:
+        """Play each message at its absolute JACK frame (frame-accurate; a frame already
+        past is played at the start of the next cycle)."""
+        self.request("schedule", events=[[int(f), m.hex()] for f, m in events])
+
     def received(self, clear: bool = False) -> list[tuple[int, bytes]]:
         events = self.request("received", clear=clear)["events"]
         return [(frame, bytes.fromhex(data)) for frame, data in events]
@@ -212,7 +218,8 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
     lock = threading.Lock()
     received: list[tuple[int, str]] = []
     outgoing: list[bytes] = []
-    state = {"per_cycle": 64, "written": 0}
+    timed: list[tuple[int, int, bytes]] = []  # heap of (frame, seq, message)
+    state = {"per_cycle": 64, "written": 0, "seq": 0}
     drained = threading.Event()
     drained.set()
 
@@ -227,10 +234,16 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
             batch = outgoing[: state["per_cycle"]]
             del outgoing[: len(batch)]
             empty = not outgoing
-        for data in batch:
+            due = []
+            while timed and timed[0][0] < base + nframes:
+                due.append(heapq.heappop(timed))
+        for data in batch:  # offset 0 first: JACK wants events in time order
             with suppress(jack.JackError):
                 outport.write_midi_event(0, data)
             state["written"] += 1
+        for frame, _, data in due:
+            with suppress(jack.JackError):
+                outport.write_midi_event(max(0, frame - base), data)
         if empty and batch:
             drained.set()
 
@@ -257,6 +270,12 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
                     answer({"error": "output not drained within 30 s"})
                     continue
                 answer({"ok": True, "written": state["written"]})
+            elif op == "schedule":
+                with lock:
+                    for frame, data in cmd["events"]:
+                        state["seq"] += 1
+                        heapq.heappush(timed, (int(frame), state["seq"], bytes.fromhex(data)))
+                answer({"ok": True})
             elif op == "received":
                 with lock:
                     events = list(received)

@@ -343,6 +343,12 @@ class MidiPorts(ABC):
         return self._ready.wait(timeout_s)
 
     @property
+    def output_latency_ns(self) -> int:
+        """How much later than its ``at_ns`` a message is placed (JACK: one period; a
+        message meant to land exactly on an input event's time is sent this much earlier)."""
+        return 0
+
+    @property
     def counters(self) -> MidiCounters:
         b = self._bridge
         c = MidiCounters(
@@ -470,6 +476,16 @@ class JackMidiPorts(MidiPorts):
         # no new client is opened until they have ended (a client opened while they wind
         # down can wait forever on a libjack mutex).
         self._client_tids: frozenset[int] = frozenset()
+
+    @property
+    def output_latency_ns(self) -> int:
+        client = self._client
+        if client is None:
+            return 0
+        try:
+            return round(client.blocksize * self._ns_per_frame)
+        except Exception:  # the server just went away
+            return 0
 
     # JACK client lifecycle (supervisor thread or __enter__)
 

@@ -4,11 +4,13 @@ Topics under the prefix (default ``musicgend/<instance>``):
 
 - ``…/cmd`` (JSON in): ``{"action": "start"|"stop"|"panic"|"set"|"load_model", …}``; ``set``
   takes ``mode``, ``temperature``, ``top_p``, ``density``, ``seed`` (and ``top_k``,
-  ``hold_bias``, ``scale_penalty``); ``load_model`` takes ``path``. Every command may carry an
+  ``hold_bias``, ``scale_penalty``, and ``bpm`` for the internal clock); ``load_model`` takes
+  ``path``. Every command may carry an
   ``id`` (string or integer) that errors echo. Zero-length payloads (clearing a retained
   message) are ignored; retained commands are refused (they would run again on every
   reconnect).
-- ``…/status`` (retained JSON out): ``online``, ``mode``, ``model``, ``params``, ``session`` —
+- ``…/status`` (retained JSON out): ``online``, ``mode``, ``model``, ``params``, ``clock``
+  (``source``, ``state``: running/stopped/lost, ``bpm``, ``frame_ms``), ``session`` —
   whatever the engine's ``status()`` returns plus ``online``. The last will and a clean exit both
   publish ``{"online": false}``, retained.
 - ``…/metrics`` (JSON out, every ``metrics_interval_s``): the engine's ``metrics()`` plus the
@@ -107,6 +109,7 @@ class SetCommand(_Command):
     top_k: int | None = Field(None, ge=0)
     hold_bias: float | None = Field(None, ge=0, le=10)
     scale_penalty: float | None = Field(None, ge=0, le=1)
+    bpm: float | None = Field(None, ge=20, le=300)
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(exclude={"action", "id"}, exclude_none=True)
@@ -183,7 +186,7 @@ def parse_command(payload: bytes) -> Command:
     if isinstance(cmd, SetCommand) and not cmd.params():
         raise CommandError(
             "'set' needs at least one of mode, temperature, top_p, density, seed, top_k, "
-            "hold_bias, scale_penalty",
+            "hold_bias, scale_penalty, bpm",
             action="set",
             id=cmd_id,
         )

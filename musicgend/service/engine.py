@@ -49,7 +49,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from musicgend.core.clock import NS_PER_S, Clock, FrameGrid
+from musicgend.core.clock import (
+    CLOCK_STATUSES,
+    NS_PER_S,
+    Clock,
+    FrameGrid,
+    FrameTimeline,
+    MidiClockFollower,
+    TempoGrid,
+    bpm_for_frame_ns,
+    frame_ns_for_bpm,
+)
 from musicgend.core.modes import CallResponseSettings, Mode, ModeMachine
 from musicgend.core.pianoroll import PEDAL_CC, StreamQuantiser
 from musicgend.core.tokens import PitchSet, pitches_from_token
@@ -254,6 +264,7 @@ class EngineMetrics:
     )
     last_tick_ns: int = 0
     last_frame_late: bool = False
+    clock_losses: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -269,6 +280,7 @@ class EngineMetrics:
             "echo_dropped": self.echo_dropped,
             "ignored_input": self.ignored_input,
             "recomputes": self.recomputes,
+            "clock_losses": self.clock_losses,
         }
 
 
@@ -310,7 +322,7 @@ class FrameCore:
     def __init__(
         self,
         model: LoadedModel,
-        grid: FrameGrid,
+        grid: FrameTimeline,
         sampler_factory: SamplerFactory,
         params: EngineParams | None = None,
         voicing: VoicingSettings | None = None,
@@ -347,8 +359,9 @@ class FrameCore:
         self.version = 0
         self.result: Result | None = None
         self.playing = True
+        self.clock_running = True  # False while the MIDI clock is stopped or lost
         self.pending_model: LoadedModel | None = None
-        self._last_input_ns = grid.t0_ns
+        self._last_input_s = 0.0
         self._onset_frames: collections.deque[int] = collections.deque(maxlen=64)
         self._sent_on_ns: dict[int, int] = {}
         self._echo_open: set[int] = set()
@@ -405,8 +418,8 @@ class FrameCore:
 
     def _time_s(self, t_ns: int) -> float:
         # the quantiser needs time order and non-negative times
-        self._last_input_ns = max(self._last_input_ns, t_ns)
-        return self.grid.seconds(self._last_input_ns)
+        self._last_input_s = max(self._last_input_s, self.grid.seconds(t_ns))
+        return self._last_input_s
 
     # -- control ----------------------------------------------------------------------------
     def set_params(self, **changes: Any) -> list[MidiBytes]:
@@ -444,6 +457,12 @@ class FrameCore:
         self.playing = playing
         self.version += 1
         return [] if playing else self.voicer.release()
+
+    def set_clock_running(self, running: bool) -> list[MidiBytes]:
+        """The MIDI clock stopped or was lost (silence at once), or runs again."""
+        self.clock_running = running
+        self.version += 1
+        return [] if running else self.voicer.release()
 
     # -- computing ahead --------------------------------------------------------------------
     def _human_frame(self, k: int) -> PitchSet:
@@ -513,7 +532,7 @@ class FrameCore:
             self.pending_model = None
         human_prev = self._human_frame(k - 1)
         active = bool(human_prev) or (k - 1) in self._onset_frames
-        plays = self.modes.end_frame(active) and self.playing
+        plays = self.modes.end_frame(active) and self.playing and self.clock_running
         result, self.result = self.result, None
         self.metrics.frames += 1
         late = False
@@ -662,8 +681,21 @@ class Engine:
         loader: ModelLoader | None = None,
         session_info: Callable[[], Any] | None = None,
         port_counters: Callable[[], Any] | None = None,
+        follower: MidiClockFollower | None = None,
+        ticks_per_frame: int = 12,
+        on_status: Callable[[], None] | None = None,
     ) -> None:
         self.core = core
+        self.follower = follower
+        """Set: frames follow incoming MIDI clock; None: the internal clock (``core.grid``)."""
+        self.ticks_per_frame = ticks_per_frame
+        self.on_status = on_status
+        """Called in the loop thread when the status changed on its own (clock lost/back)."""
+        # MIDI clock: frames to commit, (frame, sound at ns, decided after the tick at ns)
+        self._commits: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._commit_cv = threading.Condition()
+        self._committed_upto = 0
+        self._last_at_ns = 0  # the latest time a message was scheduled for
         self.port_counters = port_counters
         self.out = out
         self._stop = threading.Event()
@@ -685,7 +717,14 @@ class Engine:
 
     # -- sending ----------------------------------------------------------------------------
     def _send_locked(self, messages: list[MidiBytes], at_ns: int | None = None) -> int:
-        """Write messages (lock held); returns the time the last one was written."""
+        """Write messages (lock held); returns the time the last one was written. Messages
+        "for now" go after anything already scheduled for later (a note-off never overtakes
+        its note-on)."""
+        if at_ns is None:
+            if self._last_at_ns > self.clock.now_ns():
+                at_ns = self._last_at_ns
+        elif at_ns > self._last_at_ns:
+            self._last_at_ns = at_ns
         for message in messages:
             self.out.send(message, at_ns)
         self.messages_sent += len(messages)
@@ -708,6 +747,10 @@ class Engine:
     # -- input ------------------------------------------------------------------------------
     def feed(self, t_ns: int, message: Sequence[int]) -> None:
         """One incoming message with its monotonic receive time (loop thread)."""
+        if message and message[0] in CLOCK_STATUSES:
+            if self.follower is not None:
+                self._on_clock(t_ns, message)
+            return  # clock is timing, not music: not journalled, not quantised
         with self.lock:
             accepted, immediate = self.core.on_input(t_ns, message)
             self._emit(immediate)
@@ -715,6 +758,56 @@ class Engine:
             self.journal.human(bytes(message), t_ns)
         if accepted:
             self._schedule()
+
+    # -- MIDI clock (loop thread) ------------------------------------------------------------
+    def _on_clock(self, t_ns: int, message: Sequence[int]) -> None:
+        follower = self.follower
+        assert follower is not None
+        with self.lock:
+            was = follower.state
+            start = follower.on_message(t_ns, bytes(message))
+            now = follower.state
+            if now != was:
+                self._emit(self.core.set_clock_running(now == "running"))
+                log.info("MIDI clock %s", now)
+            commits: list[tuple[int, int, int]] = []
+            if start is not None and start.frame > self._committed_upto:
+                # a boundary that was not foreseen (first tick after Start/Continue)
+                commits.append((start.frame, t_ns, t_ns))
+            if follower.next_tick_starts_frame:
+                predicted = follower.predict_next_tick_ns()
+                if predicted is not None and predicted > t_ns:
+                    # place the next frame's notes on the tick that starts it (the port
+                    # places a message its output latency after the time it is given)
+                    at_ns = max(t_ns, predicted - self._output_latency_ns())
+                    commits.append((follower.frame + 1, at_ns, t_ns))
+            for commit in commits:
+                self._committed_upto = commit[0]
+        if commits:
+            with self._commit_cv:
+                self._commits.extend(commits)
+                self._commit_cv.notify()
+        if now != was and self.on_status is not None:
+            self.on_status()
+
+    def _output_latency_ns(self) -> int:
+        latency = getattr(self.out, "output_latency_ns", 0)
+        return latency if isinstance(latency, int) else 0
+
+    def _check_clock_loss(self) -> None:
+        follower = self.follower
+        assert follower is not None
+        with self.lock:
+            if not follower.check_loss(self.clock.now_ns()):
+                return
+            self.core.metrics.clock_losses += 1
+            self._emit(self.core.set_clock_running(False))
+        log.warning(
+            "MIDI clock lost (no tick for %.1f s): silent until it returns",
+            follower.loss_timeout_ns / NS_PER_S,
+        )
+        if self.on_status is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.on_status)
 
     # -- computing ahead --------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -753,31 +846,30 @@ class Engine:
         self._schedule()
 
     # -- the tick thread --------------------------------------------------------------------
+    def _commit(self, k: int, at_ns: int, cause_ns: int) -> None:
+        """Commit frame ``k``: its messages sound at ``at_ns``; latency counts from
+        ``cause_ns`` (the deadline, or the clock tick that announced the frame)."""
+        metrics = self.core.metrics
+        with self.lock:
+            messages = self.core.tick(k)
+            sent_ns = self._send_locked(messages, at_ns)
+        metrics.latency_ns.append(sent_ns - cause_ns)
+        metrics.last_tick_ns = sent_ns
+        self._journal_machine(at_ns, messages)
+        with self.lock:
+            self.core.after_tick(k)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._after_tick)
+
     def _tick_loop(self, first_frame: int) -> None:
         self.priority = _try_realtime_priority()
-        grid = self.core.grid
-        k = first_frame
-        metrics = self.core.metrics
         loop = self._loop
         assert loop is not None
         try:
-            while not self._stop.is_set():
-                deadline = grid.deadline_ns(k)
-                if not self.clock.wait_until_ns(deadline):
-                    break
-                with self.lock:
-                    messages = self.core.tick(k)
-                    sent_ns = self._send_locked(messages, deadline)
-                metrics.latency_ns.append(sent_ns - deadline)
-                metrics.last_tick_ns = sent_ns
-                self._journal_machine(deadline, messages)
-                with self.lock:
-                    self.core.after_tick(k)
-                loop.call_soon_threadsafe(self._after_tick)
-                k += 1
-                now = self.clock.now_ns()
-                if now >= grid.deadline_ns(k + 1):  # overslept past a whole frame
-                    k = grid.frame_at(now)
+            if self.follower is None:
+                self._internal_ticks(first_frame)
+            else:
+                self._midi_ticks()
         except BaseException as exc:
             self._failure = exc
             log.exception("tick thread failed")
@@ -787,15 +879,50 @@ class Engine:
             if self._done is not None:
                 loop.call_soon_threadsafe(self._done.set)
 
+    def _internal_ticks(self, first_frame: int) -> None:
+        grid = self.core.grid
+        if not isinstance(grid, TempoGrid | FrameGrid):
+            raise TypeError(f"the internal clock needs a frame grid, got {type(grid).__name__}")
+        k = first_frame
+        while not self._stop.is_set():
+            deadline = grid.deadline_ns(k)
+            if not self.clock.wait_until_ns(deadline):
+                break
+            self._commit(k, deadline, deadline)
+            k += 1
+            now = self.clock.now_ns()
+            if now >= grid.deadline_ns(k + 1):
+                k = grid.frame_at(now)  # overslept past a whole frame
+
+    def _midi_ticks(self) -> None:
+        poll_s = 0.02  # how often clock loss is checked while no frame is due
+        while not self._stop.is_set():
+            with self._commit_cv:
+                if not self._commits:
+                    self._commit_cv.wait(poll_s)
+                item = self._commits.popleft() if self._commits else None
+            if item is None:
+                self._check_clock_loss()
+                continue
+            k, at_ns, cause_ns = item
+            if k < self.core.next_frame:
+                continue
+            self._commit(k, at_ns, cause_ns)
+
     async def run(self) -> None:
         """Run until cancelled or :meth:`close`. On any exit every machine note is released."""
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         await asyncio.to_thread(self.core.model.warm_up, self.core.window_frames)
-        grid = self.core.grid
-        first = max(1, grid.next_frame(self.clock.now_ns()))
+        if self.follower is None:
+            first = max(1, self.core.grid.frame_at(self.clock.now_ns()) + 1)
+        else:
+            first = self.follower.frame + 1
+            if not self.follower.running:
+                self.core.set_clock_running(False)
         with self.lock:
             self.core.start_at(first)
+            self._committed_upto = first - 1
         self.online = True
         self._thread = threading.Thread(
             target=self._tick_loop, args=(first,), name="musicgend-tick", daemon=True
@@ -843,9 +970,47 @@ class Engine:
         self._schedule()
 
     def set_params(self, **params: Any) -> None:
-        with self.lock:
-            self._emit(self.core.set_params(**params))
+        bpm = params.pop("bpm", None)
+        if bpm is not None:
+            self.set_bpm(bpm)
+        if params:
+            with self.lock:
+                self._emit(self.core.set_params(**params))
         self._schedule()
+
+    def set_bpm(self, bpm: Any) -> None:
+        """Internal clock: frames of ``ticks_per_frame`` ticks at ``bpm`` from the next frame
+        on. With MIDI clock the band's tempo rules: ValueError."""
+        if self.follower is not None:
+            raise ValueError("bpm follows the incoming MIDI clock (clock source 'midi')")
+        if isinstance(bpm, bool) or not isinstance(bpm, int | float):
+            raise ValueError(f"bpm must be a number, got {bpm!r}")
+        frame_ns = frame_ns_for_bpm(float(bpm), self.ticks_per_frame)
+        grid = self.core.grid
+        if not isinstance(grid, TempoGrid):
+            raise ValueError("this engine's frame grid has a fixed tempo")
+        with self.lock:
+            grid.set_frame_ns(frame_ns, from_frame=self.core.next_frame)
+
+    def clock_status(self) -> dict[str, Any]:
+        follower = self.follower
+        if follower is None:
+            frame_ns = self.core.grid.frame_ns
+            return {
+                "source": "internal",
+                "state": "running",
+                "bpm": round(bpm_for_frame_ns(frame_ns, self.ticks_per_frame), 3),
+                "frame_ms": round(frame_ns / 1e6, 3),
+                "ticks_per_frame": self.ticks_per_frame,
+            }
+        bpm = follower.bpm
+        return {
+            "source": "midi",
+            "state": follower.state,
+            "bpm": None if bpm is None else round(bpm, 3),
+            "frame_ms": round(follower.frame_ns / 1e6, 3),
+            "ticks_per_frame": follower.ticks_per_frame,
+        }
 
     async def load_model(self, path: str | Path) -> None:
         if self.loader is None:
@@ -864,6 +1029,7 @@ class Engine:
             "model": core.model.name,
             "runtime": core.model.runtime,
             "params": core.params.public(),
+            "clock": self.clock_status(),
             "session": None if self.session_info is None else self.session_info(),
         }
 
@@ -881,6 +1047,12 @@ class Engine:
         """True while ticks keep coming and the last frame was not late (for the watchdog)."""
         m = self.core.metrics
         window = within_ns if within_ns is not None else 2 * self.core.grid.frame_ns
-        if m.frames == 0 or self._stop.is_set():
+        if self._stop.is_set():
+            return False
+        follower = self.follower
+        if follower is not None and (not follower.running or follower.lost):
+            # waiting for the band's clock is on purpose; a dead tick thread is not
+            return self._thread is not None and self._thread.is_alive()
+        if m.frames == 0:
             return False
         return self.clock.now_ns() - m.last_tick_ns <= window and not m.last_frame_late

@@ -38,6 +38,7 @@ from musicgend.errors import ConfigError, ModelError, MusicgendError
 
 if TYPE_CHECKING:
     from musicgend.config import Settings
+    from musicgend.core.clock import MidiClockFollower, TempoGrid
     from musicgend.core.modes import CallResponseSettings
     from musicgend.core.voicing import VoicingSettings
     from musicgend.io.midi import MidiPorts
@@ -159,16 +160,37 @@ def call_from(settings: Settings) -> CallResponseSettings:
     )
 
 
+def build_timeline(settings: Settings, t0_ns: int) -> TempoGrid | MidiClockFollower:
+    """The frame clock the settings ask for: an internal grid (5 frames per second, or
+    ``clock.bpm``), or a follower of incoming MIDI clock."""
+    from musicgend.core.clock import (
+        NS_PER_S,
+        MidiClockFollower,
+        TempoGrid,
+        frame_ns_for_bpm,
+    )
+
+    clock = settings.clock
+    if clock.source == "midi":
+        return MidiClockFollower(
+            clock.ticks_per_frame, round(clock.loss_timeout_s * NS_PER_S), fs=clock.fs
+        )
+    if clock.bpm is None:
+        frame_ns = NS_PER_S // clock.fs
+    else:
+        frame_ns = frame_ns_for_bpm(clock.bpm, clock.ticks_per_frame)
+    return TempoGrid(t0_ns, frame_ns, fs=clock.fs)
+
+
 def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:
     """The engine's frame logic configured from the settings."""
-    from musicgend.core.clock import FrameGrid
     from musicgend.service.engine import FrameCore, default_sampler
 
     window_frames = getattr(getattr(model.predictor, "artifact", None), "config", None)
     size = window_frames.window_frames if window_frames is not None else 50
     return FrameCore(
         model,
-        FrameGrid.from_fs(t0_ns, settings.clock.fs),
+        build_timeline(settings, t0_ns),
         default_sampler,
         params=params_from(settings),
         voicing=voicing_from(settings),
@@ -349,6 +371,8 @@ async def serve(
         def session_info() -> str | None:
             return None if info.session_dir is None else str(info.session_dir)
 
+        from musicgend.core.clock import MidiClockFollower
+
         engine = Engine(
             core,
             ports,
@@ -356,6 +380,8 @@ async def serve(
             loader=lambda p: load_model(p, engine_settings.runtime, engine_settings.threads),
             session_info=session_info,
             port_counters=lambda: ports.counters,
+            follower=core.grid if isinstance(core.grid, MidiClockFollower) else None,
+            ticks_per_frame=settings.clock.ticks_per_frame,
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR1, engine.panic)
@@ -364,6 +390,7 @@ async def serve(
             from musicgend.io.mqtt import MqttControl
 
             mqtt = MqttControl(settings.mqtt, engine)
+            engine.on_status = mqtt.notify_status
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:

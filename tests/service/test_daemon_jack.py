@@ -33,11 +33,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Daemon:
-    def __init__(self, model: Path, session_dir: Path) -> None:
+    def __init__(self, model: Path, session_dir: Path, *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICGEND_")}
         args = ["--backend", "jack", "--model", str(model), "--runtime", "numpy"]
         args += ["--connect-in", "^peer:out$", "--connect-out", "^peer:in$"]
-        args += ["--session-dir", str(session_dir)]
+        args += ["--session-dir", str(session_dir), *extra]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "musicgend", "run", *args],
             cwd=ROOT,
@@ -80,9 +80,11 @@ class Daemon:
 
 
 @contextmanager
-def daemon_and_peer(model: Path, session_dir: Path) -> Iterator[tuple[Daemon, JackPeer]]:
+def daemon_and_peer(
+    model: Path, session_dir: Path, *extra: str
+) -> Iterator[tuple[Daemon, JackPeer]]:
     with jack_server(), JackPeer("peer") as peer:
-        daemon = Daemon(model, session_dir)
+        daemon = Daemon(model, session_dir, *extra)
         try:
             daemon.wait_ready()
             wait_until(

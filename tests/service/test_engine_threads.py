@@ -106,3 +106,65 @@ def test_engine_control_interface() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_midi_clock_places_frames_on_their_ticks_stop_silences_loss_is_noticed() -> None:
+    from musicgend.core.clock import MidiClockFollower
+
+    tick_ns = 20_000_000  # 125 BPM: a frame (12 ticks) is 240 ms
+
+    async def scenario() -> None:
+        m, _ = model([C, G])
+        clock = StepClock(start_ns=0)
+        follower = MidiClockFollower(12, loss_timeout_ns=500_000_000)
+        core = FrameCore(m, follower, ArgmaxSampler)
+        out = RecordingOut()
+        changes: list[str] = []
+        engine = Engine(
+            core, out, clock=clock, follower=follower, on_status=lambda: changes.append("x")
+        )
+        task = asyncio.create_task(engine.run())
+        await _wait(lambda: engine.online)
+        assert engine.status()["clock"]["state"] == "stopped"
+        engine.feed(5, bytes([0xFA]))  # Start
+        assert engine.status()["clock"]["state"] == "running"
+        for i in range(36):  # three frames of ticks
+            t = 10 + i * tick_ns
+            clock.release_until(t)
+            engine.feed(t, bytes([0xF8]))
+            await _wait(lambda: not engine._commits)
+            await _wait(lambda: core.result is not None or i % 12 != 10)  # noqa: B023
+        await _wait(lambda: core.next_frame == 5)
+        sounding_times = sorted({at for msg, at in out.sent if msg[0] & 0xF0 == 0x90})
+        # frame 1 starts on tick 0 (not foreseen: played at once, at the tick's time);
+        # frames 2, 3 and 4 were placed ahead, on ticks 12, 24 and 36 (tick 35 announced 36)
+        assert sounding_times[0] == 10
+        assert set(sounding_times) <= {10 + k * 12 * tick_ns for k in range(4)}
+        assert 10 + 12 * tick_ns in sounding_times
+        assert core.metrics.late_frames == 0
+        assert engine.status()["clock"]["bpm"] == 125.0
+        # Stop: all notes off at once, after anything already scheduled
+        n = len(out.sent)
+        last_at = max(at for _, at in out.sent if at is not None)
+        engine.feed(10 + 36 * tick_ns, bytes([0xFC]))
+        released = out.sent[n:]
+        assert released and all(msg[0] & 0xF0 == 0x80 for msg, _ in released)
+        assert all(at is None or at >= last_at for _, at in released)
+        assert engine.status()["clock"]["state"] == "stopped"
+        # Continue, two ticks, then silence: lost after 0.5 s
+        engine.feed(10 + 37 * tick_ns, bytes([0xFB]))
+        engine.feed(10 + 38 * tick_ns, bytes([0xF8]))
+        clock.release_until(10 + 38 * tick_ns + 600_000_000)
+        clock._now = 10 + 38 * tick_ns + 600_000_000  # time passes without ticks
+        await _wait(lambda: engine.status()["clock"]["state"] == "lost")
+        assert core.metrics.clock_losses == 1
+        assert engine.frames_on_time()  # waiting for the band is not a stall
+        await _wait(lambda: len(changes) >= 4)  # start, stop, continue, lost
+        with __import__("pytest").raises(ValueError, match="MIDI clock"):
+            engine.set_params(bpm=120)
+        task.cancel()
+        clock.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
