@@ -135,6 +135,12 @@ def test_cross_field_checks(tmp_path: Path) -> None:
         load_config(None, {"mqtt.instance": "a/b"})
     with pytest.raises(ConfigError, match="cert and key both set, or neither"):
         load_config(None, {"mqtt.tls.cert": str(write(tmp_path, "x", "c.pem"))})
+    with pytest.raises(ConfigError, match="band's clock sets the tempo"):
+        load_config(None, {"clock.source": "midi", "clock.bpm": 120})
+    with pytest.raises(ConfigError, match=r"clock\.bpm"):
+        load_config(None, {"clock.bpm": 1000})
+    settings = load_config(None, {"clock.source": "midi"})
+    assert (settings.clock.ticks_per_frame, settings.clock.loss_timeout_s) == (12, 0.5)
 
 
 def test_password_file_and_masking(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ def test_parse_valid_commands() -> None:
     assert cmd.id == "a1"
     load = parse_command(b'{"action": "load_model", "path": "/m"}')
     assert isinstance(load, LoadModelCommand) and load.path == "/m"
+    tempo = parse_command(b'{"action": "set", "bpm": 132.5}')
+    assert isinstance(tempo, SetCommand) and tempo.params() == {"bpm": 132.5}
 
 
 BAD_PAYLOADS: list[tuple[bytes, str]] = [
@@ -72,6 +74,7 @@ BAD_PAYLOADS: list[tuple[bytes, str]] = [
     (b'{"action": "set", "top_p": 1.5}', "top_p = 1.5"),
     (b'{"action": "set", "seed": 1.5}', "seed = 1.5"),
     (b'{"action": "set"}', "'set' needs at least one of mode"),
+    (b'{"action": "set", "bpm": 5}', "bpm = 5: expected greater than or equal to 20"),
     (b'{"action": "start", "extra": 1}', "unknown field 'extra'"),
     (b'{"action": "load_model"}', "missing field 'path'"),
     (b'{"action": "load_model", "path": ["a"]}', "path = ['a']"),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from musicgend.core.clock import NS_PER_S, FakeClock, FrameGrid
+from musicgend.core.clock import NS_PER_S, FakeClock, FrameGrid, MidiClockFollower
 
 
 def test_deadlines_are_absolute_and_do_not_drift() -> None:
@@ -44,3 +44,116 @@ def test_fake_clock_moves_only_when_told() -> None:
         clock.advance_ns(-1)
     with pytest.raises(ValueError):
         clock.set_ns(0)
+
+
+# -- tempo grid ------------------------------------------------------------------------------
+
+
+def test_tempo_grid_changes_spacing_from_a_frame_on_and_keeps_earlier_deadlines() -> None:
+    from musicgend.core.clock import TempoGrid, frame_ns_for_bpm
+
+    grid = TempoGrid(t0_ns=1000, frame_ns=200_000_000)
+    assert grid.deadline_ns(10) == 1000 + 10 * 200_000_000
+    grid.set_frame_ns(frame_ns_for_bpm(120), from_frame=10)  # 12 ticks at 120 BPM: 250 ms
+    assert grid.frame_ns == 250_000_000
+    assert grid.deadline_ns(9) == 1000 + 9 * 200_000_000  # unchanged
+    assert grid.deadline_ns(10) == 1000 + 10 * 200_000_000
+    assert grid.deadline_ns(14) == 1000 + 10 * 200_000_000 + 4 * 250_000_000
+    t = grid.deadline_ns(12) + 125_000_000  # half-way through frame 12
+    assert grid.frame_at(t) == 12
+    assert grid.position(t) == pytest.approx(12.5)
+    assert grid.seconds(t) == pytest.approx(12.5 / 5)  # frame time at the nominal 5 fps
+    assert grid.frame_at(grid.deadline_ns(5) + 1) == 5  # the old stretch still maps back
+    with pytest.raises(ValueError, match="bpm"):
+        frame_ns_for_bpm(500)
+
+
+# -- MIDI clock follower ---------------------------------------------------------------------
+
+TICK_NS = 20_000_000
+
+
+def _follow(f: MidiClockFollower, first_ns: int, count: int, tick_ns: int = TICK_NS) -> list:
+    starts = []
+    for i in range(count):
+        s = f.on_tick(first_ns + i * tick_ns)
+        if s is not None:
+            starts.append(s)
+    return starts
+
+
+def test_follower_counts_frames_of_12_ticks_from_start() -> None:
+    f = MidiClockFollower(12)
+    assert f.state == "stopped"
+    assert _follow(f, 0, 5) == []  # ticks while stopped only set the tempo
+    f.on_message(100 * TICK_NS, b"\xfa")
+    starts = _follow(f, 101 * TICK_NS, 25)
+    assert [(s.frame, s.t_ns) for s in starts] == [
+        (1, 101 * TICK_NS),
+        (2, 113 * TICK_NS),
+        (3, 125 * TICK_NS),
+    ]
+    assert f.bpm == pytest.approx(125.0)  # 20 ms ticks
+    assert f.frame_ns == 12 * TICK_NS
+    # 25 ticks seen; after 11 more the next tick starts frame 4, and it is foreseen
+    _follow(f, 126 * TICK_NS, 11)
+    assert f.next_tick_starts_frame
+    assert f.predict_next_tick_ns() == 137 * TICK_NS
+
+
+def test_follower_stop_continue_and_song_position() -> None:
+    f = MidiClockFollower(12)
+    f.on_message(0, b"\xfa")
+    _follow(f, TICK_NS, 18)  # frame 1, frame 2 half-way (song tick 18)
+    f.on_message(19 * TICK_NS, b"\xfc")
+    assert f.state == "stopped"
+    pos = f.position(19 * TICK_NS)
+    assert _follow(f, 20 * TICK_NS, 3) == []  # stopped: no frames
+    assert f.position(30 * TICK_NS) == pos  # frame time stands still
+    f.on_message(40 * TICK_NS, b"\xfb")  # Continue at song tick 18: 6 more to a boundary
+    starts = _follow(f, 41 * TICK_NS, 7)
+    assert [(s.frame, s.t_ns) for s in starts] == [(3, 47 * TICK_NS)]
+    # Song Position Pointer: sixteenths (6 ticks); 2 sixteenths = tick 12, a boundary
+    f.on_message(60 * TICK_NS, b"\xfc")
+    f.on_message(61 * TICK_NS, bytes([0xF2, 2, 0]))
+    f.on_message(62 * TICK_NS, b"\xfb")
+    starts = _follow(f, 63 * TICK_NS, 2)
+    assert [s.frame for s in starts] == [4]
+    assert starts[0].t_ns == 63 * TICK_NS
+    # Start always restarts at a boundary on the next tick
+    f.on_message(70 * TICK_NS, b"\xfa")
+    assert [s.frame for s in _follow(f, 71 * TICK_NS, 1)] == [5]
+
+
+def test_follower_infers_lost_ticks_and_reports_clock_loss() -> None:
+    f = MidiClockFollower(12, loss_timeout_ns=500_000_000)
+    f.on_message(0, b"\xfa")
+    times = [TICK_NS * (1 + i) for i in range(30) if i != 11]  # tick 11 never arrives
+    starts = [s for t in times if (s := f.on_tick(t)) is not None]
+    assert [s.frame for s in starts] == [1, 2, 3]
+    assert starts[1].t_ns == 13 * TICK_NS  # the boundary stays on the band's beat
+    assert f.missed_ticks == 1
+    last = times[-1]
+    assert not f.check_loss(last + 400_000_000)
+    assert f.check_loss(last + 500_000_000)
+    assert f.state == "lost" and f.losses == 1
+    assert not f.check_loss(last + 900_000_000)  # reported once
+    f.on_tick(last + 1_000_000_000)
+    assert f.state == "running"
+    # a stopped clock is never "lost", and Continue restarts the loss timer
+    f.on_message(last + 1_010_000_000, b"\xfc")
+    assert not f.check_loss(last + 5_000_000_000)
+    f.on_message(last + 5_000_000_000, b"\xfb")
+    assert not f.check_loss(last + 5_100_000_000)
+
+
+def test_follower_frame_time_never_goes_back_or_past_the_frame_in_progress() -> None:
+    f = MidiClockFollower(12, fs=5.0)
+    f.on_message(0, b"\xfa")
+    _follow(f, TICK_NS, 13)  # frame 2 started at tick 13
+    t2 = 13 * TICK_NS
+    assert f.position(t2) == pytest.approx(2.0)
+    assert f.position(t2 + 6 * TICK_NS) == pytest.approx(2.5)
+    assert f.position(t2 + 60 * TICK_NS) < 3.0  # the boundary only comes with its tick
+    assert f.position(t2) >= 2.5  # never back
+    assert f.seconds(t2 + 60 * TICK_NS) == pytest.approx(f.position(t2 + 60 * TICK_NS) / 5)

@@ -168,3 +168,39 @@ def test_midi_clock_places_frames_on_their_ticks_stop_silences_loss_is_noticed()
             await task
 
     asyncio.run(scenario())
+
+
+def test_internal_tempo_changes_live_from_the_next_frame() -> None:
+    from musicgend.core.clock import TempoGrid
+
+    async def scenario() -> None:
+        m, _ = model([C, G])
+        clock = StepClock(start_ns=F // 2)
+        grid = TempoGrid(0, F)
+        core = FrameCore(m, grid, ArgmaxSampler)
+        engine = Engine(core, RecordingOut(), clock=clock)
+        task = asyncio.create_task(engine.run())
+        assert await asyncio.to_thread(clock.wait_waiting, F)
+        assert engine.status()["clock"] == {
+            "source": "internal",
+            "state": "running",
+            "bpm": 150.0,
+            "frame_ms": 200.0,
+            "ticks_per_frame": 12,
+        }
+        engine.set_params(bpm=120)  # while the tick thread waits for frame 1
+        clock.release_until(F)
+        # frame 1 keeps its deadline; from frame 2 on a frame is 250 ms
+        assert await asyncio.to_thread(clock.wait_waiting, F + 250_000_000)
+        clock.release_until(F + 250_000_000)
+        assert await asyncio.to_thread(clock.wait_waiting, F + 500_000_000)
+        assert engine.status()["clock"]["bpm"] == 120.0
+        for bad in (10, 1000, "fast", True):
+            with __import__("pytest").raises(ValueError, match="bpm"):
+                engine.set_params(bpm=bad)
+        task.cancel()
+        clock.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
