@@ -622,8 +622,13 @@ def demo_cmd(
     print(f"audio:   {result.wav or 'not rendered (fluidsynth or a GM soundfont missing)'}")
 
 
-@app.command("bench")
+bench_app = typer.Typer()
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench_cmd(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     frames: Annotated[
         int, typer.Option("--frames", min=10, help="Frames per condition (≥ 3000 for figures).")
@@ -633,7 +638,12 @@ def bench_cmd(
         Path, typer.Option("--out-dir", help="Where the JSON result is saved.")
     ] = Path("bench/results"),
 ) -> None:
-    """Measure the daemon: decision latency, late frames, inference, jitter, RSS, start."""
+    """Measure the daemon: decision latency, late frames, inference, jitter, RSS, start.
+
+    `bench soak`: the same daemon for an hour under load.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     import json
 
     from musicgend.config import BUNDLED_MODEL_DIR
@@ -643,6 +653,37 @@ def bench_cmd(
     path = save_result(result, out_dir)
     print(json.dumps(result, indent=1) if as_json else format_summary(result))
     print(f"saved {path}", file=sys.stderr)
+
+
+@bench_app.command("soak")
+def bench_soak_cmd(
+    minutes: Annotated[
+        float, typer.Option("--minutes", min=0.1, help="How long to run (60 for the figures).")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: bundled).")] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where the JSON and PNG are saved.")
+    ] = Path("bench/results"),
+) -> None:
+    """Run the daemon for an hour under load; report per 5 minutes.
+
+    A separate JACK client plays chorales, bursts and silences; MQTT commands every few
+    seconds and a model swap every 10 minutes; a CPU hog on the other core. Ctrl-C stops
+    early and still writes the report.
+    """
+    import json
+
+    from musicgend.config import BUNDLED_MODEL_DIR
+    from musicgend.service.soak import SoakOptions, format_summary, soak
+
+    report, path = soak(SoakOptions(model or BUNDLED_MODEL_DIR, minutes), out_dir)
+    print(json.dumps(report, indent=1) if as_json else format_summary(report))
+    print(f"saved {path} and {path.with_suffix('.png').name}", file=sys.stderr)
+    if report.get("error"):
+        raise MusicgendError(report["error"])
+    if report.get("interrupted"):
+        raise typer.Exit(130)
 
 
 def main() -> None:
