@@ -342,6 +342,10 @@ class MidiPorts(ABC):
         """Block (not from the event loop!) until the ports exist again; False on timeout."""
         return self._ready.wait(timeout_s)
 
+    schedules_output = False
+    """True where :meth:`send` places a message at its ``at_ns`` (JACK); False where it goes
+    out at once (ALSA), so a caller with a time in the future waits for it first."""
+
     @property
     def output_latency_ns(self) -> int:
         """How much later than its ``at_ns`` a message is placed (JACK: one period; a
@@ -476,6 +480,8 @@ class JackMidiPorts(MidiPorts):
         # no new client is opened until they have ended (a client opened while they wind
         # down can wait forever on a libjack mutex).
         self._client_tids: frozenset[int] = frozenset()
+
+    schedules_output = True
 
     @property
     def output_latency_ns(self) -> int:

@@ -907,6 +907,10 @@ class Engine:
             k, at_ns, cause_ns = item
             if k < self.core.next_frame:
                 continue
+            # a port that sends at once (ALSA): wait for the tick's time here
+            waits = not getattr(self.out, "schedules_output", True)
+            if waits and not self.clock.wait_until_ns(at_ns):
+                break
             self._commit(k, at_ns, cause_ns)
 
     async def run(self) -> None:

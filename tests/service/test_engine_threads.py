@@ -204,3 +204,38 @@ def test_internal_tempo_changes_live_from_the_next_frame() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_midi_clock_on_a_port_that_sends_at_once_waits_for_the_tick() -> None:
+    from musicgend.core.clock import MidiClockFollower
+
+    class SendsAtOnce(RecordingOut):
+        schedules_output = False
+
+    tick_ns = 20_000_000
+
+    async def scenario() -> None:
+        m, _ = model([C, G])
+        clock = StepClock(start_ns=0)
+        follower = MidiClockFollower(12)
+        core = FrameCore(m, follower, ArgmaxSampler)
+        engine = Engine(core, SendsAtOnce(), clock=clock, follower=follower)
+        task = asyncio.create_task(engine.run())
+        await _wait(lambda: engine.online)
+        engine.feed(0, bytes([0xFA]))
+        for i in range(12):
+            clock.release_until(10 + i * tick_ns)  # time passes with the ticks
+            engine.feed(10 + i * tick_ns, bytes([0xF8]))
+        await _wait(lambda: core.next_frame == 2)  # frame 1 started on tick 0
+        # tick 11 announced frame 2 for tick 12: the tick thread waits for that time
+        boundary = 10 + 12 * tick_ns
+        assert await asyncio.to_thread(clock.wait_waiting, boundary)
+        assert core.next_frame == 2
+        clock.release_until(boundary)
+        await _wait(lambda: core.next_frame == 3)
+        task.cancel()
+        clock.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
