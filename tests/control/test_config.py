@@ -165,11 +165,13 @@ def test_toml_rendering_round_trips() -> None:
     parsed = tomllib.loads(to_toml(cfg.public_dict()))
     data = cfg.public_dict()
     # Unset values are comments in TOML; everything else comes back equal.
-    data["mqtt"] = {k: v for k, v in data["mqtt"].items() if v is not None}
-    data["mqtt"]["tls"] = {k: v for k, v in data["mqtt"]["tls"].items() if v is not None}
-    data["engine"] = {k: v for k, v in data["engine"].items() if v is not None}
-    data["midi"] = {k: v for k, v in data["midi"].items() if v is not None}
-    assert parsed == data
+
+    def set_values(d: dict) -> dict:
+        return {
+            k: set_values(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None
+        }
+
+    assert parsed == set_values(data)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
