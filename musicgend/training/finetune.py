@@ -242,8 +242,9 @@ def model_card(meta: Mapping[str, Any]) -> str:
         f"{opts.get('learning_rate', '?')}, batch {opts.get('batch_size', '?')}, "
         f"patience {opts.get('patience', '?')}, transposition augmentation "
         f"{'on' if opts.get('augment_transpose') else 'off'}",
-        f"- Validation NLL (nats/frame, validation pieces of the new data): "
-        f"{_fmt(before)} before the first epoch (base weights) -> {_fmt(after)} at the best epoch",
+        f"- Validation loss (nats/frame on the validation pieces of the new data, unknown "
+        f"chords as `<unk>`): {_fmt(before)} before the first epoch (base weights) -> "
+        f"{_fmt(after)} at the best epoch. `musicgend evaluate` gives the full scores.",
         "",
         "## Use",
         "- Compare with the base on the held-out pieces: "
