@@ -86,8 +86,9 @@ MODES = ("accompany", "call-response", "solo")
 BPMS = (140.0, 150.0, 160.0)
 """Frames of 0.214, 0.2 and 0.1875 s (a frame is an eighth note: 30 / bpm seconds)."""
 JITTER_METHOD = (
-    "residuals of the daemon's frame onsets (first note message of a frame, JACK frame time "
-    "seen by the player) against a least-squares grid fitted to each constant-tempo stretch "
+    "residuals of the daemon's frame onsets (first note-on of a frame, JACK frame time seen "
+    "by the player; frames that only release notes left out) against a robust line grid "
+    "fitted to each constant-tempo stretch "
     f"(split at every bpm command the daemon did not refuse, {TEMPO_GUARD_S:g} s after it "
     f"skipped, at most {STRETCH_MAX_S:g} s per fit)"
 )
@@ -173,14 +174,22 @@ def stuck_notes(events: Sequence[tuple[int, bytes]]) -> list[tuple[int, int, int
 
 
 def frame_onsets(events: Sequence[tuple[int, bytes]], gap_frames: int) -> list[int]:
-    """The JACK frame of each of the daemon's frames: the first note message of a run of
-    note messages less than ``gap_frames`` apart (a frame's offs and ons go out together)."""
-    times = sorted(frame for frame, data in events if is_note_on(data) or is_note_off(data))
+    """The JACK frame of each of the daemon's frames that starts notes: the first note-on of
+    a run of note messages less than ``gap_frames`` apart (a frame's offs and ons go out
+    together). Runs of note-offs only (a frame falling silent, or the immediate release when
+    the mode changes) start nothing and are left out."""
+    notes = sorted(
+        (frame, is_note_on(data)) for frame, data in events if is_note_on(data) or is_note_off(data)
+    )
     onsets: list[int] = []
     last = None
-    for frame in times:
+    found = False
+    for frame, on in notes:
         if last is None or frame - last >= gap_frames:
+            found = False
+        if on and not found:
             onsets.append(frame)
+            found = True
         last = frame
     return onsets
 
@@ -189,25 +198,29 @@ def grid_residuals_s(times_s: np.ndarray, nominal_period_s: float = FRAME_S) -> 
     """|onset − fitted grid| in seconds for onsets of one constant tempo (≥ 3 of them).
 
     The period is estimated from the gaps between neighbouring frames (the median gap
-    within ±40 % of ``nominal_period_s``), each onset gets its grid index by counting whole
-    periods from the previous one, and a line through (index, time) absorbs offset and the
-    clocks' rate difference. The line is fitted by least squares on the inliers only
-    (residual ≤ max(0.5 ms, 4 × the median residual), three rounds), so one late frame
-    shows as one large residual instead of tilting the grid for its neighbours.
+    within ±40 % of ``nominal_period_s``) and each onset gets its grid index by counting
+    whole periods from the previous one. A line through (index, time) absorbs offset and the
+    clocks' rate difference: a robust Theil–Sen line (median of pairwise slopes), then least
+    squares on its inliers (residual ≤ max(0.5 ms, 4 × the median residual)), so a late
+    frame shows as one large residual instead of tilting the grid for its neighbours.
     """
     gaps = np.diff(times_s)
     near = gaps[(gaps > 0.6 * nominal_period_s) & (gaps < 1.4 * nominal_period_s)]
     period = float(np.median(near)) if near.size else nominal_period_s
     index = np.concatenate([[0.0], np.cumsum(np.round(gaps / period))])
-    inliers = np.ones(times_s.size, dtype=bool)
-    residual = np.zeros(times_s.size)
-    for _ in range(3):
-        if np.unique(index[inliers]).size < 2:
-            break
+    i, j = np.triu_indices(index.size, 1)
+    steps = index[j] - index[i]
+    ok = steps > 0
+    if not ok.any():
+        return np.zeros(times_s.size)
+    slope = float(np.median((times_s[j] - times_s[i])[ok] / steps[ok]))
+    offset = float(np.median(times_s - slope * index))
+    residual = np.abs(times_s - (slope * index + offset))
+    inliers = residual <= max(0.5e-3, 4 * float(np.median(residual)))
+    if np.unique(index[inliers]).size >= 2:
         slope, offset = np.polyfit(index[inliers], times_s[inliers], 1)
         residual = np.abs(times_s - (slope * index + offset))
-        inliers = residual <= max(0.5e-3, 4 * float(np.median(residual)))
-    return residual
+    return np.asarray(residual)
 
 
 def stretch_jitter(
