@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 
 from musicgend.core.pianoroll import DEFAULT_FS, frames_from_tracks
 from musicgend.errors import SessionError
-from musicgend.io.midifile import tracks_from_pretty_midi
+from musicgend.io.midifile import _pretty_midi, tracks_from_pretty_midi
 from musicgend.io.session import (
     JOURNAL_NAME,
     MIDI_NAME,
@@ -122,13 +122,6 @@ def find_sessions(paths: Sequence[str | Path]) -> list[SessionSource]:
             seen.add(key)
             found.append(SessionSource(directory, not (directory / MIDI_NAME).is_file()))
     return found
-
-
-def _pretty_midi() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pretty_midi
-    return pretty_midi
 
 
 def load_session_midi(source: SessionSource) -> Any:
