@@ -262,9 +262,19 @@ class EngineMetrics:
     inference_ns: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
     )
+    unread_latency_ns: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
+    )
+    """Decision latencies not yet handed out by :meth:`take_unread_latency_ms`."""
     last_tick_ns: int = 0
     last_frame_late: bool = False
     clock_losses: int = 0
+
+    def take_unread_latency_ms(self) -> list[float]:
+        """Every decision latency since the previous call, oldest first, in ms (so that a
+        reader can compute exact percentiles over any stretch of time)."""
+        samples = self.unread_latency_ns
+        return [round(samples.popleft() / 1e6, 4) for _ in range(len(samples))]
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -654,6 +664,19 @@ class MonotonicClock:
                 return False
 
 
+def return_freed_memory() -> bool:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; ctypes releases the
+    GIL meanwhile). False where there is no glibc."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    trim(0)
+    return True
+
+
 def _try_realtime_priority() -> str:
     """Give the calling thread SCHED_FIFO if allowed; returns what it got."""
     try:
@@ -714,6 +737,7 @@ class Engine:
         self.priority = "normal"
         self.online = False
         self.messages_sent = 0
+        self._trim_task: asyncio.Task[None] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     def _send_locked(self, messages: list[MidiBytes], at_ns: int | None = None) -> int:
@@ -854,6 +878,7 @@ class Engine:
             messages = self.core.tick(k)
             sent_ns = self._send_locked(messages, at_ns)
         metrics.latency_ns.append(sent_ns - cause_ns)
+        metrics.unread_latency_ns.append(sent_ns - cause_ns)
         metrics.last_tick_ns = sent_ns
         self._journal_machine(at_ns, messages)
         with self.lock:
@@ -944,6 +969,8 @@ class Engine:
     async def aclose(self) -> None:
         """Stop the tick thread and release the machine's notes (idempotent)."""
         self._stop.set()
+        if self._trim_task is not None:
+            self._trim_task.cancel()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             await asyncio.to_thread(thread.join, 5.0)
@@ -1021,8 +1048,26 @@ class Engine:
             raise ValueError("this engine has no model loader")
         model = await asyncio.to_thread(self.loader, Path(path))
         await asyncio.to_thread(model.warm_up, self.core.window_frames)
+        # the swap maps the recent chords into the new vocabulary at a tick: look them up
+        # now, so that the tick only meets the few chords played since
+        with self.lock:
+            recent = list(self.core.history)
+        await asyncio.to_thread(lambda: [model.vocab.nearest(chord) for chord in recent])
         with self.lock:
             self.core.pending_model = model
+        self._trim_task = asyncio.create_task(self._trim_after_swap(model), name="trim")
+
+    async def _trim_after_swap(self, model: LoadedModel) -> None:
+        """Once ``model`` is swapped in and the old one is out of every in-flight job, hand
+        its memory back to the OS (glibc keeps freed arenas otherwise: 40-60 MB more RSS
+        after a swap, measured)."""
+        frame_s = self.core.grid.frame_ns / NS_PER_S
+        for _ in range(int(10 / frame_s)):
+            if self.core.model is model or self._stop.is_set():
+                break
+            await asyncio.sleep(frame_s)
+        await asyncio.sleep(2 * frame_s)
+        await asyncio.to_thread(return_freed_memory)
 
     def status(self) -> dict[str, Any]:
         core = self.core
@@ -1038,7 +1083,10 @@ class Engine:
         }
 
     def metrics(self) -> dict[str, Any]:
+        """The counters and percentiles, plus ``frame_latency_new_ms``: every decision
+        latency since the previous call (the MQTT metrics messages carry each once)."""
         data = self.core.metrics.snapshot()
+        data["frame_latency_new_ms"] = self.core.metrics.take_unread_latency_ms()
         data["priority"] = self.priority
         data["dropped_input"] = 0
         if self.port_counters is not None:

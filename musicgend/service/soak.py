@@ -93,10 +93,23 @@ JITTER_METHOD = (
     f"skipped, at most {STRETCH_MAX_S:g} s per fit)"
 )
 LATENCY_SCOPE = (
-    "decision latency (tick deadline to that frame's messages written) as the daemon "
-    "publishes it: percentiles over its last 20000 frames (over 60 minutes at 5 frames/s), "
-    "so a window's figures are the daemon's at the window's end, including earlier windows"
+    "decision latency (tick deadline to that frame's messages written) of every frame: the "
+    "daemon's metrics messages (every second) carry each frame's latency once "
+    "(frame_latency_new_ms), so a window's percentiles are exactly its own frames' (placed by "
+    "the time their message arrived, to within a second)"
 )
+
+
+def latency_samples(
+    series: Sequence[tuple[float, dict[str, Any]]], start_s: float, end_s: float, last: bool
+) -> list[float]:
+    """The decision latencies (ms) the metrics messages in [start_s, end_s) carried (and
+    every later one when ``last``)."""
+    out: list[float] = []
+    for t_s, data in series:
+        if start_s <= t_s < end_s or (last and t_s >= end_s):
+            out.extend(float(x) for x in data.get("frame_latency_new_ms") or ())
+    return out
 
 
 # -- the player's stream (pure) ------------------------------------------------------------
@@ -354,7 +367,6 @@ def _window_figures(
     series = list(m.metrics)
     if last and m.final_metrics is not None:
         series.append((end_s, m.final_metrics))
-    at_end = value_at(series, end_s) or {}
     res = [r for r in m.resources if start_s <= r[0] <= end_s] or m.resources[-1:]
     rss = [r[1] for r in res if r[1] is not None]
     fds = [r[3] for r in res if r[3] is not None]
@@ -372,7 +384,7 @@ def _window_figures(
         "dropped_input": counter_delta(series, "dropped_input", start_s, end_s),
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None},
         "open_fds": {"start": fds[0] if fds else None, "end": fds[-1] if fds else None},
-        "decision_latency_ms": at_end.get("frame_latency_ms", percentiles_ms([])),
+        "decision_latency_ms": percentiles_ms(latency_samples(series, start_s, end_s, last)),
         "commands": len(commands),
         "refused_commands": sum(1 for c in commands if c.outcome == "refused"),
         "model_swaps": sum(1 for s in m.swaps if inside(s.t_s)),
@@ -430,7 +442,7 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "end": rss[-1][1] if rss else None,
             "growth_mb_per_hour": growth,
         },
-        "decision_latency_ms": final.get("frame_latency_ms", percentiles_ms([])),
+        "decision_latency_ms": overall["decision_latency_ms"],
         "windows": windows,
         "minutes_requested": minutes_requested,
         "interrupted": m.interrupted,
@@ -556,11 +568,15 @@ def plot_report(m: Measurements, report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_lat, ax_jit, ax_mem) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    if m.metrics:
-        t = np.asarray([x[0] for x in m.metrics]) / 60
-        for key, style in (("p50", "-"), ("p99", "--"), ("max", ":")):
-            values = [(x[1].get("frame_latency_ms") or {}).get(key) for x in m.metrics]
-            ax_lat.plot(t, [np.nan if v is None else v for v in values], style, label=key)
+    points = [
+        (t_s / 60, float(v))
+        for t_s, data in m.metrics
+        for v in data.get("frame_latency_new_ms") or ()
+    ]
+    if points:
+        t, v = np.asarray(points).T
+        ax_lat.plot(t, v, ".", markersize=2, label="each frame")
+        ax_lat.set_yscale("log")
         ax_lat.legend(loc="upper left")
     ax_lat.set_ylabel("decision latency (ms)")
     ax_lat.set_title(

@@ -171,16 +171,19 @@ def test_growth_per_hour_is_the_fitted_slope() -> None:
     assert growth_per_hour(samples[:1]) is None
 
 
-def _metrics(t_s: float, frames: int, late: int, p99: float) -> tuple[float, dict[str, object]]:
-    latency = {"p50": 0.1, "p99": p99, "max": p99 * 2}
+def _metrics(t_s: float, frames: int, late: int, worst: float) -> tuple[float, dict[str, object]]:
+    # a second's worth of frames: each message carries the latencies of its new frames
     counters = {"frames": frames, "late_frames": late, "dropped_input": 0}
-    return t_s, {**counters, "frame_latency_ms": latency}
+    return t_s, {**counters, "frame_latency_new_ms": [0.1, 0.1, 0.1, 0.1, worst]}
 
 
 def test_report_has_the_contract_keys_overall_and_per_window() -> None:
     rate = 48000
     m = Measurements(duration_s=420.0, stop_s=420.0, rate_hz=rate)
-    m.metrics = [_metrics(t, int(t * 5), 1 if t > 310 else 0, 0.2) for t in range(0, 421, 1)]
+    m.metrics = [
+        _metrics(t, int(t * 5), 1 if t > 310 else 0, 0.5 if t == 310 else 0.2)
+        for t in range(0, 421, 1)
+    ]
     m.final_metrics = _metrics(421, 2106, 1, 0.3)[1]
     m.resources = [(float(t), 60.0 + t / 1000, 40.0, 21) for t in range(0, 421, 5)]
     onsets = _grid(1000, 0.2, start_s=1.0)
@@ -197,7 +200,8 @@ def test_report_has_the_contract_keys_overall_and_per_window() -> None:
     assert report["frames"] == 2106 and report["late_frames"] == 1
     assert report["stuck_notes"] == 1  # the last note-on has no note-off
     assert report["rss_mb"]["growth_mb_per_hour"] == pytest.approx(3.6)
-    assert report["decision_latency_ms"]["p99"] == 0.3
+    # exact over every frame, and per window over that window's frames only
+    assert report["decision_latency_ms"] == {"p50": 0.1, "p99": 0.2, "max": 0.5}
     assert report["commands"]["refused_reasons"] == {"unknown field 'bpm'": 1}
     assert report["model_swaps"] == {"requested": 1, "done": 1, "refused": 0}
     windows = report["windows"]
@@ -206,6 +210,7 @@ def test_report_has_the_contract_keys_overall_and_per_window() -> None:
     assert [w["late_frames"] for w in windows] == [0, 1]
     assert [w["stuck_notes"] for w in windows] == [0, 1]
     assert [w["model_swaps"] for w in windows] == [0, 1]
+    assert [w["decision_latency_ms"]["max"] for w in windows] == [0.2, 0.5]
     for w in windows:
         assert set(CONTRACT) | {"decision_latency_ms"} <= set(w)
         assert w["jitter_ms"]["max"] < 0.01
