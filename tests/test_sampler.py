@@ -224,3 +224,18 @@ def test_engine_passes_scale_penalty_to_the_sampler():
     assert params.public()["scale_penalty"] == 0.2
     with pytest.raises(ValueError, match="scale_penalty"):
         EngineParams(scale_penalty=1.5)
+
+
+def test_scale_table_cache_does_not_keep_a_vocabulary_alive() -> None:
+    import gc
+    import weakref
+
+    from musicgend.core.vocab import Vocab
+
+    vocab = Vocab.build([["60,64,67", "62,65,69", "e"]])
+    table = scale_table(vocab)
+    assert scale_table(vocab) is table  # cached while alive
+    ref = weakref.ref(vocab)
+    del vocab
+    gc.collect()
+    assert ref() is None  # a swapped-out model's vocabulary can be freed

@@ -25,6 +25,7 @@ is kept (silence if there is none).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -85,18 +86,21 @@ class ScaleTable:
         return cached[1]
 
 
-_tables: dict[int, tuple[object, ScaleTable]] = {}
+_tables: dict[int, tuple[weakref.ref[_HasTokens], ScaleTable]] = {}
 
 
 def scale_table(vocab: _HasTokens) -> ScaleTable:
-    """The :class:`ScaleTable` of a vocabulary (cached for the last few vocabularies)."""
+    """The :class:`ScaleTable` of a vocabulary (cached for the last few vocabularies that
+    are still alive: the cache never keeps a swapped-out model's vocabulary in memory)."""
     hit = _tables.get(id(vocab))
-    if hit is not None and hit[0] is vocab:
+    if hit is not None and hit[0]() is vocab:
         return hit[1]
     table = ScaleTable(vocab.tokens)
+    for key in [k for k, (ref, _) in _tables.items() if ref() is None]:
+        del _tables[key]
     while len(_tables) >= _TABLE_CACHE_SIZE:
         _tables.pop(next(iter(_tables)))
-    _tables[id(vocab)] = (vocab, table)  # the reference keeps id(vocab) from being reused
+    _tables[id(vocab)] = (weakref.ref(vocab), table)
     return table
 
 

@@ -70,6 +70,7 @@ from musicgend.core.window import WINDOW_FRAMES, RollingWindow
 log = logging.getLogger(__name__)
 
 ECHO_WINDOW_NS = 30_000_000
+FIRST_FRAME_LEAD_NS = 50_000_000
 LATENCY_SAMPLES = 20_000
 
 
@@ -944,7 +945,9 @@ class Engine:
         self._done = asyncio.Event()
         await asyncio.to_thread(self.core.model.warm_up, self.core.window_frames)
         if self.follower is None:
-            first = max(1, self.core.grid.frame_at(self.clock.now_ns()) + 1)
+            # leave the first frame time to compute (a tick due at once would be late)
+            soon_ns = self.clock.now_ns() + FIRST_FRAME_LEAD_NS
+            first = max(1, self.core.grid.frame_at(soon_ns) + 1)
         else:
             first = self.follower.frame + 1
             if not self.follower.running:
