@@ -367,6 +367,8 @@ async def serve(
             )
             info.session_dir = recorder.start()
         core = build_core(settings, model, time.monotonic_ns())
+        runtime_name = model.runtime
+        del model  # the engine owns it: a live swap must be able to free it
 
         def session_info() -> str | None:
             return None if info.session_dir is None else str(info.session_dir)
@@ -423,7 +425,7 @@ async def serve(
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()
             info.metrics["runtime"] = (
-                f"litert:{engine_settings.threads}" if model.runtime == "litert" else model.runtime
+                f"litert:{engine_settings.threads}" if runtime_name == "litert" else runtime_name
             )
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)

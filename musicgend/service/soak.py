@@ -273,8 +273,9 @@ def stretch_jitter(
 
 
 def window_bounds(duration_s: float, window_s: float = WINDOW_S) -> list[tuple[float, float]]:
-    """Consecutive windows covering ``[0, duration_s]``; the last may be shorter. A run
-    shorter than one window has one window."""
+    """Consecutive windows covering ``[0, duration_s]``; the last may be shorter, but a
+    remainder under a tenth of a window (at most 10 s: a 60-minute run that took 60 min and a
+    few ms) joins the window before it. A run shorter than one window has one window."""
     if duration_s <= 0:
         return [(0.0, 0.0)]
     bounds = []
@@ -282,6 +283,9 @@ def window_bounds(duration_s: float, window_s: float = WINDOW_S) -> list[tuple[f
     while start < duration_s - 1e-9:
         bounds.append((start, min(start + window_s, duration_s)))
         start += window_s
+    tail_s = bounds[-1][1] - bounds[-1][0]
+    if len(bounds) > 1 and tail_s < min(10.0, window_s / 10):
+        bounds[-2:] = [(bounds[-2][0], duration_s)]
     return bounds
 
 

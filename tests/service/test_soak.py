@@ -155,6 +155,8 @@ def test_stretch_jitter_without_onsets() -> None:
 def test_windows_are_five_minutes_and_a_short_run_has_one() -> None:
     assert window_bounds(60.0) == [(0.0, 60.0)]
     assert window_bounds(720.0) == [(0.0, 300.0), (300.0, 600.0), (600.0, 720.0)]
+    # a run that took its 60 minutes and a few ms has twelve windows, not a 13th empty one
+    assert window_bounds(3600.02)[-1] == (3300.0, 3600.02) and len(window_bounds(3600.02)) == 12
     assert window_bounds(600.0) == [(0.0, 300.0), (300.0, 600.0)]
 
 
