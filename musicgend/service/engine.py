@@ -767,7 +767,8 @@ class Engine:
         """Send messages from the loop thread (lock held by the caller)."""
         if messages:
             t = self._send_locked(messages)
-            self._journal_machine(t, messages)
+            # logged when they sound: after notes still scheduled ahead (MIDI clock)
+            self._journal_machine(max(t, self._last_at_ns), messages)
 
     # -- input ------------------------------------------------------------------------------
     def feed(self, t_ns: int, message: Sequence[int]) -> None:
