@@ -178,20 +178,7 @@ def run_condition(
         env = dict(os.environ, JACK_DEFAULT_SERVER=server)
         started = time.monotonic()
         daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "musicgend",
-                "run",
-                "--backend",
-                "jack",
-                "--model",
-                str(model),
-                "--session-dir",
-                tmp,
-                "--metrics-out",
-                str(metrics_file),
-            ],
+            daemon_command(model, Path(tmp), metrics_file),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -265,6 +252,16 @@ def _private_mb(pid: int) -> float | None:
     from musicgend.service.runtime import private_mb
 
     return private_mb(pid)
+
+
+def daemon_command(model: Path, session_dir: Path, metrics_out: Path, *extra: str) -> list[str]:
+    """``musicgend run`` on JACK with ``model`` as a subprocess command line (the benchmarks
+    run the daemon exactly as a user would)."""
+    return [
+        *(sys.executable, "-m", "musicgend", "run", "--backend", "jack"),
+        *("--model", str(model), "--session-dir", str(session_dir)),
+        *("--metrics-out", str(metrics_out), *extra),
+    ]
 
 
 def run_bench(

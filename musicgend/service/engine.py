@@ -23,9 +23,11 @@ frame ``k`` is ready at the tick, the machine holds what it plays and ``late_fra
 it; a result that arrives after its tick is dropped (``late_results``), never played late.
 The asyncio loop never waits for the worker or the tick thread.
 
-Echo guard: an incoming note-on (note-off) with the pitch of a note-on (note-off) the engine
-sent within ``echo_window_ns`` (30 ms) is dropped, so a routing loop that feeds the output
-back into the input doesn't teach the model its own playing (Notochord does the same).
+Echo guard: an incoming note-on that repeats a note-on the engine sounded within
+``echo_window_ns`` (30 ms): same status byte (channel), pitch and velocity, is dropped with
+its note-off, so a routing loop that feeds the output back into the input doesn't teach the
+model its own playing (Notochord does the same). Matching the velocity too keeps a player
+who strikes the machine's pitch at the same moment from being taken for an echo.
 
 Every note-on gets its note-off: on chord changes, mode changes, model swaps, stop, panic,
 and in ``finally`` when the tick thread or the engine task fails.
@@ -374,7 +376,7 @@ class FrameCore:
         self.pending_model: LoadedModel | None = None
         self._last_input_s = 0.0
         self._onset_frames: collections.deque[int] = collections.deque(maxlen=64)
-        self._sent_on_ns: dict[int, int] = {}
+        self._sent_on_ns: dict[tuple[int, int, int], int] = {}  # (status, pitch, velocity)
         self._echo_open: set[int] = set()
         self._pending_human: PitchSet = frozenset()
 
@@ -394,7 +396,7 @@ class FrameCore:
             pitch, velocity = message[1] & 0x7F, message[2] & 0x7F
             is_on = status == 0x90 and velocity > 0
             if is_on:
-                sent = self._sent_on_ns.get(pitch)
+                sent = self._sent_on_ns.get((message[0], pitch, velocity))
                 if sent is not None and 0 <= t_ns - sent <= self.echo_window_ns:
                     self._echo_open.add(pitch)
                     self.metrics.echo_dropped += 1
@@ -584,9 +586,9 @@ class FrameCore:
         self.result = None
 
     def note_sent(self, t_ns: int, message: MidiBytes) -> None:
-        """Remember the machine's note-ons, for the echo guard."""
+        """Remember the machine's note-ons (``t_ns``: when they sound), for the echo guard."""
         if message[0] & 0xF0 == 0x90 and message[2] > 0:
-            self._sent_on_ns[message[1]] = t_ns
+            self._sent_on_ns[(message[0], message[1], message[2])] = t_ns
 
     # -- model swap -------------------------------------------------------------------------
     def _swap(self, model: LoadedModel) -> None:
@@ -754,8 +756,9 @@ class Engine:
             self.out.send(message, at_ns)
         self.messages_sent += len(messages)
         now = self.clock.now_ns()
+        sounds_ns = now if at_ns is None else max(now, at_ns)
         for message in messages:
-            self.core.note_sent(now, message)
+            self.core.note_sent(sounds_ns, message)
         return now
 
     def _journal_machine(self, t_ns: int, messages: list[MidiBytes]) -> None:

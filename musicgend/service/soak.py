@@ -493,6 +493,8 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
         "input": {
             **m.player,
             "daemon_input_events": final.get("input_events"),
+            "daemon_echo_dropped": final.get("echo_dropped"),
+            "daemon_ignored_input": final.get("ignored_input"),
         },
         "output": {
             "messages": len(m.events),
@@ -1127,26 +1129,15 @@ def _private(pid: int) -> float | None:
 
 
 def _daemon_command(model: Path, port: int, tmp: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "musicgend",
-        "run",
-        "--backend",
-        "jack",
-        "--model",
-        str(model),
-        "--session-dir",
-        str(tmp / "sessions"),
-        "--metrics-out",
-        str(tmp / "metrics.json"),
-        "--mqtt-url",
-        f"mqtt://127.0.0.1:{port}",
-        "--connect-in",
-        f"^{PLAYER}:out$",
-        "--connect-out",
-        f"^{PLAYER}:in$",
-    ]
+    from musicgend.service.bench import daemon_command
+
+    return daemon_command(
+        model,
+        tmp / "sessions",
+        tmp / "metrics.json",
+        *("--mqtt-url", f"mqtt://127.0.0.1:{port}"),
+        *("--connect-in", f"^{PLAYER}:out$", "--connect-out", f"^{PLAYER}:in$"),
+    )
 
 
 def run_soak(

@@ -103,6 +103,18 @@ def notes(events: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return [(t, m) for t, m in events if len(m) == 3 and m[0] & 0xF0 in (0x80, 0x90)]
 
 
+def still_sounding(events: list[tuple[int, bytes]]) -> set[tuple[int, int]]:
+    """(channel, pitch) of every note-on in ``events`` without a later note-off."""
+    on: set[tuple[int, int]] = set()
+    for _, m in notes(events):
+        key = (m[0] & 0x0F, m[1])
+        if m[0] & 0xF0 == 0x90 and m[2] > 0:
+            on.add(key)
+        else:
+            on.discard(key)
+    return on
+
+
 def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
     tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -131,14 +143,7 @@ def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
         offset = (t - grid[0]) % FRAME_FRAMES
         assert min(offset, FRAME_FRAMES - offset) <= 1024, f"onset {t} is off the grid"
     # every note-on has its note-off, and the stop sends CC64=0 and CC123 on all channels
-    on: set[tuple[int, int]] = set()
-    for _, m in notes(events):
-        key = (m[0] & 0x0F, m[1])
-        if m[0] & 0xF0 == 0x90 and m[2] > 0:
-            on.add(key)
-        else:
-            on.discard(key)
-    assert on == set()
+    assert still_sounding(events) == set()
     ccs = [m for _, m in events if m[0] & 0xF0 == 0xB0]
     assert {(m[0] & 0x0F) for m in ccs if m[1] == 123} == set(range(16))
     assert {(m[0] & 0x0F) for m in ccs if m[1] == 64 and m[2] == 0} == set(range(16))

@@ -121,6 +121,10 @@ def test_echo_of_own_output_is_not_heard() -> None:
     accepted, _ = core.on_input(F + 60_000_000, (0x90, 60, 80))  # the human, later
     assert accepted
     assert core.quantiser.held_pitches == {60}
+    # a player striking the machine's pitch at the same moment is no echo: another velocity
+    accepted, _ = core.on_input(F + 2_000_000, (0x90, 64, 97))
+    assert accepted
+    assert core.metrics.echo_dropped == 2
 
 
 def test_call_response_stops_at_once_when_the_human_plays() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.jackutil import wait_until
 from tests.mqttutil import mosquitto_broker
-from tests.service.test_daemon_jack import daemon_and_peer, notes, tiny_model
+from tests.service.test_daemon_jack import daemon_and_peer, notes, still_sounding, tiny_model
 
 __all__ = ["tiny_model"]
 
@@ -105,23 +105,7 @@ def test_follows_midi_clock_tempo_change_stop_continue_and_reports_loss(
     assert statistics.median(abs(o - period) for o in offsets) <= period // 4, offsets
     assert any(f < change for f in ons) and any(change <= f < stop_at for f in ons)
     # Stop: everything released right away, nothing starts until Continue
-    sounding: set[int] = set()
-    for f, m in notes(got):
-        if f > stop_at + 2 * period:
-            break
-        if m[0] & 0xF0 == 0x90 and m[2] > 0:
-            sounding.add(m[1])
-        else:
-            sounding.discard(m[1])
-    assert sounding == set(), f"still sounding after Stop: {sounding}"
+    assert still_sounding([e for e in got if e[0] <= stop_at + 2 * period]) == set()
     assert not [f for f in ons if stop_at + 2 * period < f < continue_at]
     assert any(f > continue_at for f in ons), "silent after Continue"
-    # and nothing stuck at the end
-    on: set[tuple[int, int]] = set()
-    for _, m in notes(got):
-        key = (m[0] & 0x0F, m[1])
-        if m[0] & 0xF0 == 0x90 and m[2] > 0:
-            on.add(key)
-        else:
-            on.discard(key)
-    assert on == set()
+    assert still_sounding(got) == set()  # and nothing stuck at the end
