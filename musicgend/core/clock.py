@@ -5,7 +5,7 @@ computed by adding up sleeps, so the grid cannot drift: after an hour frame 18 0
 exactly one hour after ``t0_ns``.
 
 With an internal tempo (``--bpm``) the spacing may change at a frame boundary
-(:class:`TempoGrid`: piecewise even, still absolute). With ``--clock midi`` frames follow
+(:class:`FrameGrid` then is piecewise even, still absolute). With ``--clock midi`` frames follow
 the band's MIDI clock (:class:`MidiClockFollower`: a frame is ``ticks_per_frame`` ticks of
 24 per quarter note). Either way the quantiser sees *frame time*: a position in frames,
 divided by the nominal frame rate, so the same quantiser code serves every clock.
@@ -48,45 +48,6 @@ def bpm_for_frame_ns(frame_ns: float, ticks_per_frame: int = DEFAULT_TICKS_PER_F
     return 60 * NS_PER_S * ticks_per_frame / (frame_ns * TICKS_PER_QUARTER)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameGrid:
-    """Absolute frame deadlines: frame ``k`` is due at ``t0_ns + k * frame_ns``."""
-
-    t0_ns: int
-    frame_ns: int = NS_PER_S // 5
-
-    def __post_init__(self) -> None:
-        if self.frame_ns <= 0:
-            raise ValueError(f"frame_ns must be > 0, got {self.frame_ns}")
-
-    @classmethod
-    def from_fs(cls, t0_ns: int, fs: int) -> FrameGrid:
-        """The grid of ``fs`` frames per second starting at ``t0_ns``."""
-        if fs <= 0 or NS_PER_S % fs:
-            raise ValueError(f"fs must divide one second in whole nanoseconds, got {fs}")
-        return cls(t0_ns, NS_PER_S // fs)
-
-    @property
-    def fs(self) -> float:
-        return NS_PER_S / self.frame_ns
-
-    def deadline_ns(self, k: int) -> int:
-        """When frame ``k`` starts (and its chord is due)."""
-        return self.t0_ns + k * self.frame_ns
-
-    def frame_at(self, t_ns: int) -> int:
-        """The frame that time ``t_ns`` falls in (negative before ``t0_ns``)."""
-        return (t_ns - self.t0_ns) // self.frame_ns
-
-    def next_frame(self, t_ns: int) -> int:
-        """The first frame whose deadline is strictly after ``t_ns``."""
-        return self.frame_at(t_ns) + 1
-
-    def seconds(self, t_ns: int) -> float:
-        """``t_ns`` in seconds since ``t0_ns`` (the quantiser's time axis)."""
-        return (t_ns - self.t0_ns) / NS_PER_S
-
-
 class FrameTimeline(Protocol):
     """What the engine's frame logic needs from a frame clock."""
 
@@ -114,23 +75,32 @@ class _Segment:
     frame_ns: int
 
 
-class TempoGrid:
-    """Absolute frame deadlines whose spacing may change at a frame boundary.
+class FrameGrid:
+    """Absolute frame deadlines: frame ``k`` is due at ``t0_ns + k * frame_ns``, and the
+    spacing may change at a frame boundary (an internal tempo, ``--bpm``).
 
     ``set_frame_ns(frame_ns, from_frame)`` keeps every deadline up to ``from_frame`` and
     spaces the later ones by ``frame_ns``; deadlines still never come from added-up sleeps.
-    Frame time (:meth:`seconds`) runs at the nominal ``fs`` whatever the tempo, so the
-    quantiser cuts frames exactly on these deadlines. Safe to read from one thread while
-    another changes the tempo (segments are replaced, never mutated).
+    Frame time (:meth:`seconds`) runs at the nominal ``fs`` (default: the first spacing's
+    frames per second) whatever the tempo, so the quantiser cuts frames exactly on these
+    deadlines. Safe to read from one thread while another changes the tempo (segments are
+    replaced, never mutated).
     """
 
     MAX_SEGMENTS = 16
 
-    def __init__(self, t0_ns: int, frame_ns: int = NS_PER_S // 5, fs: float = 5.0) -> None:
+    def __init__(self, t0_ns: int, frame_ns: int = NS_PER_S // 5, fs: float | None = None) -> None:
         if frame_ns <= 0:
             raise ValueError(f"frame_ns must be > 0, got {frame_ns}")
-        self._fs = fs
+        self._fs = NS_PER_S / frame_ns if fs is None else fs
         self._segments: tuple[_Segment, ...] = (_Segment(0, t0_ns, frame_ns),)
+
+    @classmethod
+    def from_fs(cls, t0_ns: int, fs: int) -> FrameGrid:
+        """The grid of ``fs`` frames per second starting at ``t0_ns``."""
+        if fs <= 0 or NS_PER_S % fs:
+            raise ValueError(f"fs must divide one second in whole nanoseconds, got {fs}")
+        return cls(t0_ns, NS_PER_S // fs)
 
     @property
     def fs(self) -> float:

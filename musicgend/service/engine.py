@@ -58,7 +58,6 @@ from musicgend.core.clock import (
     FrameGrid,
     FrameTimeline,
     MidiClockFollower,
-    TempoGrid,
     bpm_for_frame_ns,
     frame_ns_for_bpm,
 )
@@ -911,7 +910,7 @@ class Engine:
 
     def _internal_ticks(self, first_frame: int) -> None:
         grid = self.core.grid
-        if not isinstance(grid, TempoGrid | FrameGrid):
+        if not isinstance(grid, FrameGrid):
             raise TypeError(f"the internal clock needs a frame grid, got {type(grid).__name__}")
         k = first_frame
         while not self._stop.is_set():
@@ -1025,7 +1024,7 @@ class Engine:
             raise ValueError(f"bpm must be a number, got {bpm!r}")
         frame_ns = frame_ns_for_bpm(float(bpm), self.ticks_per_frame)
         grid = self.core.grid
-        if not isinstance(grid, TempoGrid):
+        if not isinstance(grid, FrameGrid):
             raise ValueError("this engine's frame grid has a fixed tempo")
         with self.lock:
             grid.set_frame_ns(frame_ns, from_frame=self.core.next_frame)

@@ -38,7 +38,7 @@ from musicgend.errors import ConfigError, ModelError, MusicgendError
 
 if TYPE_CHECKING:
     from musicgend.config import Settings
-    from musicgend.core.clock import MidiClockFollower, TempoGrid
+    from musicgend.core.clock import FrameGrid, MidiClockFollower
     from musicgend.core.modes import CallResponseSettings
     from musicgend.core.voicing import VoicingSettings
     from musicgend.io.midi import MidiPorts
@@ -160,13 +160,13 @@ def call_from(settings: Settings) -> CallResponseSettings:
     )
 
 
-def build_timeline(settings: Settings, t0_ns: int) -> TempoGrid | MidiClockFollower:
+def build_timeline(settings: Settings, t0_ns: int) -> FrameGrid | MidiClockFollower:
     """The frame clock the settings ask for: an internal grid (5 frames per second, or
     ``clock.bpm``), or a follower of incoming MIDI clock."""
     from musicgend.core.clock import (
         NS_PER_S,
+        FrameGrid,
         MidiClockFollower,
-        TempoGrid,
         frame_ns_for_bpm,
     )
 
@@ -179,7 +179,7 @@ def build_timeline(settings: Settings, t0_ns: int) -> TempoGrid | MidiClockFollo
         frame_ns = NS_PER_S // clock.fs
     else:
         frame_ns = frame_ns_for_bpm(clock.bpm, clock.ticks_per_frame)
-    return TempoGrid(t0_ns, frame_ns, fs=clock.fs)
+    return FrameGrid(t0_ns, frame_ns, fs=clock.fs)
 
 
 def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:

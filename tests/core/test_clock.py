@@ -50,9 +50,9 @@ def test_fake_clock_moves_only_when_told() -> None:
 
 
 def test_tempo_grid_changes_spacing_from_a_frame_on_and_keeps_earlier_deadlines() -> None:
-    from musicgend.core.clock import TempoGrid, frame_ns_for_bpm
+    from musicgend.core.clock import FrameGrid, frame_ns_for_bpm
 
-    grid = TempoGrid(t0_ns=1000, frame_ns=200_000_000)
+    grid = FrameGrid(t0_ns=1000, frame_ns=200_000_000)
     assert grid.deadline_ns(10) == 1000 + 10 * 200_000_000
     grid.set_frame_ns(frame_ns_for_bpm(120), from_frame=10)  # 12 ticks at 120 BPM: 250 ms
     assert grid.frame_ns == 250_000_000

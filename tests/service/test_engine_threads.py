@@ -172,12 +172,12 @@ def test_midi_clock_places_frames_on_their_ticks_stop_silences_loss_is_noticed()
 
 
 def test_internal_tempo_changes_live_from_the_next_frame() -> None:
-    from musicgend.core.clock import TempoGrid
+    from musicgend.core.clock import FrameGrid
 
     async def scenario() -> None:
         m, _ = model([C, G])
         clock = StepClock(start_ns=F // 2)
-        grid = TempoGrid(0, F)
+        grid = FrameGrid(0, F)
         core = FrameCore(m, grid, ArgmaxSampler)
         engine = Engine(core, RecordingOut(), clock=clock)
         task = asyncio.create_task(engine.run())
