@@ -346,6 +346,10 @@ def generate_cmd(
         float | None,
         typer.Option(help="Weight × per pitch outside the context's key (1 = off)."),
     ] = None,
+    short_note_penalty: Annotated[
+        float | None,
+        typer.Option(help="Weight × per note begun in the last frame that a chord ends (1 = off)."),
+    ] = None,
     seed_sampling: Annotated[
         bool, typer.Option("--seed-sampling", help="The seed's plain softmax draw.")
     ] = False,
@@ -371,6 +375,7 @@ def generate_cmd(
         min_hold_frames=min_hold,
         silence_bias=silence_bias,
         scale_penalty=scale_penalty,
+        short_note_penalty=short_note_penalty,
     )
     gen = generate_file(
         model,

@@ -33,6 +33,11 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from musicgend.core.sampler import (
+    DEFAULT_SCALE_PENALTY,
+    DEFAULT_SHORT_NOTE_PENALTY,
+    LOG_HOLD_BIAS,
+)
 from musicgend.errors import ConfigError
 
 ENV_PREFIX = "MUSICGEND_"
@@ -124,10 +129,13 @@ class EngineSettings(_Section):
     """1 = play as the model samples; lower values thin the output out."""
     seed: int | None = None
     """Sampling seed; unset = a fresh seed each run."""
-    hold_bias: float = Field(0.0, ge=0, le=10)
-    """Extra log-probability for repeating the chord that sounds (fewer scattered notes)."""
-    scale_penalty: float = Field(0.15, ge=0, le=1)
+    hold_bias: float = Field(LOG_HOLD_BIAS, ge=-10, le=10)
+    """Extra log-probability for repeating the chord that sounds (> 0 holds chords longer,
+    < 0 changes them more often; the default ln 0.3 suits the bundled model)."""
+    scale_penalty: float = Field(DEFAULT_SCALE_PENALTY, ge=0, le=1)
     """Weight × per pitch outside the key of the recent frames (1 = off)."""
+    short_note_penalty: float = Field(DEFAULT_SHORT_NOTE_PENALTY, ge=0, le=1)
+    """Weight × per note begun in the last frame that a chord would end (1 = off)."""
     call_response: CallResponseSettings = Field(default_factory=CallResponseSettings)
     cc: dict[CcParam, int] = Field(default_factory=dict)
     """MIDI CC bindings, e.g. ``{temperature = 21}`` (CC numbers 0–119)."""

@@ -239,3 +239,66 @@ def test_scale_table_cache_does_not_keep_a_vocabulary_alive() -> None:
     del vocab
     gc.collect()
     assert ref() is None  # a swapped-out model's vocabulary can be freed
+
+
+_NOTE_TOKENS = ["<unk>", "e", "60", "60,64", "64", "64,67", "60,64,67", "67"]
+
+
+def test_tables_know_each_tokens_pitches_and_the_notes_just_begun():
+    table = scale_table(_Tokens(_NOTE_TOKENS))
+    assert table.token_pitches(6).tolist() == [60, 64, 67]
+    assert table.token_pitches(0).tolist() == []  # <unk> names no pitches
+    assert table.token_pitches(99).tolist() == []
+    assert table.fresh_pitches([2, 6]).tolist() == [64, 67]  # 60 held, 64 and 67 struck
+    assert table.fresh_pitches([1, 3]).tolist() == [60, 64]
+    assert table.fresh_pitches([6, 0]).tolist() == []  # an unknown chord: nothing known
+    assert table.fresh_pitches([3]).tolist() == [60, 64]
+    # tokens ending 64 and 67: e, 60 both; 60,64 / 64 / 60,64,67's siblings fewer
+    assert table.ending_counts(np.array([64, 67])).tolist() == [2, 2, 2, 1, 1, 0, 0, 1]
+
+
+def test_short_note_penalty_weighs_tokens_by_the_fresh_notes_they_end():
+    probs = np.full(len(_NOTE_TOKENS), 1.0 / (len(_NOTE_TOKENS) - 1))
+    probs[0] = 0.0
+    vocab = _Tokens(_NOTE_TOKENS)
+    params = SamplerParams(
+        top_p=1.0, hold_bias=1.0, scale_penalty=1.0, short_note_penalty=0.5, min_hold_frames=1
+    )
+    context = [1] * 48 + [2, 6]  # 60 held; 64 and 67 just struck
+    n = 30_000
+    s = Sampler(params, seed=2, vocab=vocab)
+    draws = np.bincount([s.sample(probs, None, context) for _ in range(n)], minlength=8)
+    weights = probs * 0.5 ** np.array([2, 2, 2, 1, 1, 0, 0, 1])
+    np.testing.assert_allclose(draws / n, weights / weights.sum(), atol=0.01)
+    # nothing struck in the last frame (the chord held): no penalty
+    s = Sampler(params, seed=2, vocab=vocab)
+    held = [1] * 48 + [6, 6]
+    draws = np.bincount([s.sample(probs, None, held) for _ in range(n)], minlength=8)
+    np.testing.assert_allclose(draws / n, probs, atol=0.01)
+    # 0 forbids ending a fresh note at all
+    zero = Sampler(params.model_copy(update={"short_note_penalty": 0.0}), seed=2, vocab=vocab)
+    assert {zero.sample(probs, None, context) for _ in range(200)} <= {5, 6}
+    assert SamplerParams.seed().short_note_penalty == 1.0
+    with pytest.raises(ValueError, match="vocabulary"):
+        Sampler(params, seed=0).sample(probs, None, context)
+
+
+def test_engine_passes_short_note_penalty_and_a_negative_hold_bias_to_the_sampler():
+    from musicgend.service.engine import EngineParams, cc_value, default_sampler
+
+    params = EngineParams().updated(short_note_penalty=0.3, hold_bias=-1.0)
+    sampler = default_sampler(params)
+    assert isinstance(sampler, Sampler)
+    assert sampler.params.short_note_penalty == 0.3
+    assert sampler.params.hold_bias == pytest.approx(np.exp(-1.0))
+    assert params.public()["short_note_penalty"] == 0.3
+    # the daemon's defaults are the sampler's (hold bias in log units)
+    default = default_sampler(EngineParams())
+    assert isinstance(default, Sampler)
+    assert default.params.hold_bias == pytest.approx(SamplerParams().hold_bias, rel=0.01)
+    assert default.params.short_note_penalty == SamplerParams().short_note_penalty
+    assert cc_value("hold_bias", 0) == -5.0 and cc_value("hold_bias", 127) == 5.0
+    with pytest.raises(ValueError, match="short_note_penalty"):
+        EngineParams(short_note_penalty=1.5)
+    with pytest.raises(ValueError, match="hold_bias"):
+        EngineParams(hold_bias=-11.0)

@@ -10,12 +10,16 @@ One call, in this order:
    (:func:`musicgend.core.musicstats.best_scale`, the scale-consistency definition); each
    token's weight is multiplied by ``scale_penalty ** (its pitches outside that scale)``.
    A silent context biases nothing.
-4. Hold bias: the previous token's weight is multiplied by ``hold_bias`` (> 1 favours holding
+4. Short-note penalty (note level): each pitch that began in the last frame of the context
+   (sounding there, not in the frame before) and that a token would end multiplies the
+   token's weight by ``short_note_penalty``: a note just struck tends to last more than one
+   frame, while the other voices stay free to move.
+5. Hold bias: the previous token's weight is multiplied by ``hold_bias`` (> 1 favours holding
    the chord, the cure for "too many scattered notes"); ``silence_bias`` does the same for
    silence (< 1 plays denser).
-5. Top-k, then top-p (nucleus: the smallest set of most likely tokens whose share of the
+6. Top-k, then top-p (nucleus: the smallest set of most likely tokens whose share of the
    remaining mass reaches ``top_p``); the draw is from what is left, renormalised.
-6. Minimum hold (anti-flicker): while the chord that sounds has lasted fewer than
+7. Minimum hold (anti-flicker): while the chord that sounds has lasted fewer than
    ``min_hold_frames`` frames, it is kept. The run length is counted by the sampler from the
    ``prev_id`` it is given, so live input that changes the chord restarts the count.
 
@@ -44,6 +48,11 @@ _THRESHOLDS = (1e-3, 1e-5)
 """Before that, top-p tries the tokens above these shares of the nucleus mass: one
 comparison over the vocabulary instead of a partition (V = 20,000: ~30 µs instead of ~150)."""
 _TABLE_CACHE_SIZE = 4
+DEFAULT_HOLD_BIAS = 0.3
+LOG_HOLD_BIAS = -1.2
+"""The daemon's hold bias is in log units: ln 0.3 ≈ −1.2."""
+DEFAULT_SHORT_NOTE_PENALTY = 0.45
+DEFAULT_SCALE_PENALTY = 0.15
 
 
 class _HasTokens(Protocol):
@@ -52,20 +61,65 @@ class _HasTokens(Protocol):
 
 
 class ScaleTable:
-    """Per vocabulary, computed once: each token's pitch-class counts ``(V, 12)`` and its
-    number of pitches outside each of the 12 scale sets ``(12, V)``."""
+    """Per vocabulary, computed once: each token's pitch-class counts ``(V, 12)``, its
+    number of pitches outside each of the 12 scale sets ``(12, V)``, and which tokens hold
+    each pitch (compressed: the ids holding pitch ``p`` are
+    ``holders[holder_start[p]:holder_start[p + 1]]``)."""
 
-    __slots__ = ("_factors", "outside", "pc_counts")
+    __slots__ = (
+        "_factors",
+        "holder_start",
+        "holders",
+        "outside",
+        "pc_counts",
+        "pitch_start",
+        "pitches",
+    )
 
     def __init__(self, tokens: Sequence[str]) -> None:
         pc = np.zeros((len(tokens), 12), dtype=np.float64)
+        token_ids: list[int] = []
+        token_pitches: list[int] = []
+        counts = np.zeros(len(tokens), dtype=np.int64)
         for i, token in enumerate(tokens):
             if i != UNK_ID:
-                for pitch in pitches_from_token(token):
+                for pitch in sorted(pitches_from_token(token)):
                     pc[i, pitch % 12] += 1
+                    token_ids.append(i)
+                    token_pitches.append(pitch)
+                    counts[i] += 1
         self.pc_counts = pc
         self.outside = ((~SCALES).astype(np.int64) @ pc.T.astype(np.int64)).astype(np.int16)
+        ids = np.asarray(token_ids, dtype=np.int32)
+        by_pitch = np.asarray(token_pitches, dtype=np.int16)
+        self.pitches = by_pitch  # token i's pitches: pitches[pitch_start[i]:pitch_start[i + 1]]
+        self.pitch_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        order = np.argsort(by_pitch, kind="stable")
+        self.holders = ids[order]
+        self.holder_start = np.searchsorted(by_pitch[order], np.arange(129)).astype(np.int64)
         self._factors: tuple[float, np.ndarray] | None = None
+
+    def token_pitches(self, token_id: int) -> np.ndarray:
+        """The pitches of a token id (none for ``<unk>`` or an id outside the vocabulary)."""
+        if not 0 <= token_id < len(self.pitch_start) - 1:
+            return self.pitches[:0]
+        return self.pitches[self.pitch_start[token_id] : self.pitch_start[token_id + 1]]
+
+    def fresh_pitches(self, context_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Pitches of the context's last frame that its frame before lacks (notes just begun)."""
+        if len(context_ids) < 1:
+            return self.pitches[:0]
+        last = self.token_pitches(int(context_ids[-1]))
+        if len(context_ids) < 2 or len(last) == 0:
+            return last
+        return np.setdiff1d(last, self.token_pitches(int(context_ids[-2])), assume_unique=True)
+
+    def ending_counts(self, pitches: np.ndarray) -> np.ndarray:
+        """``(V,)``: how many of ``pitches`` each token lacks (would end)."""
+        held = np.zeros(len(self.pc_counts), dtype=np.int16)
+        for pitch in pitches:
+            held[self.holders[self.holder_start[pitch] : self.holder_start[pitch + 1]]] += 1
+        return len(pitches) - held
 
     def key(self, context_ids: np.ndarray | Sequence[int]) -> int | None:
         """The best-fitting scale's tonic for a window of ids; None if it is all silence."""
@@ -107,9 +161,10 @@ def scale_table(vocab: _HasTokens) -> ScaleTable:
 class SamplerParams(BaseModel):
     """Sampling settings (validated; the MQTT ``set`` command and the CLI fill them).
 
-    The defaults were tuned with ``bench/generation_stats.py`` on the bundled model (see
-    ``bench/results/generation-stats.json``): the key bias alone; the model's copy gate
-    already holds chords, so a hold bias or top-p cut over-holds.
+    The defaults were tuned with ``bench/generation_stats.py --grid notes`` on the bundled
+    model (see ``bench/results/generation-stats.json``): the model's copy gate holds chords
+    more often than Bach does, so the hold bias is below 1; the short-note penalty keeps the
+    extra changes from cutting fresh notes short; the key bias keeps the harmony in key.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -117,11 +172,20 @@ class SamplerParams(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 = all")
-    hold_bias: float = Field(1.0, ge=0.0, le=1000.0)
+    hold_bias: float = Field(DEFAULT_HOLD_BIAS, ge=0.0, le=1000.0)
     silence_bias: float = Field(1.0, ge=0.0, le=1000.0)
     min_hold_frames: int = Field(1, ge=1, le=100)
+    short_note_penalty: float = Field(
+        DEFAULT_SHORT_NOTE_PENALTY,
+        ge=0.0,
+        le=1.0,
+        description="weight × per note begun in the last frame that a token would end; 1 = off",
+    )
     scale_penalty: float = Field(
-        0.15, ge=0.0, le=1.0, description="weight × per pitch outside the context's key; 1 = off"
+        DEFAULT_SCALE_PENALTY,
+        ge=0.0,
+        le=1.0,
+        description="weight × per pitch outside the context's key; 1 = off",
     )
 
     @classmethod
@@ -135,6 +199,7 @@ class SamplerParams(BaseModel):
             silence_bias=1.0,
             min_hold_frames=1,
             scale_penalty=1.0,
+            short_note_penalty=1.0,
         )
 
 
@@ -195,6 +260,8 @@ class Sampler:
             np.power(w, 1.0 / p.temperature, out=w)
         if p.scale_penalty != 1.0 and context_ids is not None:
             self._key_bias(w, context_ids, vocab or self.vocab)
+        if p.short_note_penalty != 1.0 and context_ids is not None:
+            self._short_note_bias(w, context_ids, vocab or self.vocab)
         if has_prev and p.hold_bias != 1.0:
             w[prev] *= p.hold_bias
         if p.silence_bias != 1.0 and vocab_size > SILENCE_ID:
@@ -218,19 +285,33 @@ class Sampler:
         cum = np.cumsum(w[candidates])
         return self._emit(int(candidates[self._draw(cum)]))
 
-    def _key_bias(
-        self, w: np.ndarray, context_ids: np.ndarray | Sequence[int], vocab: _HasTokens | None
-    ) -> None:
+    @staticmethod
+    def _table(w: np.ndarray, vocab: _HasTokens | None, what: str) -> ScaleTable:
         if vocab is None:
-            raise ValueError("the key bias (scale_penalty < 1) needs the vocabulary")
+            raise ValueError(f"the {what} needs the vocabulary")
         table = scale_table(vocab)
         if len(table.pc_counts) != len(w):
             raise ValueError(
                 f"probabilities for {len(w)} tokens, but the vocabulary has {len(table.pc_counts)}"
             )
+        return table
+
+    def _key_bias(
+        self, w: np.ndarray, context_ids: np.ndarray | Sequence[int], vocab: _HasTokens | None
+    ) -> None:
+        table = self._table(w, vocab, "key bias (scale_penalty < 1)")
         tonic = table.key(context_ids)
         if tonic is not None:
             w *= table.factors(self.params.scale_penalty)[tonic]
+
+    def _short_note_bias(
+        self, w: np.ndarray, context_ids: np.ndarray | Sequence[int], vocab: _HasTokens | None
+    ) -> None:
+        table = self._table(w, vocab, "short-note penalty (short_note_penalty < 1)")
+        fresh = table.fresh_pitches(context_ids)
+        if len(fresh):
+            powers = self.params.short_note_penalty ** np.arange(len(fresh) + 1, dtype=np.float64)
+            w *= powers[table.ending_counts(fresh)]
 
     def _nucleus(self, w: np.ndarray, pool: np.ndarray | None, total: float) -> np.ndarray:
         """Ids of the nucleus within ``pool`` (``None``: all ids)."""

@@ -4,8 +4,8 @@ Topics under the prefix (default ``musicgend/<instance>``):
 
 - ``…/cmd`` (JSON in): ``{"action": "start"|"stop"|"panic"|"set"|"load_model", …}``; ``set``
   takes ``mode``, ``temperature``, ``top_p``, ``density``, ``seed`` (and ``top_k``,
-  ``hold_bias``, ``scale_penalty``, and ``bpm`` for the internal clock); ``load_model`` takes
-  ``path``. Every command may carry an
+  ``hold_bias``, ``scale_penalty``, ``short_note_penalty``, and ``bpm`` for the internal
+  clock); ``load_model`` takes ``path``. Every command may carry an
   ``id`` (string or integer) that errors echo. Zero-length payloads (clearing a retained
   message) are ignored; retained commands are refused (they would run again on every
   reconnect).
@@ -107,8 +107,9 @@ class SetCommand(_Command):
     density: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     top_k: int | None = Field(None, ge=0)
-    hold_bias: float | None = Field(None, ge=0, le=10)
+    hold_bias: float | None = Field(None, ge=-10, le=10)
     scale_penalty: float | None = Field(None, ge=0, le=1)
+    short_note_penalty: float | None = Field(None, ge=0, le=1)
     bpm: float | None = Field(None, ge=20, le=300)
 
     def params(self) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def parse_command(payload: bytes) -> Command:
     if isinstance(cmd, SetCommand) and not cmd.params():
         raise CommandError(
             "'set' needs at least one of mode, temperature, top_p, density, seed, top_k, "
-            "hold_bias, scale_penalty, bpm",
+            "hold_bias, scale_penalty, short_note_penalty, bpm",
             action="set",
             id=cmd_id,
         )

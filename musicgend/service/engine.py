@@ -63,6 +63,11 @@ from musicgend.core.clock import (
 )
 from musicgend.core.modes import CallResponseSettings, Mode, ModeMachine
 from musicgend.core.pianoroll import PEDAL_CC, StreamQuantiser
+from musicgend.core.sampler import (
+    DEFAULT_SCALE_PENALTY,
+    DEFAULT_SHORT_NOTE_PENALTY,
+    LOG_HOLD_BIAS,
+)
 from musicgend.core.tokens import PitchSet, pitches_from_token
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
 from musicgend.core.voicing import MidiBytes, Voicer, VoicingSettings
@@ -132,9 +137,10 @@ class EngineParams:
     top_p: float = 1.0
     top_k: int = 0
     density: float = 1.0
-    hold_bias: float = 0.0
+    hold_bias: float = LOG_HOLD_BIAS
     seed: int | None = None
-    scale_penalty: float = 0.15
+    scale_penalty: float = DEFAULT_SCALE_PENALTY
+    short_note_penalty: float = DEFAULT_SHORT_NOTE_PENALTY
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
@@ -145,10 +151,11 @@ class EngineParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.density <= 1.0:
             raise ValueError(f"density must be in [0, 1], got {self.density}")
-        if not 0.0 <= self.hold_bias <= 10.0:
-            raise ValueError(f"hold_bias must be in [0, 10], got {self.hold_bias}")
-        if not 0.0 <= self.scale_penalty <= 1.0:
-            raise ValueError(f"scale_penalty must be in [0, 1], got {self.scale_penalty}")
+        if not -10.0 <= self.hold_bias <= 10.0:
+            raise ValueError(f"hold_bias must be in [-10, 10], got {self.hold_bias}")
+        for name in ("scale_penalty", "short_note_penalty"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def updated(self, **changes: Any) -> EngineParams:
         """A copy with ``changes`` applied and checked; unknown names raise ValueError."""
@@ -157,7 +164,14 @@ class EngineParams:
             raise ValueError(f"unknown parameter {unknown[0]!r}")
         if "mode" in changes and not isinstance(changes["mode"], Mode):
             changes["mode"] = Mode.parse(str(changes["mode"]))
-        for name in ("temperature", "top_p", "density", "hold_bias", "scale_penalty"):
+        for name in (
+            "temperature",
+            "top_p",
+            "density",
+            "hold_bias",
+            "scale_penalty",
+            "short_note_penalty",
+        ):
             if name in changes:
                 changes[name] = _number(name, changes[name], float)
         if "top_k" in changes:
@@ -176,6 +190,7 @@ class EngineParams:
             "hold_bias": self.hold_bias,
             "seed": self.seed,
             "scale_penalty": self.scale_penalty,
+            "short_note_penalty": self.short_note_penalty,
         }
 
 
@@ -195,7 +210,7 @@ def cc_value(param: str, value: int) -> Any:
     """A controller value 0..127 as a parameter value.
 
     temperature 0.05..2.0, top_p 0.01..1, top_k 0..127 (0 = off), density 0..1,
-    hold_bias 0..5, mode: thirds of the range → accompany, call-response, solo.
+    hold_bias −5..5, mode: thirds of the range → accompany, call-response, solo.
     """
     x = max(0, min(127, value)) / 127
     if param == "temperature":
@@ -207,7 +222,7 @@ def cc_value(param: str, value: int) -> Any:
     if param == "density":
         return x
     if param == "hold_bias":
-        return 5.0 * x
+        return 10.0 * x - 5.0
     if param == "mode":
         return _MODES[min(len(_MODES) - 1, value * len(_MODES) // 128)]
     raise ValueError(f"parameter {param!r} can't be bound to a CC (choose from {CC_PARAMS})")
@@ -215,7 +230,8 @@ def cc_value(param: str, value: int) -> Any:
 
 def default_sampler(params: EngineParams) -> TokenSampler:
     """:class:`musicgend.core.sampler.Sampler` for these parameters. ``hold_bias`` is in
-    log-probability units here (0 = none); the sampler takes the factor ``exp(hold_bias)``.
+    log-probability units here (0 = none, < 0 changes chords more often); the sampler takes
+    the factor ``exp(hold_bias)``.
     The other settings (minimum hold, silence bias) are the sampler's defaults."""
     from musicgend.core.sampler import Sampler, SamplerParams
 
@@ -225,6 +241,7 @@ def default_sampler(params: EngineParams) -> TokenSampler:
         top_p=params.top_p,
         hold_bias=float(np.exp(params.hold_bias)),
         scale_penalty=params.scale_penalty,
+        short_note_penalty=params.short_note_penalty,
     )
     return Sampler(sampler_params, seed=params.seed)
 
@@ -442,7 +459,15 @@ class FrameCore:
             messages = self.voicer.release()
         if params.density != self.params.density:
             self.voicer.configure(replace(self.voicer.settings, density=params.density))
-        sampler_keys = ("temperature", "top_p", "top_k", "hold_bias", "seed", "scale_penalty")
+        sampler_keys = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "hold_bias",
+            "seed",
+            "scale_penalty",
+            "short_note_penalty",
+        )
         if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
             self.sampler = self._sampler_factory(params)
         if params.seed != self.params.seed and params.seed is not None:
@@ -623,7 +648,7 @@ class EngineControl(Protocol):
 
     def set_params(self, **params: Any) -> None:
         """Change ``mode``, ``temperature``, ``top_p``, ``top_k``, ``density``,
-        ``hold_bias``, ``seed``, ``scale_penalty``."""
+        ``hold_bias``, ``seed``, ``scale_penalty``, ``short_note_penalty``."""
         ...
 
     async def load_model(self, path: str | Path) -> None:

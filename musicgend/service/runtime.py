@@ -146,6 +146,7 @@ def params_from(settings: Settings) -> EngineParams:
         hold_bias=e.hold_bias,
         seed=e.seed,
         scale_penalty=e.scale_penalty,
+        short_note_penalty=e.short_note_penalty,
     )
 
 
