@@ -10,6 +10,13 @@ TensorFlow + Keras) and report start → first inference and steady RSS.
     .venv/bin/python bench/inference.py                      # seed config, V = 2000 and 6500
     .venv/bin/python bench/inference.py --vocab 6500 --json bench/results/inference-cpu.json
 
+Then (``litert exports``) the float32 and the dynamic-range int8 LiteRT export of the same
+weights, on 1 and 2 interpreter threads, timed interleaved in one loop (each round calls every
+variant once on the same window, in a random order), so a busy machine slows all alike.
+``--model DIR`` runs only that comparison, on a copy of a real model directory:
+
+    .venv/bin/python bench/inference.py --model models/default --calls 2000
+
 Prints p50/p99 ms per runtime and ratios to the fastest; no assertions on time.
 """
 
@@ -44,13 +51,19 @@ REPS = {
     "tf-xla": 300,
     "litert": 300,
     "litert-1t": 300,
+    "litert-int8": 300,
+    "litert-int8-1t": 300,
     "numpy-blas2": 100,
     "numpy": 300,
 }
 ORDER = tuple(REPS)
-"""``litert-1t``: LiteRT with 1 thread (``litert`` uses 2); ``numpy-blas2``: the NumPy pass
-with OpenBLAS left at 2 threads (``numpy`` uses 1)."""
+"""``litert-1t``: LiteRT with 1 thread (``litert`` uses 2); ``litert-int8``: the export with
+dynamic-range int8 weights; ``numpy-blas2``: the NumPy pass with OpenBLAS left at 2 threads
+(``numpy`` uses 1)."""
 TOLERANCE = 1e-5
+INT8_TOLERANCE = 0.1
+"""int8 weights move the probabilities by design (a few 1e-2 at most on the bundled model);
+this bound only catches a broken export. Quality: ``musicgend evaluate --runtime litert``."""
 
 
 def synthetic_vocab(size: int) -> Vocab:
@@ -90,7 +103,21 @@ def time_calls(fn, x: np.ndarray, reps: int) -> list[float]:
     return times_ms
 
 
-def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]:
+def int8_copy(path: Path, tmp: Path) -> Path:
+    """A copy of the model directory ``path`` in ``tmp`` with an int8 LiteRT export (made
+    once; imports TensorFlow)."""
+    import shutil
+
+    from musicgend.model.artifact import export_tflite
+
+    out = tmp / f"{path.name}-int8"
+    if not out.exists():
+        shutil.copytree(path, out)
+        export_tflite(out, quantize="int8")
+    return out
+
+
+def bench_runtimes(path: Path, reps_scale: float, tmp: Path) -> dict[str, dict[str, float]]:
     from musicgend.model.artifact import load_artifact
     from musicgend.model.runtime import (
         LiteRTPredictor,
@@ -103,17 +130,19 @@ def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]
     rng = np.random.default_rng(2)
     x = rng.integers(1, len(art.vocab), size=(16, art.config.window_frames), dtype=np.int32)
     reference = np.asarray(art.keras_model()(x[:4], training=False))
+    int8 = load_artifact(int8_copy(path, tmp))
     results: dict[str, dict[str, float]] = {}
     for name in ORDER:
         predictor: Predictor
         if name == "numpy-blas2":
             predictor = NumpyPredictor(art, blas_threads=2)
-        elif name == "litert-1t":
-            predictor = LiteRTPredictor(art, threads=1)
+        elif name.startswith("litert"):
+            source = int8 if "int8" in name else art
+            predictor = LiteRTPredictor(source, threads=1 if name.endswith("-1t") else 2)
         else:
             predictor = load_predictor(art, name)
         diff = float(np.abs(predictor.predict_batch(x[:4]) - reference).max())
-        if diff > TOLERANCE:
+        if diff > (INT8_TOLERANCE if "int8" in name else TOLERANCE):
             raise SystemExit(f"{name}: probabilities differ from Keras by {diff:.2e}")
         reps = max(5, int(REPS[name] * reps_scale))
         t = np.asarray(time_calls(predictor.predict, x, reps))
@@ -131,6 +160,59 @@ def bench_runtimes(path: Path, reps_scale: float) -> dict[str, dict[str, float]]
             flush=True,
         )
     return results
+
+
+def bench_litert_exports(path: Path, calls: int, tmp: Path) -> dict[str, object]:
+    """float32 vs int8 LiteRT export of one model, 1 and 2 threads, timed interleaved."""
+    from musicgend.model.artifact import load_artifact
+    from musicgend.model.runtime import LiteRTPredictor
+
+    art = load_artifact(path)
+    if art.tflite_path is None or art.litert_quantize != "none":
+        raise SystemExit(f"{path}: needs a float32 LiteRT export (musicgend model export-litert)")
+    int8 = load_artifact(int8_copy(path, tmp))
+    variants = {
+        f"{label}/{threads}t": LiteRTPredictor(source, threads=threads)
+        for label, source in (("float32", art), ("int8", int8))
+        for threads in (1, 2)
+    }
+    names = list(variants)
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, len(art.vocab), size=(64, art.config.window_frames), dtype=np.int32)
+    reference = variants[names[0]].predict_batch(x)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(calls + 20):
+        window = x[k % len(x)]
+        for j in rng.permutation(len(names)):
+            predictor = variants[names[j]]
+            t0 = time.perf_counter_ns()
+            predictor.predict(window)
+            if k >= 20:
+                times[names[j]].append((time.perf_counter_ns() - t0) / 1e6)
+    base = float(np.percentile(times[names[0]], 50))
+    out: dict[str, object] = {"model": str(path), "calls": calls, "load_average": os.getloadavg()}
+    for name in names:
+        t = np.asarray(times[name])
+        probs = variants[name].predict_batch(x)
+        p50, p99 = (float(v) for v in np.percentile(t, [50, 99]))
+        diff = float(np.abs(probs - reference).max())
+        out[name] = {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "mean_ms": float(t.mean()),
+            "p50_ratio_to_float32_1t": p50 / base,
+            "max_abs_diff_vs_float32": diff,
+            "top1_agreement_vs_float32": float(
+                np.mean(probs.argmax(axis=1) == reference.argmax(axis=1))
+            ),
+        }
+        print(
+            f"  litert {name:11s} p50 {p50:6.3f} ms   p99 {p99:6.3f} ms   "
+            f"p50 ×{p50 / base:.2f}   max |Δp| vs float32 {diff:.1e}",
+            flush=True,
+        )
+    print(f"  ({calls} calls each, interleaved; load average {os.getloadavg()})")
+    return out
 
 
 STARTUP_CODE = """
@@ -170,6 +252,10 @@ def main() -> None:
     parser.add_argument("--config", default="seed")
     parser.add_argument("--reps-scale", type=float, default=1.0, help="scale the call counts")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--model", type=Path, help="only the LiteRT float32 vs int8 comparison, on this model"
+    )
+    parser.add_argument("--calls", type=int, default=2000, help="calls per LiteRT export")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -191,10 +277,17 @@ def main() -> None:
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
+        if args.model is not None:
+            print(f"{args.model}: LiteRT float32 vs int8, interleaved …", flush=True)
+            report["litert_exports"] = bench_litert_exports(args.model, args.calls, Path(tmp))
+            args.vocab = []
         for v in args.vocab:
             print(f"{args.config} config, vocab {v}: building and exporting …", flush=True)
             path = build_artifact(v, args.config, Path(tmp) / f"v{v}")
-            timings = bench_runtimes(path, args.reps_scale)
+            timings = bench_runtimes(path, args.reps_scale, Path(tmp))
+            exports = bench_litert_exports(
+                path, max(20, int(args.calls * args.reps_scale)), Path(tmp)
+            )
             best = min(timings, key=lambda k: timings[k]["p50_ms"])
             ratios = {k: t["p50_ms"] / timings[best]["p50_ms"] for k, t in timings.items()}
             print(f"  p50 relative to the fastest ({best}): ", end="")
@@ -217,6 +310,7 @@ def main() -> None:
                     "runtimes": timings,
                     "fastest": best,
                     "p50_ratio_to_fastest": ratios,
+                    "litert_exports": exports,
                     "startup": startup,
                 }
             )

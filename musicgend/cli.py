@@ -417,11 +417,17 @@ app.add_typer(model_app, name="model")
 @model_app.command("export-litert")
 def model_export_litert(
     model_dir: Annotated[Path, typer.Argument(help="Model directory (rewritten in place).")],
+    quantize: Annotated[
+        str,
+        typer.Option(help="none (float32) or int8 (dynamic-range: int8 weights, float maths)."),
+    ] = "none",
 ) -> None:
     """Add (or rebuild) the LiteRT export model.tflite of a model (needs TensorFlow)."""
     from musicgend.model.artifact import compact_artifact
 
-    print(compact_artifact(model_dir, litert=True).summary())
+    # compact_artifact rejects an unknown value with a clear error
+    result = compact_artifact(model_dir, litert=True, litert_quantize=quantize)  # type: ignore[arg-type]
+    print(result.summary())
 
 
 @model_app.command("compact")
