@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -517,8 +517,15 @@ class Artifact:
             if p.name not in OWN_FILES and not p.name.startswith(".") and p.is_file()
         }
 
+    def without_weights(self) -> Artifact:
+        """This artifact without its weight arrays (~4 bytes a parameter), for a runtime that
+        reads only ``model.tflite``; its :meth:`keras_model` then raises ModelError."""
+        return replace(self, weights={})
+
     def keras_model(self) -> keras.Model:
         """Build the Keras network with the weights of ``weights.npz`` (imports TensorFlow)."""
+        if not self.weights:
+            raise ModelError(f"{self.path}: loaded without its weight arrays (LiteRT only)")
         return keras_model_from_arrays(
             self.config, len(self.vocab), self.weights, str(self.path / WEIGHTS_NPZ)
         )

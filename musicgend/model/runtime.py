@@ -192,12 +192,17 @@ class NumpyPredictor(Predictor):
 
 
 class LiteRTPredictor(Predictor):
-    """The artifact's ``model.tflite`` (batch 1) in ai-edge-litert; batches run row by row."""
+    """The artifact's ``model.tflite`` (batch 1) in ai-edge-litert; batches run row by row.
+
+    It keeps the artifact without its float32 weight arrays (:meth:`Artifact.without_weights`):
+    the interpreter has its own copy, and a daemon loaded from a directory would otherwise
+    hold both (11 MB for the bundled model).
+    """
 
     runtime = "litert"
 
     def __init__(self, artifact: Artifact, threads: int = 2) -> None:
-        super().__init__(artifact)
+        super().__init__(artifact.without_weights())
         path = artifact.tflite_path
         if path is None:
             raise ModelError(

@@ -1,4 +1,5 @@
-"""LiteRT export with dynamic-range int8 weights: `musicgend model export-litert --quantize`."""
+"""LiteRT export with dynamic-range int8 weights (`musicgend model export-litert --quantize`);
+the LiteRT predictor holds no float32 weight arrays besides the interpreter."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_export_litert_int8_round_trip(small_artifact, tmp_path):
     exact = load_predictor(art, "numpy").predict_batch(x)
     np.testing.assert_allclose(quantised.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(quantised, exact, atol=2e-2)
-    assert 0 < float(np.abs(quantised - exact).max())  # it is not the float export
+    assert float(np.abs(quantised - exact).max()) > 1e-5  # the float export: ≤ 1e-6
 
     # compact keeps the int8 export as it is; with new weights it re-exports it as int8.
     assert compact_artifact(path).litert_quantize == "int8"
@@ -121,3 +122,13 @@ def test_bad_quantisation_is_a_clear_error(small_artifact, tmp_path):
     (path / METADATA_JSON).write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"metadata.json: litert_quantize 'int2' is not one of"):
         load_artifact(path)
+
+
+def test_litert_predictor_keeps_no_weight_arrays(small_artifact):
+    art = load_artifact(small_artifact)
+    predictor = load_predictor(art, "litert")
+    assert predictor.artifact.weights == {}
+    assert predictor.artifact.vocab is art.vocab and predictor.artifact.config == art.config
+    assert art.weights  # the caller's artifact is left as it was
+    with pytest.raises(ModelError, match="loaded without its weight arrays"):
+        predictor.artifact.keras_model()
