@@ -989,6 +989,7 @@ class Engine:
         )
         self._thread.start()
         self._schedule()
+        self._trim_task = asyncio.create_task(self._trim_after_start(), name="trim")
         try:
             await self._done.wait()
             if self._failure is not None:
@@ -1087,6 +1088,17 @@ class Engine:
         with self.lock:
             self.core.pending_model = model
         self._trim_task = asyncio.create_task(self._trim_after_swap(model), name="trim")
+
+    async def _trim_after_start(self, frames: int = 5) -> None:
+        """Once the first ``frames`` frames are out (at most 10 s), hand back to the OS what
+        the model load, the warm-up and the first frames' set-up (the sampler's vocabulary
+        tables) freed: glibc keeps it otherwise (11 MB RSS with the bundled model, measured)."""
+        frame_s = self.core.grid.frame_ns / NS_PER_S
+        for _ in range(int(10 / frame_s)):
+            if self.core.metrics.frames >= frames or self._stop.is_set():
+                break
+            await asyncio.sleep(frame_s)
+        await asyncio.to_thread(return_freed_memory)
 
     async def _trim_after_swap(self, model: LoadedModel) -> None:
         """Once ``model`` is swapped in and the old one is out of every in-flight job, hand
