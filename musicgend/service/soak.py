@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import itertools
 import json
 import os
 import platform
@@ -350,6 +351,9 @@ class Measurements:
         default_factory=list
     )
     """(t_s, rss_mb, private_mb, open fds)."""
+    steal: list[tuple[float, float]] = field(default_factory=list)
+    """(t_s, the machine's CPU steal time so far in seconds): time the hypervisor gave this
+    virtual machine's CPUs to others, sampled with the resources."""
     commands: list[CommandRecord] = field(default_factory=list)
     swaps: list[CommandRecord] = field(default_factory=list)
     events: list[tuple[float, int, bytes]] = field(default_factory=list)
@@ -379,6 +383,7 @@ def _window_figures(
         return start_s <= t_s < end_s or (last and t_s >= end_s)
 
     commands = [c for c in m.commands if inside(c.t_s)]
+    steal = [v for t_s, v in m.steal if start_s <= t_s <= end_s]
     return {
         "start_min": round(start_s / 60, 3),
         "minutes": round((end_s - start_s) / 60, 3),
@@ -392,6 +397,7 @@ def _window_figures(
         "commands": len(commands),
         "refused_commands": sum(1 for c in commands if c.outcome == "refused"),
         "model_swaps": sum(1 for s in m.swaps if inside(s.t_s)),
+        "cpu_steal_s": round(steal[-1] - steal[0], 3) if len(steal) >= 2 else None,
     }
 
 
@@ -464,7 +470,11 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "at_min": [round(float(t) / 60, 3) for t in residual_t[residual_ms > LATE_ONSET_MS]][
                 :20
             ],
+            "during_cpu_steal": steal_overlaps(
+                m.steal, residual_t[residual_ms > LATE_ONSET_MS].tolist()
+            ),
         },
+        "cpu_steal_s": overall["cpu_steal_s"],
         "stale_frames": final.get("stale_frames"),
         "inference_ms": final.get("inference_ms"),
         "private_mb": {
@@ -545,7 +555,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"private {report['private_mb']['start']} → {report['private_mb']['end']} MB   "
         f"open fds {report['open_fds']['start']} → {report['open_fds']['end']}",
         f"late onsets (> {report['late_onsets']['threshold_ms']:g} ms off the grid, seen by "
-        f"the player): {report['late_onsets']['count']} at {report['late_onsets']['at_min']} min",
+        f"the player): {report['late_onsets']['count']} at {report['late_onsets']['at_min']} min "
+        f"({report['late_onsets']['during_cpu_steal']} while the hypervisor stole CPU time; "
+        f"steal {report['cpu_steal_s']} s in all)",
         f"commands {cmd['sent']} (accepted {cmd['accepted']}, unconfirmed "
         f"{cmd['unconfirmed']}, refused {cmd['refused']})   model swaps {swaps['done']}/"
         f"{swaps['requested']}",
@@ -1071,6 +1083,7 @@ async def _schedule(
             break
         if now >= next_sample:
             m.resources.append((now, _rss(daemon.pid), _private(daemon.pid), open_fds(daemon.pid)))
+            _sample_steal(m, now)
             next_sample += SAMPLE_INTERVAL_S
         if now >= next_cmd:
             n += 1
@@ -1109,11 +1122,38 @@ async def _schedule(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, min(wake - since(), 0.5)))
     m.resources.append((since(), _rss(daemon.pid), _private(daemon.pid), open_fds(daemon.pid)))
+    _sample_steal(m, since())
     if pending:
         await asyncio.wait(pending, timeout=REPLY_WAIT_S + 1)
     for record in (*m.commands, *m.swaps):
         if record.outcome == "pending":
             record.outcome = "unconfirmed"
+
+
+def _sample_steal(m: Measurements, t_s: float) -> None:
+    value = cpu_steal_s()
+    if value is not None:
+        m.steal.append((t_s, value))
+
+
+def cpu_steal_s(stat: Path = Path("/proc/stat")) -> float | None:
+    """The machine's CPU steal time so far (all CPUs, seconds); None where unknown."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def steal_overlaps(steal: Sequence[tuple[float, float]], times_s: Sequence[float]) -> int:
+    """How many of ``times_s`` fall in a sampling interval in which CPU steal time grew."""
+    count = 0
+    for t_s in times_s:
+        for (a_s, a), (b_s, b) in itertools.pairwise(steal):
+            if a_s <= t_s <= b_s:
+                count += b > a
+                break
+    return count
 
 
 def _rss(pid: int) -> float | None:

@@ -24,11 +24,13 @@ from musicgend.service.soak import (
     build_report,
     build_stream,
     counter_delta,
+    cpu_steal_s,
     frame_onsets,
     grid_residuals_s,
     growth_per_hour,
     is_note_off,
     is_note_on,
+    steal_overlaps,
     stretch_jitter,
     stuck_notes,
     window_bounds,
@@ -218,6 +220,26 @@ def test_report_has_the_contract_keys_overall_and_per_window() -> None:
         assert w["jitter_ms"]["max"] < 0.01
     assert report["jitter_ms"]["onsets"] == 1000
     assert report["late_onsets"]["count"] == 0
+    assert report["cpu_steal_s"] is None  # not sampled here
+
+
+def test_cpu_steal_is_read_from_proc_stat_and_matched_to_late_onsets(tmp_path: Path) -> None:
+    import os
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 1000 3 0 1 250 0 0\ncpu0 50 2 25 500 1 0 0 125 0 0\n")
+    assert cpu_steal_s(stat) == pytest.approx(250 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("garbage\n")
+    assert cpu_steal_s(stat) is None
+    assert cpu_steal_s(tmp_path / "missing") is None
+    steal = [(0.0, 1.0), (5.0, 1.0), (10.0, 1.2), (15.0, 1.2)]
+    assert steal_overlaps(steal, [2.0, 7.0, 9.9, 12.0, 99.0]) == 2  # 7.0 and 9.9
+    m = Measurements(duration_s=15.0, stop_s=15.0)
+    m.steal = steal
+    m.resources = [(t, 60.0, 40.0, 21) for t, _ in steal]
+    report = build_report(m, minutes_requested=0.25, window_s=300.0)
+    assert report["cpu_steal_s"] == pytest.approx(0.2)
+    assert report["windows"][0]["cpu_steal_s"] == pytest.approx(0.2)
 
 
 # -- real runs ---------------------------------------------------------------------------------
