@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from musicgend.core.sampler import (
+from musicgend.core.sampling_defaults import (
     DEFAULT_SCALE_PENALTY,
     DEFAULT_SHORT_NOTE_PENALTY,
     LOG_HOLD_BIAS,

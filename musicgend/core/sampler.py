@@ -37,6 +37,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from musicgend.core.musicstats import SCALES, best_scale
+from musicgend.core.sampling_defaults import (
+    DEFAULT_HOLD_BIAS,
+    DEFAULT_SCALE_PENALTY,
+    DEFAULT_SHORT_NOTE_PENALTY,
+)
 from musicgend.core.tokens import pitches_from_token
 
 UNK_ID = 0
@@ -48,11 +53,6 @@ _THRESHOLDS = (1e-3, 1e-5)
 """Before that, top-p tries the tokens above these shares of the nucleus mass: one
 comparison over the vocabulary instead of a partition (V = 20,000: ~30 µs instead of ~150)."""
 _TABLE_CACHE_SIZE = 4
-DEFAULT_HOLD_BIAS = 0.3
-LOG_HOLD_BIAS = -1.2
-"""The daemon's hold bias is in log units: ln 0.3 ≈ −1.2."""
-DEFAULT_SHORT_NOTE_PENALTY = 0.45
-DEFAULT_SCALE_PENALTY = 0.15
 
 
 class _HasTokens(Protocol):

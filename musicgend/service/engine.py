@@ -63,7 +63,7 @@ from musicgend.core.clock import (
 )
 from musicgend.core.modes import CallResponseSettings, Mode, ModeMachine
 from musicgend.core.pianoroll import PEDAL_CC, StreamQuantiser
-from musicgend.core.sampler import (
+from musicgend.core.sampling_defaults import (
     DEFAULT_SCALE_PENALTY,
     DEFAULT_SHORT_NOTE_PENALTY,
     LOG_HOLD_BIAS,

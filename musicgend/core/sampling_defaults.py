@@ -1,0 +1,17 @@
+"""The sampler's default settings, shared by the sampler, the engine and the configuration.
+
+A module of its own (no NumPy) so that reading the configuration imports nothing heavy.
+Tuned with ``bench/generation_stats.py --grid notes`` on the bundled model; see
+``bench/results/generation-stats.json`` and ``models/MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+DEFAULT_HOLD_BIAS = 0.3
+"""Weight × on repeating the previous chord (the model's copy gate already holds often)."""
+LOG_HOLD_BIAS = -1.2
+"""The daemon's hold bias is in log units: ln 0.3 ≈ −1.2."""
+DEFAULT_SHORT_NOTE_PENALTY = 0.45
+"""Weight × per note struck in the last frame that a chord would end."""
+DEFAULT_SCALE_PENALTY = 0.15
+"""Weight × per pitch outside the key of the context."""
