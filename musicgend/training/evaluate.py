@@ -587,12 +587,16 @@ def scoring_runtime(artifact: Artifact) -> str:
     The daemon's ``auto`` (:func:`musicgend.model.runtime.choose_runtime`) is chosen for one
     window per call; scoring runs thousands of windows per call, where batched TensorFlow is
     several times faster than LiteRT or NumPy on CPU (all give the same probabilities).
+    Except for an int8 LiteRT export: its probabilities differ a little from the float
+    weights', and the daemon plays the export, so that is what is scored.
     """
     import importlib.util
 
     from musicgend.model.runtime import choose_runtime
 
     chosen = choose_runtime(artifact)
+    if chosen == "litert" and artifact.litert_quantize != "none":
+        return chosen
     if chosen.startswith("tf") or importlib.util.find_spec("tensorflow") is None:
         return chosen
     return "tf"

@@ -83,6 +83,10 @@ def test_export_litert_int8_round_trip(small_artifact, tmp_path):
     np.testing.assert_allclose(quantised.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(quantised, exact, atol=2e-2)
     assert float(np.abs(quantised - exact).max()) > 1e-5  # the float export: ≤ 1e-6
+    # evaluate scores what the daemon plays: the int8 export, not the float weights
+    from musicgend.training.evaluate import scoring_runtime
+
+    assert scoring_runtime(art) == "litert"
 
     # compact keeps the int8 export as it is; with new weights it re-exports it as int8.
     assert compact_artifact(path).litert_quantize == "int8"
@@ -98,6 +102,7 @@ def test_export_litert_int8_round_trip(small_artifact, tmp_path):
     assert result.exit_code == 0, result.output
     art = load_artifact(path)
     assert art.litert_quantize == "none" and _int8_tensors(path / TFLITE) == 0
+    assert scoring_runtime(art) == "tf"  # float export: batched TensorFlow, same probabilities
     np.testing.assert_allclose(
         load_predictor(art, "litert").predict_batch(x),
         load_predictor(art, "numpy").predict_batch(x),
