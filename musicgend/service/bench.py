@@ -10,7 +10,11 @@ metrics it writes on exit. Reported (nothing is asserted):
 * ``late_frames`` (no result at the tick), ``stale_frames`` (result from slightly older input);
 * ``inference_ms``: per-call time in the daemon, and per runtime measured here side by side;
 * ``jitter_ms``: onsets of the daemon's frames as a separate JACK client sees them (absolute
-  JACK frame time), residuals against the 200 ms grid fitted by least squares;
+  JACK frame time), residuals against the 200 ms grid fitted robustly to each minute (the
+  soak's method: the dummy driver's frame clock wanders slowly against ``CLOCK_MONOTONIC``
+  under load, which one line over ten minutes would count as jitter);
+  ``jitter_single_grid_ms``: the same onsets against one least-squares line for the run;
+* ``cpu_steal_s``: CPU time the hypervisor gave to other machines during the condition;
 * ``rss_mb`` of the daemon, and ``private_mb``: the part only it holds (RSS also counts the
   JACK server's shared memory, which libjack maps and locks in every client: ~40 MB with the
   embedded server's ``--port-max 64``, ~102 MB with jackd's default);
@@ -41,6 +45,11 @@ from musicgend.errors import MusicgendError
 
 FRAME_S = 0.2
 CLIENT = "musicgend"
+JITTER_METHOD = (
+    "residuals of the onsets a separate JACK client records (JACK frame time) against a "
+    "200 ms grid fitted robustly to each stretch of at most 60 s; jitter_single_grid_ms: "
+    "against one least-squares line for the whole condition"
+)
 
 
 def _pcts(values: Any) -> dict[str, float | None]:
@@ -96,6 +105,21 @@ def onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, Any]:
     result = _pcts(residual_ms)
     result["onsets"] = len(frame_times)
     result["grid_ms"] = round(float(slope) * 1e3, 6)
+    return result
+
+
+def stretch_onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, Any]:
+    """Residuals of onset times (JACK frames) against a 200 ms grid fitted robustly to each
+    stretch of at most a minute (:func:`musicgend.service.soak.stretch_jitter`), in ms."""
+    from musicgend.service.soak import stretch_jitter
+
+    times_s = [t / rate_hz for t in frame_times]
+    _, residual_ms, stretches = stretch_jitter(times_s, [])
+    result: dict[str, Any] = (
+        _pcts(residual_ms) if residual_ms.size else {"p50": None, "p99": None, "max": None}
+    )
+    result["onsets"] = len(frame_times)
+    result["stretches"] = stretches
     return result
 
 
@@ -169,7 +193,10 @@ def run_condition(
     model: Path, frames: int, server: str, rate_hz: int, hog: bool, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """One daemon run of ``frames`` frames; returns its figures."""
+    from musicgend.service.soak import cpu_steal_s
+
     load_before = round(os.getloadavg()[0], 2)
+    steal_before = cpu_steal_s()
     peer = Peer(server)
     hog_proc = _hog() if hog else None
     rng = np.random.default_rng(1)
@@ -230,7 +257,8 @@ def run_condition(
         "late_results": metrics["late_results"],
         "missed_ticks": metrics["missed_ticks"],
         "inference_ms_daemon": metrics["inference_ms"],
-        "jitter_ms": onset_jitter_ms(onsets, rate_hz),
+        "jitter_ms": stretch_onset_jitter_ms(onsets, rate_hz),
+        "jitter_single_grid_ms": onset_jitter_ms(onsets, rate_hz),
         "rss_mb": rss,
         "private_mb": private,
         "ports_ready_s": round(ports_ready_s, 3),
@@ -239,7 +267,15 @@ def run_condition(
         "runtime": metrics.get("runtime"),
         "exit_code": daemon.returncode,
         "load_avg": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        "cpu_steal_s": _steal_since(steal_before),
     }
+
+
+def _steal_since(before: float | None) -> float | None:
+    from musicgend.service.soak import cpu_steal_s
+
+    after = cpu_steal_s()
+    return None if before is None or after is None else round(after - before, 3)
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -296,6 +332,7 @@ def run_bench(
         "rss_mb": idle["rss_mb"],
         "private_mb": idle["private_mb"],
         "jitter_ms": idle["jitter_ms"],
+        "jitter_method": JITTER_METHOD,
         "ports_ready_s": idle["ports_ready_s"],
         "conditions": conditions,
         "goals": {
@@ -334,9 +371,11 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{name:8s} frames {c['frames']:5d}  decision p50 {lat['p50']} p99 {lat['p99']} "
             f"max {lat['max']} ms  late {c['late_frames']} stale {c['stale_frames']}  "
             f"inference p50 {inf['p50']} p99 {inf['p99']} ms  jitter p50 {jit['p50']} "
-            f"p99 {jit['p99']} max {jit['max']} ms  rss {c['rss_mb']} MB "
+            f"p99 {jit['p99']} max {jit['max']} ms (one grid: p99 "
+            f"{c['jitter_single_grid_ms']['p99']} ms)  rss {c['rss_mb']} MB "
             f"(private {c.get('private_mb')} MB)  ports {c['ports_ready_s']} s  "
-            f"runtime {c.get('runtime')}  load {c.get('load_avg')}"
+            f"runtime {c.get('runtime')}  load {c.get('load_avg')}  cpu steal "
+            f"{c.get('cpu_steal_s')} s"
         )
     for name, figures in result["inference_ms"].items():
         lines.append(f"inference {name:9s} {figures}")

@@ -1,0 +1,60 @@
+"""`musicgend bench`: the DESIGN §4 JSON keys from a real (short) run, and the jitter measure.
+
+Figures are printed by the benchmark, never asserted as timings here (machines are shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgend.service.bench import onset_jitter_ms, stretch_onset_jitter_ms
+from tests.conftest import run_musicgend
+
+RATE = 48000
+
+
+def _frames(times_s: np.ndarray) -> list[int]:
+    return [round(float(t) * RATE) for t in times_s]
+
+
+def test_jitter_per_stretch_ignores_a_slowly_wandering_clock_but_sees_a_late_onset() -> None:
+    k = np.arange(3000)
+    t = 0.2 * k + 2e-3 * np.sin(2 * np.pi * k / 3000)  # ±2 ms over ten minutes
+    one_grid = onset_jitter_ms(_frames(t), RATE)
+    per_stretch = stretch_onset_jitter_ms(_frames(t), RATE)
+    assert one_grid["p99"] > 1.0  # the wander counted as jitter
+    assert per_stretch["p99"] < 0.2  # within each minute the grid is nearly a line
+    assert per_stretch["onsets"] == 3000 and per_stretch["stretches"] == 10
+    t[1234] += 0.004  # one onset 4 ms late
+    assert stretch_onset_jitter_ms(_frames(t), RATE)["max"] == pytest.approx(4.0, abs=0.3)
+    assert stretch_onset_jitter_ms([], RATE)["p99"] is None
+
+
+@pytest.mark.jack
+@pytest.mark.tf
+@pytest.mark.slow
+def test_bench_json_has_the_contract_keys(tmp_path: Path) -> None:
+    from tests.model.conftest import save_tiny_artifact
+
+    model = save_tiny_artifact(tmp_path / "tiny", seed=4)
+    out = tmp_path / "results"
+    result = run_musicgend(
+        "bench", "--json", "--frames", "25", "--model", model, "--out-dir", out, timeout_s=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report["frame_latency_ms"]) == {"p50", "p99", "max"}
+    assert isinstance(report["late_frames"], int)
+    assert {"numpy", "litert:1", "litert:2", "daemon"} <= set(report["inference_ms"])
+    assert report["rss_mb"] > 0
+    for name in ("idle", "cpu_hog"):
+        condition = report["conditions"][name]
+        assert condition["frames"] >= 20 and condition["exit_code"] == 0
+        assert condition["cc123_channels_at_stop"] == 16
+        assert condition["jitter_ms"]["onsets"] > 0
+        assert "p99" in condition["jitter_single_grid_ms"]
+    saved = list(out.glob("latency-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == report
