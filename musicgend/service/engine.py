@@ -43,7 +43,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -764,7 +764,7 @@ class Engine:
         self.priority = "normal"
         self.online = False
         self.messages_sent = 0
-        self._trim_task: asyncio.Task[None] | None = None
+        self._trim_tasks: set[asyncio.Task[None]] = set()
 
     # -- sending ----------------------------------------------------------------------------
     def _send_locked(self, messages: list[MidiBytes], at_ns: int | None = None) -> int:
@@ -989,7 +989,7 @@ class Engine:
         )
         self._thread.start()
         self._schedule()
-        self._trim_task = asyncio.create_task(self._trim_after_start(), name="trim")
+        self._trim(self._trim_after_start())
         try:
             await self._done.wait()
             if self._failure is not None:
@@ -1001,8 +1001,8 @@ class Engine:
     async def aclose(self) -> None:
         """Stop the tick thread and release the machine's notes (idempotent)."""
         self._stop.set()
-        if self._trim_task is not None:
-            self._trim_task.cancel()
+        for task in list(self._trim_tasks):
+            task.cancel()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             await asyncio.to_thread(thread.join, 5.0)
@@ -1087,7 +1087,14 @@ class Engine:
         await asyncio.to_thread(lambda: [model.vocab.nearest(chord) for chord in recent])
         with self.lock:
             self.core.pending_model = model
-        self._trim_task = asyncio.create_task(self._trim_after_swap(model), name="trim")
+        self._trim(self._trim_after_swap(model))
+
+    def _trim(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a memory trim in the background, referenced until it ends (a swap may start
+        while the start-up trim still waits)."""
+        task = asyncio.create_task(work, name="trim")
+        self._trim_tasks.add(task)
+        task.add_done_callback(self._trim_tasks.discard)
 
     async def _trim_after_start(self, frames: int = 5) -> None:
         """Once the first ``frames`` frames are out (at most 10 s), hand back to the OS what
