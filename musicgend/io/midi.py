@@ -142,6 +142,7 @@ class MidiCounters:
     connections: int = 0  # connections made by pattern (including re-connections)
     server_losses: int = 0  # JACK server went away
     reconnects: int = 0  # ports re-created after the server came back
+    xruns: int = 0  # JACK: cycles the server reported as overrun (its clock lost that time)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -312,6 +313,7 @@ class MidiPorts(ABC):
         self._rt_sent = 0
         self._rt_late = 0
         self._rt_dropped_output = 0
+        self._rt_xruns = 0
         self._in_re = re.compile(config.connect_in) if config.connect_in else None
         self._out_re = re.compile(config.connect_out) if config.connect_out else None
 
@@ -362,6 +364,7 @@ class MidiPorts(ABC):
             connections=self._connections,
             server_losses=self._server_losses,
             reconnects=self._reconnects,
+            xruns=self._rt_xruns,
         )
         if b is not None:
             c.received = b.received
@@ -530,6 +533,7 @@ class JackMidiPorts(MidiPorts):
             self._lost.clear()
             client.set_process_callback(self._process)
             client.set_shutdown_callback(self._on_shutdown)
+            client.set_xrun_callback(self._on_xrun)
             client.set_port_registration_callback(self._on_port_registration, only_available=False)
             self._last_cycle_ns = time.monotonic_ns()
             self._client = client
@@ -559,6 +563,9 @@ class JackMidiPorts(MidiPorts):
         self._ready.clear()
         self._lost.set()
         self._wake.set()
+
+    def _on_xrun(self, delayed_usecs: float) -> None:
+        self._rt_xruns += 1
 
     def _on_port_registration(self, port: Any, register: bool) -> None:
         if register:

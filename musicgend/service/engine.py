@@ -123,9 +123,15 @@ class LoadedModel:
     runtime: str = ""
 
     def warm_up(self, window_frames: int = WINDOW_FRAMES) -> None:
-        """One inference and the vocabulary's nearest-chord table, before the first tick."""
+        """One inference, the vocabulary's nearest-chord table and the sampler's tables for
+        this vocabulary, before the model's first tick (building the sampler's tables is a
+        Python loop over the vocabulary, ~0.1 s at 20,000 tokens: at the first frame it held
+        up JACK's process callback long enough for the server to report overruns)."""
+        from musicgend.core.sampler import scale_table
+
         self.predictor.predict(np.full(window_frames, SILENCE_ID, dtype=np.int32))
         self.vocab.nearest({60, 61, 62, 63, 64})
+        scale_table(self.vocab)
 
 
 @dataclass(frozen=True)
@@ -704,10 +710,16 @@ def return_freed_memory() -> bool:
     return True
 
 
+TICK_PRIORITY = 3
+"""SCHED_FIFO priority of the tick thread: above the daemon's other threads (it preempts the
+inference worker at a deadline), below JACK's process thread (see
+:data:`musicgend.service.runtime.DAEMON_PRIORITY`)."""
+
+
 def _try_realtime_priority() -> str:
     """Give the calling thread SCHED_FIFO if allowed; returns what it got."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(TICK_PRIORITY))
     except (AttributeError, OSError):
         return "normal"
     return "fifo"

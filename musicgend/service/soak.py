@@ -517,6 +517,8 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "priority": final.get("priority"),
             "missed_ticks": final.get("missed_ticks"),
             "late_results": final.get("late_results"),
+            "jack_xruns": (final.get("midi") or {}).get("xruns"),
+            "sent_late": (final.get("midi") or {}).get("sent_late"),
         },
         "goals": {
             "late_frames_0": late == 0,
