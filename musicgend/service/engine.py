@@ -710,16 +710,10 @@ def return_freed_memory() -> bool:
     return True
 
 
-TICK_PRIORITY = 3
-"""SCHED_FIFO priority of the tick thread: above the daemon's other threads (it preempts the
-inference worker at a deadline), below JACK's process thread (see
-:data:`musicgend.service.runtime.DAEMON_PRIORITY`)."""
-
-
 def _try_realtime_priority() -> str:
     """Give the calling thread SCHED_FIFO if allowed; returns what it got."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(TICK_PRIORITY))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     except (AttributeError, OSError):
         return "normal"
     return "fifo"

@@ -55,24 +55,14 @@ SWITCH_INTERVAL_S = 0.0005
 never wait long for a thread that runs Python code."""
 
 
-DAEMON_PRIORITY = 1
-"""SCHED_FIFO priority of the daemon's threads (the tick thread: :data:`TICK_PRIORITY`).
-Below JACK's: libjack runs a client's process thread at the server's priority minus some
-(FIFO 5 under ``jackd -R`` with its default ``-P 10``, higher in studios), and a FIFO thread
-is never preempted by another of the same priority: at the same priority, a 1.7 ms inference
-call could keep the process thread from a core for its whole length, longer than a JACK
-period of 128 frames. Any real-time priority still wins over normal processes."""
-
-
-def raise_priority(priority: int = DAEMON_PRIORITY) -> str:
+def raise_priority(priority: int = 5) -> str:
     """Run this thread, and every thread it starts later (they inherit), under SCHED_FIFO.
 
     With the GIL shared by the tick thread, the inference worker, the event loop and JACK's
     process callback, a normal-priority thread preempted by a busy process while it holds the
     GIL delays the tick by a whole scheduler slice; giving them all a real-time priority
-    (any, even 1, wins over normal processes) avoids that. Falls back to ``nice -10``, then
-    to nothing, where not permitted (systemd: ``LimitRTPRIO=`` / ``CPUSchedulingPolicy=``).
-    Returns what it got. Once per thread: a
+    avoids that. Falls back to ``nice -10``, then to nothing, where not permitted (systemd:
+    ``LimitRTPRIO=`` / ``CPUSchedulingPolicy=``). Returns what it got. Once per thread: a
     second call returns the first result (``nice`` would otherwise add up).
     """
     thread = threading.get_ident()
