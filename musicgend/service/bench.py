@@ -49,7 +49,7 @@ CLIENT = "musicgend"
 WARM_UP_S = 5.0
 """``jitter_ms`` leaves out the onsets of the daemon's first seconds: the model load and the
 first frames' set-up hold up JACK's process callback (the server reports overruns, counted
-in ``midi.xruns``, and its frame clock loses that time), which shifts the grid once."""
+in ``midi.xruns``, and its frame clock loses that time, shifting every later onset)."""
 JITTER_METHOD = (
     "residuals of the onsets a separate JACK client records (JACK frame time) against a "
     f"200 ms grid fitted robustly to each stretch of at most 60 s, from {WARM_UP_S:g} s after "
