@@ -165,6 +165,11 @@ class FrameStart:
     t_ns: int
 
 
+ODD_GAPS_TOLERATED = 2
+"""Tick intervals far from the period (2-4 times it, or under 0.6 of it) in a row that are
+read as transport trouble; from the next one on they are the band's new tempo."""
+
+
 class MidiClockFollower:
     """Frames from incoming MIDI clock: one frame per ``ticks_per_frame`` ticks.
 
@@ -198,6 +203,7 @@ class MidiClockFollower:
         self.tick_ns: float | None = None  # smoothed tick period
         self.ticks = 0
         self.missed_ticks = 0  # inferred from gaps
+        self._odd_gaps = 0  # consecutive intervals far from the period (early or 2-4x long)
         self.losses = 0
         self._position_frozen = 0.0
         self._last_position = 0.0
@@ -233,17 +239,26 @@ class MidiClockFollower:
         last = self.last_tick_ns
         missed = 0
         if last is not None and 0 < t_ns - last < self.loss_timeout_ns:
-            dt = float(t_ns - last)
-            if self.tick_ns is not None and self.running:
-                # a gap of 2-4 periods: ticks got lost on the way (a busy sender or an
-                # overrun JACK cycle), not a tempo that halved in one tick; count them so
-                # the frame boundaries stay on the band's beat
+            dt: float | None = float(t_ns - last)
+            if self.tick_ns is not None and self.running and dt is not None:
+                # One odd interval is the transport's, not the band's: a gap of 2-4 periods
+                # means ticks got lost on the way (a busy sender or an overrun JACK cycle),
+                # so they are counted and the frame boundaries stay on the beat; a tick far
+                # too early (two ticks stamped close together after a late cycle) leaves the
+                # period as it was. Only when odd intervals keep coming is it the tempo: an
+                # early tick once taken as the period made every later tick look like two.
                 n = round(dt / self.tick_ns)
-                if 2 <= n <= 4:
-                    missed = n - 1
-                    dt = dt / n
+                odd = 2 <= n <= 4 or dt < 0.6 * self.tick_ns
+                self._odd_gaps = self._odd_gaps + 1 if odd else 0
+                if odd and self._odd_gaps <= ODD_GAPS_TOLERATED:
+                    if n >= 2:
+                        missed = n - 1
+                        dt = dt / n
+                    else:
+                        dt = None
             # follow tempo changes within a few ticks, smooth a sender's jitter
-            self.tick_ns = dt if self.tick_ns is None else 0.6 * self.tick_ns + 0.4 * dt
+            if dt is not None:
+                self.tick_ns = dt if self.tick_ns is None else 0.6 * self.tick_ns + 0.4 * dt
         self.last_tick_ns = self._alive_ns = t_ns
         self.ticks += 1
         if not self.running:

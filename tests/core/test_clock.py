@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from musicgend.core.clock import NS_PER_S, FakeClock, FrameGrid, MidiClockFollower
@@ -157,3 +159,25 @@ def test_follower_frame_time_never_goes_back_or_past_the_frame_in_progress() -> 
     assert f.position(t2 + 60 * TICK_NS) < 3.0  # the boundary only comes with its tick
     assert f.position(t2) >= 2.5  # never back
     assert f.seconds(t2 + 60 * TICK_NS) == pytest.approx(f.position(t2 + 60 * TICK_NS) / 5)
+
+
+def test_one_early_tick_does_not_halve_the_period_and_a_lasting_change_is_followed() -> None:
+    f = MidiClockFollower(12)
+    f.on_message(0, b"\xfa")
+    _follow(f, TICK_NS, 30)
+    # a late JACK cycle stamps two ticks 1 ms apart, then the ticks come on time again
+    t = 31 * TICK_NS
+    f.on_tick(t - TICK_NS + 1_000_000)  # really due at 30 * TICK_NS ... stamped late
+    f.on_tick(t)
+    starts = _follow(f, 32 * TICK_NS, 48)
+    assert f.tick_ns == pytest.approx(TICK_NS, rel=0.01)
+    assert f.missed_ticks == 0
+    # frames keep coming every 12 ticks (an early tick taken as the period made every later
+    # tick look like two: frames every 6 ticks)
+    gaps = [b.t_ns - a.t_ns for a, b in itertools.pairwise(starts)]
+    assert gaps == [12 * TICK_NS] * len(gaps) and len(starts) >= 3
+    # the tempo really halves: after a couple of ticks read as lost ones, it is followed
+    t = 80 * TICK_NS
+    for k in range(1, 12):
+        f.on_tick(t + k * 2 * TICK_NS)
+    assert f.tick_ns == pytest.approx(2 * TICK_NS, rel=0.05)
