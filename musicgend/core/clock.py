@@ -170,6 +170,11 @@ ODD_GAPS_TOLERATED = 2
 read as transport trouble; from the next one on they are the band's new tempo."""
 
 
+DUPLICATE_TICK_FRACTION = 0.25
+"""A tick this soon after the last (as a fraction of the period) is the same tick delivered
+twice, while such intervals are still read as transport trouble (:data:`ODD_GAPS_TOLERATED`)."""
+
+
 class MidiClockFollower:
     """Frames from incoming MIDI clock: one frame per ``ticks_per_frame`` ticks.
 
@@ -204,6 +209,9 @@ class MidiClockFollower:
         self.ticks = 0
         self.missed_ticks = 0  # inferred from gaps
         self._odd_gaps = 0  # consecutive intervals far from the period (early or 2-4x long)
+        self._owed = 0  # ticks the last gap was taken to have lost, that may yet come late
+        self.duplicate_ticks = 0  # ticks delivered twice, not counted
+        self._resync = False
         self.losses = 0
         self._position_frozen = 0.0
         self._last_position = 0.0
@@ -234,34 +242,52 @@ class MidiClockFollower:
         self.lost = False
         self._alive_ns = t_ns
         self.frame_start_ns = None  # the frame in progress ends at the next boundary
+        self._resync = True  # the interval up to the next tick spans the pause: no tempo
 
     def on_tick(self, t_ns: int) -> FrameStart | None:
         last = self.last_tick_ns
         missed = 0
-        if last is not None and 0 < t_ns - last < self.loss_timeout_ns:
+        counted = True
+        resync, self._resync = self._resync, False
+        if last is not None and t_ns - last < self.loss_timeout_ns and not resync:
             dt: float | None = float(t_ns - last)
             if self.tick_ns is not None and self.running and dt is not None:
                 # One odd interval is the transport's, not the band's: a gap of 2-4 periods
                 # means ticks got lost on the way (a busy sender or an overrun JACK cycle),
                 # so they are counted and the frame boundaries stay on the beat; a tick far
-                # too early (two ticks stamped close together after a late cycle) leaves the
-                # period as it was. Only when odd intervals keep coming is it the tempo: an
-                # early tick once taken as the period made every later tick look like two.
+                # too early leaves the period as it was. Only when odd intervals keep coming
+                # is it the tempo: an early tick once taken as the period made every later
+                # tick look like two.
                 n = round(dt / self.tick_ns)
-                odd = 2 <= n <= 4 or dt < 0.6 * self.tick_ns
+                early = dt < 0.6 * self.tick_ns
+                odd = early or 2 <= n <= 4
                 self._odd_gaps = self._odd_gaps + 1 if odd else 0
-                if odd and self._odd_gaps <= ODD_GAPS_TOLERATED:
-                    if n >= 2:
-                        missed = n - 1
-                        dt = dt / n
-                    else:
-                        dt = None
+                if not (odd and self._odd_gaps <= ODD_GAPS_TOLERATED):
+                    self._owed = 0
+                elif n >= 2:
+                    missed = n - 1
+                    dt = dt / n
+                    self._owed = missed
+                else:
+                    # An early tick that is no new tick: the one a gap was taken to have
+                    # lost, stamped late (a stalled JACK cycle), or one delivered twice (a
+                    # stalled sender's cycle read again). Counted, either would move every
+                    # later frame boundary a tick early.
+                    if self._owed > 0:
+                        self._owed -= 1
+                        self.missed_ticks -= 1
+                        counted = False
+                    elif dt < DUPLICATE_TICK_FRACTION * self.tick_ns:
+                        self.duplicate_ticks += 1
+                        self._alive_ns = t_ns
+                        return None  # the next interval is measured from the first copy
+                    dt = None
             # follow tempo changes within a few ticks, smooth a sender's jitter
-            if dt is not None:
+            if dt is not None and dt > 0:
                 self.tick_ns = dt if self.tick_ns is None else 0.6 * self.tick_ns + 0.4 * dt
         self.last_tick_ns = self._alive_ns = t_ns
         self.ticks += 1
-        if not self.running:
+        if not self.running or not counted:
             return None
         self.lost = False
         self.missed_ticks += missed

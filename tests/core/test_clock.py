@@ -181,3 +181,59 @@ def test_one_early_tick_does_not_halve_the_period_and_a_lasting_change_is_follow
     for k in range(1, 12):
         f.on_tick(t + k * 2 * TICK_NS)
     assert f.tick_ns == pytest.approx(2 * TICK_NS, rel=0.05)
+
+
+def _starts(f: MidiClockFollower, times: list[int]) -> list[tuple[int, int]]:
+    return [(s.frame, s.t_ns) for t in times if (s := f.on_tick(t)) is not None]
+
+
+def test_a_tick_delivered_twice_is_counted_once() -> None:
+    # a stalled sender's JACK cycle read again: the same tick twice, 0-3 ms apart
+    for repeat_ns in (0, 100_000, 3_000_000):
+        f = MidiClockFollower(12)
+        f.on_message(0, b"\xfa")
+        times = [k * TICK_NS for k in range(1, 40)]
+        times.insert(20, 20 * TICK_NS + repeat_ns)
+        assert _starts(f, times) == [
+            (1, TICK_NS),
+            (2, 13 * TICK_NS),
+            (3, 25 * TICK_NS),
+            (4, 37 * TICK_NS),
+        ]
+        assert (f.duplicate_ticks, f.missed_ticks) == (1, 0)
+        assert f.tick_ns == pytest.approx(TICK_NS)
+
+
+@pytest.mark.parametrize("late_tick", [20, 25])  # 25 starts frame 3
+@pytest.mark.parametrize("late_by", [0.5, 0.8, 0.98])  # of a tick
+def test_a_tick_stamped_late_is_not_taken_for_a_lost_one(late_tick: int, late_by: float) -> None:
+    # a stalled JACK cycle: one tick stamped up to a period late, the next one on time. The
+    # long gap first reads as a lost tick; the next tick, far too early, is that one.
+    f = MidiClockFollower(12)
+    f.on_message(0, b"\xfa")
+    times = [k * TICK_NS for k in range(1, 50)]
+    times[late_tick - 1] += round(late_by * TICK_NS)
+    starts = _starts(f, times)
+    assert [s[0] for s in starts] == [1, 2, 3, 4, 5]
+    # every boundary on its tick: frame 3 on tick 25, late or not, at most a tick early
+    for frame, t_ns in starts:
+        due_ns = (1 + 12 * (frame - 1)) * TICK_NS
+        assert due_ns - TICK_NS <= t_ns <= due_ns + (late_by * TICK_NS if frame == 3 else 0)
+    assert starts[-1][1] == 49 * TICK_NS
+    assert f.missed_ticks == 0
+    assert f.tick_ns == pytest.approx(TICK_NS, rel=0.1)
+
+
+def test_ticks_really_lost_still_count_when_the_next_one_comes_on_time() -> None:
+    f = MidiClockFollower(12)
+    f.on_message(0, b"\xfa")
+    times = [k * TICK_NS for k in range(1, 50) if k not in (20, 30, 31)]
+    starts = _starts(f, times)
+    assert starts == [
+        (1, TICK_NS),
+        (2, 13 * TICK_NS),
+        (3, 25 * TICK_NS),
+        (4, 37 * TICK_NS),
+        (5, 49 * TICK_NS),
+    ]
+    assert f.missed_ticks == 3

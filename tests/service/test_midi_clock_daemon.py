@@ -104,8 +104,13 @@ def test_follows_midi_clock_tempo_change_stop_continue_and_reports_loss(
     assert all(abs(o - period) <= 4 * period for o in offsets), offsets
     assert statistics.median(abs(o - period) for o in offsets) <= period // 4, offsets
     assert any(f < change for f in ons) and any(change <= f < stop_at for f in ons)
-    # Stop: everything released right away, nothing starts until Continue
-    assert still_sounding([e for e in got if e[0] <= stop_at + 2 * period]) == set()
-    assert not [f for f in ons if stop_at + 2 * period < f < continue_at]
+    # Stop: everything released right away, nothing starts until Continue. Right away: the
+    # rest of the cycle that brought Stop, the one the daemon writes in, and the loop's one
+    # (a dummy driver that runs late and catches up leaves no time to react in a cycle, so
+    # the release can land at the start of the cycle after).
+    released_by = stop_at + 3 * period
+    near_stop = [(f - stop_at, m.hex()) for f, m in notes(got) if abs(f - stop_at) < 8 * period]
+    assert still_sounding([e for e in got if e[0] <= released_by]) == set(), near_stop
+    assert not [f for f in ons if released_by < f < continue_at]
     assert any(f > continue_at for f in ons), "silent after Continue"
     assert still_sounding(got) == set()  # and nothing stuck at the end
