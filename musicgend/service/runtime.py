@@ -385,6 +385,7 @@ async def serve(
             port_counters=lambda: ports.counters,
             follower=core.grid if isinstance(core.grid, MidiClockFollower) else None,
             ticks_per_frame=settings.clock.ticks_per_frame,
+            freeze_startup_heap=True,
         )
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR1, engine.panic)
