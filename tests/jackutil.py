@@ -168,6 +168,12 @@ class JackPeer:
     def connections(self, port: str) -> list[str]:
         return list(self.request("connections", port=port)["ports"])
 
+    def slips(self) -> list[tuple[int, int]]:
+        """``[(frame, lost)]``: where the server's clock lost time against the wall clock, and
+        how many frames (the dummy driver loses what it wakes late by; a sound card
+        doesn't). Time scheduled by the wall clock lands that much earlier in frames after."""
+        return [(int(f), int(n)) for f, n in self.request("slips")["slips"]]
+
     def frame_time(self) -> int:
         return int(self.request("frame_time")["frame"])
 
@@ -223,9 +229,24 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
     drained = threading.Event()
     drained.set()
 
+    ns_per_frame = 1e9 / client.samplerate
+    slips: list[tuple[int, int]] = []  # (JACK frame, frames the server's clock lost there)
+    lag = {"ns": None}
+
     @client.set_process_callback
     def process(nframes: int) -> None:
         base = client.last_frame_time
+        # the cycle's start in wall time against its frame count: a step up is time JACK's
+        # clock lost (the dummy driver, a timer, loses what it wakes late by; a sound card
+        # does not)
+        lag_ns = time.monotonic_ns() - (client.frames_since_cycle_start + base) * ns_per_frame
+        last_ns = lag["ns"]
+        if last_ns is None or lag_ns < last_ns:
+            lag["ns"] = lag_ns
+        elif lag_ns - last_ns > nframes * ns_per_frame / 2:
+            lag["ns"] = lag_ns
+            with lock:
+                slips.append((base, round((lag_ns - last_ns) / ns_per_frame)))
         for offset, data in inport.incoming_midi_events():
             with lock:
                 received.append((base + offset, bytes(data).hex()))
@@ -297,6 +318,9 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
             elif op == "connections":
                 port = client.get_port_by_name(cmd["port"])
                 answer({"ports": [p.name for p in client.get_all_connections(port)]})
+            elif op == "slips":
+                with lock:
+                    answer({"slips": list(slips)})
             elif op == "frame_time":
                 answer({"frame": client.frame_time})
             elif op == "quit":
