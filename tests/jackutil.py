@@ -216,6 +216,8 @@ class JackPeer:
 def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
     import jack
 
+    from musicgend.service.bench import ClockSlips
+
     jack.set_error_function(lambda msg: None)
     jack.set_info_function(lambda msg: None)
     client = jack.Client(name, no_start_server=True, use_exact_name=True)
@@ -229,24 +231,13 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
     drained = threading.Event()
     drained.set()
 
-    ns_per_frame = 1e9 / client.samplerate
-    slips: list[tuple[int, int]] = []  # (JACK frame, frames the server's clock lost there)
-    lag = {"ns": None}
+    clock = ClockSlips(client.samplerate)
 
     @client.set_process_callback
     def process(nframes: int) -> None:
+        now_ns = time.monotonic_ns()
         base = client.last_frame_time
-        # the cycle's start in wall time against its frame count: a step up is time JACK's
-        # clock lost (the dummy driver, a timer, loses what it wakes late by; a sound card
-        # does not)
-        lag_ns = time.monotonic_ns() - (client.frames_since_cycle_start + base) * ns_per_frame
-        last_ns = lag["ns"]
-        if last_ns is None or lag_ns < last_ns:
-            lag["ns"] = lag_ns
-        elif lag_ns - last_ns > nframes * ns_per_frame / 2:
-            lag["ns"] = lag_ns
-            with lock:
-                slips.append((base, round((lag_ns - last_ns) / ns_per_frame)))
+        clock.cycle(base, client.frames_since_cycle_start, nframes, now_ns)
         for offset, data in inport.incoming_midi_events():
             with lock:
                 received.append((base + offset, bytes(data).hex()))
@@ -319,8 +310,7 @@ def _peer_main(name: str) -> None:  # pragma: no cover (runs in the subprocess)
                 port = client.get_port_by_name(cmd["port"])
                 answer({"ports": [p.name for p in client.get_all_connections(port)]})
             elif op == "slips":
-                with lock:
-                    answer({"slips": list(slips)})
+                answer({"slips": list(clock.slips)})
             elif op == "frame_time":
                 answer({"frame": client.frame_time})
             elif op == "quit":

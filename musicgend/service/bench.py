@@ -10,11 +10,13 @@ metrics it writes on exit. Reported (nothing is asserted):
 * ``late_frames`` (no result at the tick), ``stale_frames`` (result from slightly older input);
 * ``inference_ms``: per-call time in the daemon, and per runtime measured here side by side;
 * ``jitter_ms``: onsets of the daemon's frames as a separate JACK client sees them (absolute
-  JACK frame time), residuals against the 200 ms grid fitted robustly to each minute (the
-  soak's method: the dummy driver's frame clock wanders slowly against ``CLOCK_MONOTONIC``
-  under load, which one line over ten minutes would count as jitter), leaving out the first
-  :data:`WARM_UP_S` seconds (``jitter_all_ms`` keeps them); ``jitter_single_grid_ms``: all
-  onsets against one least-squares line for the run; ``midi.xruns``: JACK cycles overrun;
+  JACK frame time plus what the dummy driver's clock lost before each, :class:`ClockSlips`:
+  the wall clock, which a sound card's clock follows and the daemon keeps time by),
+  residuals against the 200 ms grid fitted robustly to each minute (the soak's method),
+  leaving out the first :data:`WARM_UP_S` seconds (``jitter_all_ms`` keeps them);
+  ``jitter_jack_frames_ms``: the same on JACK frame time as it is; ``clock_slips``: how often
+  and how much the dummy driver's clock lost; ``jitter_single_grid_ms``: all onsets against
+  one least-squares line for the run; ``midi.xruns``: JACK cycles overrun;
 * ``cpu_steal_s``: CPU time the hypervisor gave to other machines during the condition;
 * ``rss_mb`` of the daemon, and ``private_mb``: the part only it holds (RSS also counts the
   JACK server's shared memory, which libjack maps and locks in every client: ~40 MB with the
@@ -51,10 +53,12 @@ WARM_UP_S = 5.0
 first frames' set-up hold up JACK's process callback (the server reports overruns, counted
 in ``midi.xruns``, and its frame clock loses that time, shifting every later onset)."""
 JITTER_METHOD = (
-    "residuals of the onsets a separate JACK client records (JACK frame time) against a "
-    f"200 ms grid fitted robustly to each stretch of at most 60 s, from {WARM_UP_S:g} s after "
-    "the first onset (jitter_all_ms: from the first onset); jitter_single_grid_ms: all "
-    "onsets against one least-squares line for the whole condition"
+    "residuals of the onsets a separate JACK client records (JACK frame time, plus the time "
+    "the dummy driver's frame clock lost before each, measured by that client: the wall "
+    "clock, as a sound card keeps it) against a 200 ms grid fitted robustly to each stretch "
+    f"of at most 60 s, from {WARM_UP_S:g} s after the first onset (jitter_all_ms: from the "
+    "first onset; jitter_jack_frames_ms: JACK frame time as it is); jitter_single_grid_ms: "
+    "all onsets against one least-squares line for the whole condition"
 )
 
 
@@ -127,6 +131,34 @@ def stretch_onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, A
     return result
 
 
+class ClockSlips:
+    """Where a JACK server's frame clock lost time against the wall clock, from a client's
+    process callback: each cycle's start in wall time (``CLOCK_MONOTONIC``, as JACK's own
+    clock) minus its frame count; a step up of more than half a period is time lost. The
+    dummy driver is a timer: it loses what it wakes late by (a sound card's clock doesn't),
+    and wall-clock output lands that much earlier in frames from then on."""
+
+    def __init__(self, rate_hz: int) -> None:
+        self.ns_per_frame = 1e9 / rate_hz
+        self.slips: list[tuple[int, int]] = []  # (frame, frames lost there)
+        self._lag_ns: float | None = None
+
+    def cycle(self, frame: int, frames_since_start: int, nframes: int, now_ns: int) -> None:
+        """Call first thing in each process callback (``last_frame_time``,
+        ``frames_since_cycle_start``, the callback's ``frames``, ``time.monotonic_ns()``)."""
+        lag_ns = now_ns - (frame + frames_since_start) * self.ns_per_frame
+        last = self._lag_ns
+        if last is None or lag_ns < last:
+            self._lag_ns = lag_ns
+        elif lag_ns - last > nframes * self.ns_per_frame / 2:
+            self._lag_ns = lag_ns
+            self.slips.append((frame, round((lag_ns - last) / self.ns_per_frame)))
+
+    def lost_by(self, frame: int) -> int:
+        """Frames lost up to ``frame``."""
+        return sum(n for f, n in self.slips if f <= frame)
+
+
 class Peer:
     """A separate JACK client: records the daemon's output with frame times, plays notes."""
 
@@ -139,11 +171,14 @@ class Peer:
         self.events: list[tuple[int, bytes]] = []
         self.to_send: deque[bytes] = deque()
         self.lock = threading.Lock()
+        self.clock = ClockSlips(self.client.samplerate)
         self.client.set_process_callback(self._process)
         self.client.activate()
 
     def _process(self, frames: int) -> None:
+        now_ns = time.monotonic_ns()
         base = self.client.last_frame_time
+        self.clock.cycle(base, self.client.frames_since_cycle_start, frames, now_ns)
         for offset, data in self.inport.incoming_midi_events():
             self.events.append((base + offset, bytes(data)))
         self.outport.clear_buffer()
@@ -253,7 +288,12 @@ def run_condition(
         metrics = json.loads(metrics_file.read_text())
     onsets = sorted({t for t, data in peer.events[:on_grid] if data[0] & 0xF0 in (0x80, 0x90)})
     cc123 = sum(1 for _, data in peer.events if data[0] & 0xF0 == 0xB0 and data[1] == 123)
-    steady = [t for t in onsets if onsets and t - onsets[0] >= WARM_UP_S * rate_hz]
+    # on the wall clock, as a sound card would have it: JACK frames plus what the dummy
+    # driver's clock lost before each onset
+    slips = peer.clock.slips
+    onsets_wall = [t + peer.clock.lost_by(t) for t in onsets]
+    steady = [t for t in onsets_wall if t - onsets_wall[0] >= WARM_UP_S * rate_hz]
+    steady_frames = [t for t, w in zip(onsets, onsets_wall, strict=True) if w in steady]
     return {
         "frames": metrics["frames"],
         "frame_latency_ms": metrics["frame_latency_ms"],
@@ -264,8 +304,13 @@ def run_condition(
         "inference_ms_daemon": metrics["inference_ms"],
         "midi": metrics.get("midi"),
         "jitter_ms": stretch_onset_jitter_ms(steady, rate_hz),
-        "jitter_all_ms": stretch_onset_jitter_ms(onsets, rate_hz),
-        "jitter_single_grid_ms": onset_jitter_ms(onsets, rate_hz),
+        "jitter_all_ms": stretch_onset_jitter_ms(onsets_wall, rate_hz),
+        "jitter_single_grid_ms": onset_jitter_ms(onsets_wall, rate_hz),
+        "jitter_jack_frames_ms": stretch_onset_jitter_ms(steady_frames, rate_hz),
+        "clock_slips": {
+            "count": len(slips),
+            "lost_ms": round(sum(n for _, n in slips) * 1e3 / rate_hz, 3),
+        },
         "rss_mb": rss,
         "private_mb": private,
         "ports_ready_s": round(ports_ready_s, 3),
