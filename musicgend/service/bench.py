@@ -134,25 +134,40 @@ def stretch_onset_jitter_ms(frame_times: list[int], rate_hz: int) -> dict[str, A
 class ClockSlips:
     """Where a JACK server's frame clock lost time against the wall clock, from a client's
     process callback: each cycle's start in wall time (``CLOCK_MONOTONIC``, as JACK's own
-    clock) minus its frame count; a step up of more than half a period is time lost. The
-    dummy driver is a timer: it loses what it wakes late by (a sound card's clock doesn't),
-    and wall-clock output lands that much earlier in frames from then on."""
+    clock) minus its frame count. A step up of more than half a period that holds for
+    :attr:`HOLD_CYCLES` cycles is time lost (a step that falls back is a late cycle, not a
+    loss). The dummy driver is a timer: it loses what it wakes late by (a sound card's clock
+    doesn't), and wall-clock output lands that much earlier in frames from then on."""
+
+    HOLD_CYCLES = 16
 
     def __init__(self, rate_hz: int) -> None:
         self.ns_per_frame = 1e9 / rate_hz
         self.slips: list[tuple[int, int]] = []  # (frame, frames lost there)
-        self._lag_ns: float | None = None
+        self._base_ns: float | None = None
+        self._step: tuple[int, float, int] | None = None  # (frame, lowest lag since, cycles)
 
     def cycle(self, frame: int, frames_since_start: int, nframes: int, now_ns: int) -> None:
         """Call first thing in each process callback (``last_frame_time``,
         ``frames_since_cycle_start``, the callback's ``frames``, ``time.monotonic_ns()``)."""
         lag_ns = now_ns - (frame + frames_since_start) * self.ns_per_frame
-        last = self._lag_ns
-        if last is None or lag_ns < last:
-            self._lag_ns = lag_ns
-        elif lag_ns - last > nframes * self.ns_per_frame / 2:
-            self._lag_ns = lag_ns
-            self.slips.append((frame, round((lag_ns - last) / self.ns_per_frame)))
+        base = self._base_ns
+        if base is None or lag_ns < base:
+            self._base_ns, self._step = lag_ns, None
+            return
+        if lag_ns - base <= nframes * self.ns_per_frame / 2:
+            self._step = None  # back on the old line: that was a late cycle
+            return
+        step = self._step
+        if step is None:
+            self._step = (frame, lag_ns, 1)
+            return
+        at, low_ns, cycles = step[0], min(step[1], lag_ns), step[2] + 1
+        if cycles < self.HOLD_CYCLES:
+            self._step = (at, low_ns, cycles)
+            return
+        self.slips.append((at, round((low_ns - base) / self.ns_per_frame)))
+        self._base_ns, self._step = low_ns, None
 
     def lost_by(self, frame: int) -> int:
         """Frames lost up to ``frame``."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgend.service.bench import onset_jitter_ms, stretch_onset_jitter_ms
+from musicgend.service.bench import ClockSlips, onset_jitter_ms, stretch_onset_jitter_ms
 from tests.conftest import run_musicgend
 
 RATE = 48000
@@ -61,3 +61,38 @@ def test_bench_json_has_the_contract_keys(tmp_path: Path) -> None:
         assert condition["midi"]["xruns"] >= 0 and condition["midi"]["sent"] > 0
     saved = list(out.glob("latency-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == report
+
+
+def _cycles(meter: ClockSlips, count: int, late_frames: int = 0, lost_from: int = -1) -> None:
+    """``count`` cycles of 128 frames at 48 kHz, the callback ``2 + late_frames`` frames into
+    every 10th cycle (2 into the others); from cycle ``lost_from`` on the server's clock has
+    lost 3 ms (its cycles start that much later in wall time)."""
+    ns_per_frame = 1e9 / 48000
+    for i in range(count):
+        start_ns = i * 128 * ns_per_frame + (3_000_000 if 0 <= lost_from <= i else 0)
+        since = 2 + (late_frames if i % 10 == 0 else 0)
+        meter.cycle(i * 128, since, 128, round(start_ns + since * ns_per_frame))
+
+
+def test_clock_slips_counts_lasting_losses_not_late_cycles() -> None:
+    meter = ClockSlips(48000)
+    _cycles(meter, 100)
+    assert meter.slips == []
+    # callbacks that run late into their cycle (JACK reports how far): no step at all
+    meter = ClockSlips(48000)
+    _cycles(meter, 100, late_frames=100)
+    assert meter.slips == []
+    # the clock loses 3 ms at cycle 40 and keeps that: one slip of 144 frames there
+    meter = ClockSlips(48000)
+    _cycles(meter, 100, late_frames=100, lost_from=40)
+    assert meter.slips == [(40 * 128, 144)]
+    assert meter.lost_by(39 * 128) == 0 and meter.lost_by(99 * 128) == 144
+
+
+def test_clock_slips_ignores_a_step_that_falls_back() -> None:
+    meter = ClockSlips(48000)
+    period_ns = 128 * 1e9 / 48000
+    for i in range(100):
+        blip_ns = 2_000_000 if 30 <= i < 35 else 0  # five cycles stamped late, then not
+        meter.cycle(i * 128, 0, 128, round(i * period_ns) + blip_ns)
+    assert meter.slips == []
