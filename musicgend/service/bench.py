@@ -307,8 +307,11 @@ def run_condition(
     # driver's clock lost before each onset
     slips = peer.clock.slips
     onsets_wall = [t + peer.clock.lost_by(t) for t in onsets]
-    steady = [t for t in onsets_wall if t - onsets_wall[0] >= WARM_UP_S * rate_hz]
-    steady_frames = [t for t, w in zip(onsets, onsets_wall, strict=True) if w in steady]
+    first = next(
+        (i for i, t in enumerate(onsets_wall) if t - onsets_wall[0] >= WARM_UP_S * rate_hz),
+        len(onsets_wall),
+    )
+    steady, steady_frames = onsets_wall[first:], onsets[first:]
     return {
         "frames": metrics["frames"],
         "frame_latency_ms": metrics["frame_latency_ms"],
