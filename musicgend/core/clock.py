@@ -250,23 +250,24 @@ class MidiClockFollower:
         counted = True
         resync, self._resync = self._resync, False
         if last is not None and t_ns - last < self.loss_timeout_ns and not resync:
-            dt: float | None = float(t_ns - last)
-            if self.tick_ns is not None and self.running and dt is not None:
+            interval = float(t_ns - last)
+            dt: float | None = interval  # what the tempo estimate takes from it
+            if self.tick_ns is not None and self.running:
                 # One odd interval is the transport's, not the band's: a gap of 2-4 periods
                 # means ticks got lost on the way (a busy sender or an overrun JACK cycle),
                 # so they are counted and the frame boundaries stay on the beat; a tick far
                 # too early leaves the period as it was. Only when odd intervals keep coming
                 # is it the tempo: an early tick once taken as the period made every later
                 # tick look like two.
-                n = round(dt / self.tick_ns)
-                early = dt < 0.6 * self.tick_ns
+                n = round(interval / self.tick_ns)
+                early = interval < 0.6 * self.tick_ns
                 odd = early or 2 <= n <= 4
                 self._odd_gaps = self._odd_gaps + 1 if odd else 0
                 if not (odd and self._odd_gaps <= ODD_GAPS_TOLERATED):
                     self._owed = 0
                 elif n >= 2:
                     missed = n - 1
-                    dt = dt / n
+                    dt = interval / n
                     self._owed = missed
                 else:
                     # An early tick that is no new tick: the one a gap was taken to have
@@ -277,7 +278,7 @@ class MidiClockFollower:
                         self._owed -= 1
                         self.missed_ticks -= 1
                         counted = False
-                    elif dt < DUPLICATE_TICK_FRACTION * self.tick_ns:
+                    elif interval < DUPLICATE_TICK_FRACTION * self.tick_ns:
                         self.duplicate_ticks += 1
                         self._alive_ns = t_ns
                         return None  # the next interval is measured from the first copy

@@ -171,7 +171,13 @@ class ClockSlips:
 
     def lost_by(self, frame: int) -> int:
         """Frames lost up to ``frame``."""
-        return sum(n for f, n in self.slips if f <= frame)
+        return frames_lost_by(self.slips, frame)
+
+
+def frames_lost_by(slips: list[tuple[int, int]], frame: int) -> int:
+    """Frames a clock lost up to ``frame``, from :attr:`ClockSlips.slips` (also as another
+    process reported them)."""
+    return sum(n for f, n in slips if f <= frame)
 
 
 class Peer:

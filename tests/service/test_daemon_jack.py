@@ -17,6 +17,7 @@ from pathlib import Path
 import mido
 import pytest
 
+from musicgend.service.bench import frames_lost_by
 from tests.jackutil import JackPeer, jack_server, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,13 +141,11 @@ def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
     # (note-ons only: the release at stop, note-offs, may even span two cycles)
     grid = sorted({t for t, m in notes(events) if m[0] & 0xF0 == 0x90 and m[2] > 0})
 
-    def lost_by(frame: int) -> int:
-        return sum(n for f, n in slips if f <= frame)
-
     # (tolerance: a cycle written late, a period or two; 4 × 256 frames)
     offsets = []
+    start = grid[0] - frames_lost_by(slips, grid[0])
     for t in grid:
-        offset = (t - grid[0] + lost_by(t) - lost_by(grid[0])) % FRAME_FRAMES
+        offset = (t + frames_lost_by(slips, t) - start) % FRAME_FRAMES
         offsets.append(min(offset, FRAME_FRAMES - offset))
     assert len(grid) >= 2 and max(offsets) <= 1024, (offsets, slips)
     # every note-on has its note-off, and the stop sends CC64=0 and CC123 on all channels
