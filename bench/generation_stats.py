@@ -31,10 +31,9 @@ from musicgend.core.musicstats import (  # noqa: E402
     ratios,
 )
 from musicgend.core.sampler import SamplerParams  # noqa: E402
-from musicgend.core.tokens import pitches_from_token  # noqa: E402
 from musicgend.model.artifact import load_artifact  # noqa: E402
 from musicgend.model.runtime import load_predictor  # noqa: E402
-from musicgend.training.generate import generate_tokens, reference_stats  # noqa: E402
+from musicgend.training.generate import generate_frames, reference_stats  # noqa: E402
 
 GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
     "default": [
@@ -125,8 +124,10 @@ def main() -> None:
     for label, params in GRIDS[args.grid]:
         pieces = []
         for seed in range(args.seeds):
-            _, _, ids = generate_tokens(artifact, predictor, n_frames, seed=seed, params=params)
-            pieces.append([pitches_from_token(artifact.vocab.token(i)) for i in ids])
+            _, _, frames, _ = generate_frames(
+                artifact, predictor, n_frames, seed=seed, params=params
+            )
+            pieces.append(frames)
         stats = corpus_stats(pieces, fs)
         r, ok = ratios(stats, corpus), goals(stats, corpus)
         cells = "".join(f"{getattr(stats, n):9.3f} ({r[n]:4.2f})" for n in COMPARED)

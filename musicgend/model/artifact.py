@@ -52,6 +52,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from musicgend import __version__
+from musicgend.core.pitchhead import PITCHES
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.vocab import Vocab
 from musicgend.errors import ModelError, VocabError
@@ -112,6 +113,14 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
         width = 2 * u
     shapes["dense.kernel"] = (width, config.dense_units)
     shapes["dense.bias"] = (config.dense_units,)
+    if config.output == "pitch":
+        width = config.pitch_units + PITCHES + 1
+        shapes["pitch_params.kernel"] = (config.dense_units, width)
+        shapes["pitch_params.bias"] = (width,)
+        shapes["pitch_head.w_in"] = (PITCHES, config.pitch_units)
+        shapes["pitch_head.v_out"] = (PITCHES, config.pitch_units)
+        shapes["pitch_head.bias"] = (PITCHES,)
+        return shapes
     if config.tied_output_dim:
         # logits = (h @ tied_projection.kernel + tied_projection.bias) @ embedding.T + logits.bias
         shapes["tied_projection.kernel"] = (config.dense_units, config.tied_output_dim)
@@ -135,6 +144,18 @@ def _weight_variables(model: keras.Model, config: ModelConfig) -> list[tuple[str
             pairs.append((f"bigru_{i}.{d}.kernel", cell.kernel))
             pairs.append((f"bigru_{i}.{d}.recurrent_kernel", cell.recurrent_kernel))
             pairs.append((f"bigru_{i}.{d}.bias", cell.bias))
+    if config.output == "pitch":
+        for name in ("dense", "pitch_params"):
+            layer = model.get_layer(name)
+            pairs.append((f"{name}.kernel", layer.kernel))
+            pairs.append((f"{name}.bias", layer.bias))
+        head = model.get_layer("pitch_head")
+        pairs += [
+            ("pitch_head.w_in", head.w_in),
+            ("pitch_head.v_out", head.v_out),
+            ("pitch_head.bias", head.bias),
+        ]
+        return pairs
     dense = ("dense",) + (("tied_projection",) if config.tied_output_dim else ("logits",))
     for name in dense + (("copy_gate",) if config.copy_gate else ()):
         layer = model.get_layer(name)
@@ -362,9 +383,9 @@ def save_artifact(
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    expected_vocab = model.output_shape[-1]
+    expected_vocab = model.get_layer("embedding").input_dim
     if expected_vocab != len(vocab):
-        raise ModelError(f"model outputs {expected_vocab} tokens but the vocab has {len(vocab)}")
+        raise ModelError(f"the model knows {expected_vocab} tokens but the vocab has {len(vocab)}")
     stored = round_weights(numpy_weights(model, config), weights_dtype)
     tflite: bytes | None = None
     if export_tflite:
@@ -519,12 +540,14 @@ class Artifact:
 
     def without_weights(self) -> Artifact:
         """This artifact without its weight arrays (~4 bytes a parameter), for a runtime that
-        reads only ``model.tflite``; its :meth:`keras_model` then raises ModelError."""
-        return replace(self, weights={})
+        reads only ``model.tflite``; its :meth:`keras_model` then raises ModelError. A
+        per-pitch head's own arrays (``pitch_head.*``, 0.1 MB) stay: they run in NumPy."""
+        head = {k: v for k, v in self.weights.items() if k.startswith("pitch_head.")}
+        return replace(self, weights=head)
 
     def keras_model(self) -> keras.Model:
         """Build the Keras network with the weights of ``weights.npz`` (imports TensorFlow)."""
-        if not self.weights:
+        if "embedding" not in self.weights:
             raise ModelError(f"{self.path}: loaded without its weight arrays (LiteRT only)")
         return keras_model_from_arrays(
             self.config, len(self.vocab), self.weights, str(self.path / WEIGHTS_NPZ)

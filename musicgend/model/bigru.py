@@ -5,6 +5,11 @@ Input: ``(batch, window_frames)`` int32 token ids. Output: ``(batch, vocab)`` pr
 input token" expert, weighted by a learned sigmoid gate). With ``tied_output_dim`` the
 logits are ``Dense(tied_output_dim)(h) @ E.T + bias``, E being the embedding matrix.
 
+With ``output = "pitch"`` the output is the per-pitch head's input vector
+``(batch, pitch_units + 129)`` (:mod:`musicgend.core.pitchhead`); the head's own weights sit
+in the :class:`PitchHead` layer, which passes that vector through unchanged and gives
+training its log-likelihood (:func:`pitch_log_prob`).
+
 The network is always rebuilt from its :class:`ModelConfig` by :func:`build_model` (weights
 are saved with ``save_weights``), never from a Keras model config.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from musicgend.core.pitchhead import PITCHES
 from musicgend.model.config import ModelConfig
 
 
@@ -64,6 +70,53 @@ class TiedLogits(layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim}
 
 
+@keras.saving.register_keras_serializable(package="musicgend")
+class PitchHead(layers.Layer):
+    """Holds the per-pitch head's weights ``w_in``, ``v_out`` ``(128, units)`` and ``bias``
+    ``(128,)``; its call passes the head's input vector through (inference reads the
+    weights from ``weights.npz``, see :class:`musicgend.core.pitchhead.PitchHead`)."""
+
+    def __init__(self, units: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        init = keras.initializers.RandomNormal(stddev=0.05)
+        self.w_in = self.add_weight(shape=(PITCHES, self.units), initializer=init, name="w_in")
+        self.v_out = self.add_weight(shape=(PITCHES, self.units), initializer=init, name="v_out")
+        # most pitches are silent most of the time: start every pitch at p ≈ 0.02
+        self.bias = self.add_weight(
+            shape=(PITCHES,), initializer=keras.initializers.Constant(-4.0), name="bias"
+        )
+
+    def call(self, params):
+        return params
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "units": self.units}
+
+
+def pitch_log_prob(head: PitchHead, params, prev, chord):
+    """``ln p(chord)`` per row, in TensorFlow ops (the same formula as
+    :meth:`musicgend.core.pitchhead.PitchHead.log_prob`); ``prev`` and ``chord`` are
+    ``(N, 128)`` float 0/1."""
+    import tensorflow as tf
+
+    u = head.units
+    base, stay, gate = params[:, :u], params[:, u : u + PITCHES], params[:, u + PITCHES]
+    contrib = chord[:, :, None] * head.w_in[None]
+    a = base[:, None, :] + tf.cumsum(contrib, axis=1, exclusive=True)
+    logits = tf.einsum("npu,pu->np", tf.sigmoid(a), head.v_out) + head.bias + stay * prev
+    lp_nade = tf.reduce_sum(
+        chord * tf.math.log_sigmoid(logits) + (1.0 - chord) * tf.math.log_sigmoid(-logits),
+        axis=-1,
+    )
+    lp_rest = tf.math.log_sigmoid(-gate) + lp_nade
+    same = tf.reduce_all(tf.equal(chord, prev), axis=-1)
+    held = tf.reduce_logsumexp(tf.stack([tf.math.log_sigmoid(gate), lp_rest]), axis=0)
+    return tf.where(same, held, lp_rest)
+
+
 def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Model:
     """The network for a vocabulary of ``vocab_size`` tokens; ``config`` defaults to seed."""
     config = config or ModelConfig()
@@ -81,6 +134,10 @@ def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Mod
             x = layers.Dropout(config.gru_dropout, name=f"gru_dropout_{i}")(x)
     h = layers.Dense(config.dense_units, name="dense")(x)
     h = layers.LeakyReLU(negative_slope=config.leaky_relu_alpha, name="leaky_relu")(h)
+    if config.output == "pitch":
+        params = layers.Dense(config.pitch_units + PITCHES + 1, name="pitch_params")(h)
+        out = PitchHead(config.pitch_units, name="pitch_head")(params)
+        return keras.Model(token_ids, out, name=f"musicgend_{config.name}")
     if config.tied_output_dim:
         projected = layers.Dense(config.tied_output_dim, name="tied_projection")(h)
         logits = TiedLogits(embedding, name="logits")(projected)

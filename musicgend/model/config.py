@@ -31,6 +31,13 @@ class ModelConfig(BaseModel):
     matrix E ``(vocab, embed_dim)``: ``logits = Dense(tied_output_dim)(h) @ E.T + bias``;
     must equal ``embed_dim`` (the shared size). The ``dense_units × vocab`` output matrix
     becomes ``dense_units × embed_dim``."""
+    output: Literal["vocab", "pitch"] = "vocab"
+    """``vocab``: a softmax over the vocabulary (seed). ``pitch``: the per-pitch head of
+    :mod:`musicgend.core.pitchhead` (a NADE over the 128 pitches plus its own copy gate),
+    which gives every chord a probability, also chords the vocabulary lacks; the vocabulary
+    then only names the input tokens."""
+    pitch_units: int = Field(128, ge=1)
+    """Hidden units of the per-pitch head (``output = "pitch"``)."""
     min_count: int = Field(2, ge=1)
     """Training tokens seen fewer times map to ``<unk>``."""
     fs: int = Field(5, ge=1, le=100)
@@ -46,6 +53,15 @@ class ModelConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _pitch_head_has_its_own_output(self) -> ModelConfig:
+        if self.output == "pitch" and (self.copy_gate or self.tied_output_dim):
+            raise ValueError(
+                "output 'pitch' has its own copy gate and no vocabulary softmax: "
+                "set copy_gate false and tied_output_dim 0"
+            )
+        return self
+
 
 PRESETS: dict[str, ModelConfig] = {
     # The write-up's network: Embedding(100) → 3 × BiGRU(128) → Dense(256)+LeakyReLU → softmax.
@@ -57,6 +73,16 @@ PRESETS: dict[str, ModelConfig] = {
         embed_dim=96,
         tied_output_dim=96,
         copy_gate=True,
+        embed_dropout=0.1,
+        gru_dropout=0.2,
+        min_count=3,
+    ),
+    # The same encoder with the per-pitch head: no chord is unknown to its output.
+    "pitch": ModelConfig(
+        name="pitch",
+        embed_dim=96,
+        output="pitch",
+        pitch_units=128,
         embed_dropout=0.1,
         gru_dropout=0.2,
         min_count=3,

@@ -1,4 +1,6 @@
-"""Fast inference of a model artifact: one window of token ids → next-token probabilities.
+"""Fast inference of a model artifact: one window of token ids → next-token probabilities
+(for a per-pitch model, ``config.output = "pitch"``: the head's input vector, see
+:mod:`musicgend.core.pitchhead`, whose own arrays every runtime takes from ``weights.npz``).
 
 Runtimes (all give the same probabilities within float32 round-off; ``bench/inference.py``
 measures them side by side):
@@ -27,6 +29,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.errors import ModelError
 from musicgend.model.artifact import Artifact, load_artifact
 
@@ -44,16 +47,18 @@ class Predictor(ABC):
         self.artifact = artifact
         self.window_frames = artifact.config.window_frames
         self.vocab_size = len(artifact.vocab)
+        self.output_width = output_width(artifact)
 
     def predict(self, window_ids: np.ndarray) -> np.ndarray:
-        """One window ``(W,)`` of int ids → probabilities ``(V,)`` (float32, sum 1)."""
+        """One window ``(W,)`` of int ids → probabilities ``(V,)`` (float32, sum 1), or a
+        per-pitch model's head inputs ``(output_width,)``."""
         x = np.asarray(window_ids)
         if x.shape != (self.window_frames,):
             raise ValueError(f"expected a window of shape ({self.window_frames},), got {x.shape}")
         return self.predict_batch(x[None, :])[0]
 
     def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        """Windows ``(N, W)`` of int ids → probabilities ``(N, V)`` (float32)."""
+        """Windows ``(N, W)`` of int ids → ``(N, output_width)`` float32 (probabilities)."""
         x = np.asarray(windows)
         if x.ndim != 2 or x.shape[1] != self.window_frames:
             raise ValueError(f"expected windows of shape (N, {self.window_frames}), got {x.shape}")
@@ -63,6 +68,22 @@ class Predictor(ABC):
 
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def output_width(artifact: Artifact) -> int:
+    """What a model returns per window: the vocabulary size, or the per-pitch head's input
+    width."""
+    cfg = artifact.config
+    if cfg.output == "pitch":
+        return cfg.pitch_units + PITCHES + 1
+    return len(artifact.vocab)
+
+
+def pitch_head(artifact: Artifact) -> PitchHead | None:
+    """The per-pitch head of a ``pitch`` model (from ``weights.npz``), else None."""
+    if artifact.config.output != "pitch":
+        return None
+    return PitchHead.from_weights(artifact.weights)
 
 
 # -- NumPy -----------------------------------------------------------------------------------
@@ -136,13 +157,19 @@ class NumpyPredictor(Predictor):
             rec_bias = np.stack([w[f"{f}.bias"][1], w[f"{b}.bias"][1]])[:, None, :]
             self.layers.append((kernel, in_bias, recurrent, rec_bias))
         self.dense = (w["dense.kernel"], w["dense.bias"])
+        self.pitch_params: tuple[np.ndarray, np.ndarray] | None = None
         self.tied_projection: tuple[np.ndarray, np.ndarray] | None = None
+        self.copy_gate: tuple[np.ndarray, np.ndarray] | None = None
+        if cfg.output == "pitch":  # the head's inputs: d @ kernel + bias
+            self.pitch_params = (w["pitch_params.kernel"], w["pitch_params.bias"])
+            return
         if cfg.tied_output_dim:  # logits = (d @ W_proj + b_proj) @ E.T + b_out
             self.tied_projection = (w["tied_projection.kernel"], w["tied_projection.bias"])
             self.logits = (self.embedding.T, w["logits.bias"])
         else:
             self.logits = (w["logits.kernel"], w["logits.bias"])
-        self.copy_gate = (w["copy_gate.kernel"], w["copy_gate.bias"]) if cfg.copy_gate else None
+        if cfg.copy_gate:
+            self.copy_gate = (w["copy_gate.kernel"], w["copy_gate.bias"])
 
     def _bigru(
         self, x: np.ndarray, layer: tuple[np.ndarray, ...], return_sequences: bool
@@ -175,6 +202,9 @@ class NumpyPredictor(Predictor):
             h = self._bigru(h, layer, return_sequences=i < len(self.layers) - 1)
         d = h @ self.dense[0] + self.dense[1]
         d = np.where(d > 0, d, self.alpha * d)
+        if self.pitch_params is not None:
+            out = d @ self.pitch_params[0] + self.pitch_params[1]
+            return out.astype(np.float32, copy=False)
         features = d
         if self.tied_projection is not None:
             features = d @ self.tied_projection[0] + self.tied_projection[1]
@@ -222,16 +252,16 @@ class LiteRTPredictor(Predictor):
         (out,) = self._interp.get_output_details()
         if tuple(inp["shape"]) != (1, self.window_frames) or tuple(out["shape"]) != (
             1,
-            self.vocab_size,
+            self.output_width,
         ):
             raise ModelError(
                 f"{path}: LiteRT model maps {tuple(inp['shape'])} → {tuple(out['shape'])}, "
-                f"expected (1, {self.window_frames}) → (1, {self.vocab_size})"
+                f"expected (1, {self.window_frames}) → (1, {self.output_width})"
             )
         self._in, self._out = inp["index"], out["index"]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((len(x), self.vocab_size), dtype=np.float32)
+        out = np.empty((len(x), self.output_width), dtype=np.float32)
         for i in range(len(x)):
             self._interp.set_tensor(self._in, x[i : i + 1])
             self._interp.invoke()

@@ -48,7 +48,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -73,6 +73,11 @@ from musicgend.core.tokens import PitchSet, pitches_from_token
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
 from musicgend.core.voicing import MidiBytes, Voicer, VoicingSettings
 from musicgend.core.window import WINDOW_FRAMES, RollingWindow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from musicgend.core.pitchhead import PitchHead
+    from musicgend.core.pitchsampler import PitchSampler
+    from musicgend.core.sampler import SamplerParams
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +121,15 @@ class EventLog(Protocol):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready for the engine: its predictor, vocabulary and a name for status."""
+    """A model ready for the engine: its predictor, vocabulary and a name for status;
+    ``head`` for a per-pitch model (its predictor returns the head's inputs, and its chords
+    are drawn by :class:`~musicgend.core.pitchsampler.PitchSampler`)."""
 
     predictor: Predictor
     vocab: Vocab
     name: str
     runtime: str = ""
+    head: PitchHead | None = None
 
     def warm_up(self, window_frames: int = WINDOW_FRAMES) -> None:
         """One inference, the vocabulary's nearest-chord table and the sampler's tables for
@@ -130,9 +138,14 @@ class LoadedModel:
         up JACK's process callback long enough for the server to report overruns)."""
         from musicgend.core.sampler import scale_table
 
-        self.predictor.predict(np.full(window_frames, SILENCE_ID, dtype=np.int32))
+        out = self.predictor.predict(np.full(window_frames, SILENCE_ID, dtype=np.int32))
         self.vocab.nearest({60, 61, 62, 63, 64})
-        scale_table(self.vocab)
+        if self.head is not None:
+            from musicgend.core.pitchsampler import PitchSampler
+
+            PitchSampler(self.head).sample(out, frozenset({60, 64}), [frozenset({60, 64})])
+        else:
+            scale_table(self.vocab)
 
 
 @dataclass(frozen=True)
@@ -235,14 +248,14 @@ def cc_value(param: str, value: int) -> Any:
     raise ValueError(f"parameter {param!r} can't be bound to a CC (choose from {CC_PARAMS})")
 
 
-def default_sampler(params: EngineParams) -> TokenSampler:
-    """:class:`musicgend.core.sampler.Sampler` for these parameters. ``hold_bias`` is in
-    log-probability units here (0 = none, < 0 changes chords more often); the sampler takes
-    the factor ``exp(hold_bias)``.
-    The other settings (minimum hold, silence bias) are the sampler's defaults."""
-    from musicgend.core.sampler import Sampler, SamplerParams
+def sampler_params(params: EngineParams) -> SamplerParams:
+    """The sampler's settings for these parameters. ``hold_bias`` is in log-probability
+    units here (0 = none, < 0 changes chords more often); the sampler takes the factor
+    ``exp(hold_bias)``. The other settings (minimum hold, silence bias) are the sampler's
+    defaults."""
+    from musicgend.core.sampler import SamplerParams
 
-    sampler_params = SamplerParams(
+    return SamplerParams(
         temperature=params.temperature,
         top_k=params.top_k,
         top_p=params.top_p,
@@ -250,7 +263,22 @@ def default_sampler(params: EngineParams) -> TokenSampler:
         scale_penalty=params.scale_penalty,
         short_note_penalty=params.short_note_penalty,
     )
-    return Sampler(sampler_params, seed=params.seed)
+
+
+def default_sampler(params: EngineParams) -> TokenSampler:
+    """:class:`musicgend.core.sampler.Sampler` for these parameters (:func:`sampler_params`)."""
+    from musicgend.core.sampler import Sampler
+
+    return Sampler(sampler_params(params), seed=params.seed)
+
+
+def pitch_sampler(model: LoadedModel, params: EngineParams) -> PitchSampler | None:
+    """A per-pitch model's :class:`PitchSampler` for these parameters (else None)."""
+    if model.head is None:
+        return None
+    from musicgend.core.pitchsampler import PitchSampler
+
+    return PitchSampler(model.head, sampler_params(params), seed=params.seed)
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -340,6 +368,11 @@ class Job:
     prev_id: int
     model: LoadedModel
     sampler: TokenSampler
+    prev_chord: PitchSet = frozenset()
+    """The chord that sounds (a per-pitch model's previous chord)."""
+    context: tuple[PitchSet, ...] = ()
+    """The window's chords, oldest first (per-pitch models: key and short-note bias)."""
+    pitch_sampler: PitchSampler | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +414,7 @@ class FrameCore:
         self.params = params or EngineParams()
         self._sampler_factory = sampler_factory
         self.sampler = sampler_factory(self.params)
+        self.pitch_sampler = pitch_sampler(model, self.params)
         base_voicing = voicing or VoicingSettings()
         self.voicer = Voicer(replace(base_voicing, density=self.params.density))
         self.modes = ModeMachine(self.params.mode, call)
@@ -484,6 +518,7 @@ class FrameCore:
         )
         if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
             self.sampler = self._sampler_factory(params)
+            self.pitch_sampler = pitch_sampler(self.model, params)
         if params.seed != self.params.seed and params.seed is not None:
             self._rng = random.Random(params.seed)
         self.params = params
@@ -521,28 +556,52 @@ class FrameCore:
         end_s = (k + 1) / self.quantiser.fs + 1e-6
         return self.quantiser.frame(k, end_s)
 
+    def _frame_chord(self, human: PitchSet, machine: PitchSet) -> PitchSet:
+        return (human | machine) if self.modes.hears_human else machine
+
     def _frame_id(self, human: PitchSet, machine: PitchSet) -> int:
-        chord = (human | machine) if self.modes.hears_human else machine
-        return self.model.vocab.nearest(chord)
+        return self.model.vocab.nearest(self._frame_chord(human, machine))
 
     def job(self) -> Job | None:
         """The snapshot that predicts ``next_frame`` (None before the window is ready)."""
         k = self.next_frame - 1  # the frame still in progress
         if self.frame_done != k - 1:
             return None
-        provisional = self._frame_id(self._human_frame(k), self.voicer.chord)
+        chord = self._frame_chord(self._human_frame(k), self.voicer.chord)
+        provisional = self.model.vocab.nearest(chord)
         window = self.window.array()
         window[:-1] = window[1:]
         window[-1] = provisional
         prev_id = self.model.vocab.nearest(self.voicer.chord)
-        return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
+        if self.pitch_sampler is None:
+            return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
+        history = list(self.history)[len(self.history) - self.window_frames + 1 :]
+        return Job(
+            self.next_frame,
+            self.version,
+            window,
+            prev_id,
+            self.model,
+            self.sampler,
+            self.voicer.chord,
+            (*history, chord),
+            self.pitch_sampler,
+        )
 
     @staticmethod
     def compute(job: Job) -> Result:
         """Inference and sampling for a job (runs in the worker thread; pure computation)."""
         t0 = time.perf_counter_ns()
-        probs = np.asarray(job.model.predictor.predict(job.window), dtype=np.float64)
+        out = job.model.predictor.predict(job.window)
         infer_ns = time.perf_counter_ns() - t0
+        if job.pitch_sampler is not None:
+            try:
+                chord = job.pitch_sampler.sample(out, job.prev_chord, job.context)
+            except ValueError:  # NaN from the model: play silence rather than noise
+                chord = frozenset()
+            token_id = job.model.vocab.nearest(chord)
+            return Result(job.frame, job.version, token_id, chord, job.model, infer_ns)
+        probs = np.asarray(out, dtype=np.float64)
         probs = probs.copy()
         probs[UNK_ID] = 0.0  # <unk> names no chord: it can't be played
         total = probs.sum()
@@ -631,6 +690,7 @@ class FrameCore:
     # -- model swap -------------------------------------------------------------------------
     def _swap(self, model: LoadedModel) -> None:
         self.model = model
+        self.pitch_sampler = pitch_sampler(model, self.params)
         self.result = None
         ids = [model.vocab.nearest(chord) for chord in self.history]
         self.window = RollingWindow(self.window_frames, initial=ids)

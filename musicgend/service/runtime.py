@@ -99,7 +99,7 @@ def load_model(path: Path, runtime: str = "auto", threads: int = 1) -> LoadedMod
     interpreter thread made calls slower, not faster, on the 2-core reference machine
     (README, "Where the time goes").
     """
-    from musicgend.model.runtime import load_predictor
+    from musicgend.model.runtime import load_predictor, pitch_head
     from musicgend.service.engine import LoadedModel
 
     path = Path(path)
@@ -112,7 +112,9 @@ def load_model(path: Path, runtime: str = "auto", threads: int = 1) -> LoadedMod
     artifact = predictor.artifact
     if artifact.config.window_frames < 1:
         raise ModelError(f"{path}: bad window size {artifact.config.window_frames}")
-    return LoadedModel(predictor, artifact.vocab, str(path), predictor.runtime)
+    return LoadedModel(
+        predictor, artifact.vocab, str(path), predictor.runtime, pitch_head(artifact)
+    )
 
 
 def voicing_from(settings: Settings) -> VoicingSettings:

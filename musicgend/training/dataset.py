@@ -39,6 +39,7 @@ from musicgend.core.augment import (
     transpositions,
 )
 from musicgend.core.pianoroll import tokens_from_frames
+from musicgend.core.pitchhead import PITCHES
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.tokens import MAX_PITCH, MIN_PITCH, PitchSet
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
@@ -180,15 +181,25 @@ def load_corpus(
 
 @dataclass(frozen=True)
 class WindowIndex:
-    """One part's ids, flat, each piece after ``window_frames`` pad ids; target positions."""
+    """One part's ids, flat, each piece after ``window_frames`` pad ids; target positions.
+
+    ``pitches`` (per-pitch models): the pitch set of every flat position as ``(len(ids),
+    128)`` uint8 rows (pads are silence), so that targets the vocabulary lacks keep their
+    pitches.
+    """
 
     ids: np.ndarray
     positions: np.ndarray
     window_frames: int
+    pitches: np.ndarray | None = None
 
     @classmethod
     def from_sequences(
-        cls, sequences: Iterable[Sequence[int]], window_frames: int, pad_id: int = SILENCE_ID
+        cls,
+        sequences: Iterable[Sequence[int]],
+        window_frames: int,
+        pad_id: int = SILENCE_ID,
+        frames: Iterable[Sequence[PitchSet]] | None = None,
     ) -> WindowIndex:
         chunks: list[np.ndarray] = []
         positions: list[np.ndarray] = []
@@ -202,7 +213,19 @@ class WindowIndex:
             offset = start + len(ids)
         flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
         pos = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-        return cls(flat, pos, window_frames)
+        rows = None
+        if frames is not None:
+            rows = np.zeros((len(flat), PITCHES), dtype=np.uint8)
+            starts = iter(positions)
+            for piece in frames:
+                at = next(starts, None)
+                if at is None or len(at) != len(piece):
+                    raise TrainingError("frames and token sequences differ in length")
+                for t, chord in zip(at, piece, strict=True):
+                    rows[t, list(chord)] = 1
+            if next(starts, None) is not None:
+                raise TrainingError("fewer frame sequences than token sequences")
+        return cls(flat, pos, window_frames, rows)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -239,14 +262,17 @@ class RandomTranspose:
     def build(cls, vocab: Vocab, index: WindowIndex) -> RandomTranspose:
         table = id_shift_table(vocab.tokens, UNK_ID, TRANSPOSITIONS)
         token_low, token_high = token_pitch_bounds(vocab.tokens, UNK_ID)
+        flat_low, flat_high = token_low[index.ids], token_high[index.ids]
+        if index.pitches is not None:  # the frames' own pitches, also of unknown chords
+            flat_low, flat_high = _row_bounds(index.pitches)
         span = index.window_frames + 1
         starts = index.positions - index.window_frames
         lows = np.zeros(len(starts), dtype=np.int16)
         highs = np.zeros(len(starts), dtype=np.int16)
         if len(starts):
             view = np.lib.stride_tricks.sliding_window_view
-            lows = view(token_low[index.ids], span).min(axis=1)[starts]
-            highs = view(token_high[index.ids], span).max(axis=1)[starts]
+            lows = view(flat_low, span).min(axis=1)[starts]
+            highs = view(flat_high, span).max(axis=1)[starts]
         first, last = TRANSPOSITIONS[0], TRANSPOSITIONS[-1]
         low = np.maximum(first, MIN_PITCH - lows.astype(np.int32)).astype(np.int8)
         high = np.minimum(last, MAX_PITCH - highs.astype(np.int32)).astype(np.int8)
@@ -268,6 +294,16 @@ class RandomTranspose:
         return (np.asarray(shifts) - TRANSPOSITIONS[0]).astype(np.int32)
 
 
+def _row_bounds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest pitch of each ``(N, 128)`` row; an empty row gets
+    ``(MAX_PITCH, MIN_PITCH)`` (it restricts no shift)."""
+    on = rows.astype(bool)
+    any_on = on.any(axis=1)
+    low = np.where(any_on, on.argmax(axis=1), MAX_PITCH).astype(np.int16)
+    high = np.where(any_on, PITCHES - 1 - on[:, ::-1].argmax(axis=1), MIN_PITCH).astype(np.int16)
+    return low, high
+
+
 def window_dataset(
     index: WindowIndex,
     positions: np.ndarray,
@@ -282,6 +318,10 @@ def window_dataset(
 
     With ``shift_table`` (K × V ids) and ``shift_rows`` (one row per position), every id of
     a window and its target is replaced by ``shift_table[row, id]`` (one gather per batch).
+
+    When ``index`` has ``pitches`` (a per-pitch model), ``y`` is ``(previous frame's
+    pitches, target's pitches)``, two ``(batch, 128)`` float32 0/1 arrays, shifted with the
+    window.
     """
     import tensorflow as tf
 
@@ -295,13 +335,29 @@ def window_dataset(
         table = tf.constant(np.ascontiguousarray(shift_table, dtype=np.int32).reshape(-1))
         source += (np.asarray(shift_rows, dtype=np.int32) * vocab_size,)
 
+    rows = None if index.pitches is None else tf.constant(index.pitches)
+    pitch_range = tf.range(PITCHES, dtype=tf.int32)
+
+    def shifted(chords, shift):
+        source = pitch_range[None, :] - shift[:, None]
+        inside = (source >= 0) & (source < PITCHES)
+        moved = tf.gather(chords, tf.clip_by_value(source, 0, PITCHES - 1), batch_dims=1)
+        return moved * tf.cast(inside, moved.dtype)
+
     def gather(pos, *rest):
         x = tf.gather(flat, pos[:, None] + offsets)
         y = tf.gather(flat, pos)
+        shift = None
         if shift_table is not None:
             base, rest = rest[0], rest[1:]
             x = tf.gather(table, x + base[:, None])
             y = tf.gather(table, y + base)
+            shift = base // vocab_size + TRANSPOSITIONS[0]
+        if rows is not None:
+            prev, target = tf.gather(rows, pos - 1), tf.gather(rows, pos)
+            if shift is not None:
+                prev, target = shifted(prev, shift), shifted(target, shift)
+            y = (tf.cast(prev, tf.float32), tf.cast(target, tf.float32))
         return (x, y, *rest)
 
     if weights is not None:
@@ -381,9 +437,17 @@ def prepare(
     on_the_fly = augment_transpose and augment_mode == "random"
     if on_the_fly:
         train_streams = [p.tokens for p in corpus.train]
-    train = WindowIndex.from_sequences((vocab.ids(s) for s in train_streams), config.window_frames)
+    per_pitch = config.output == "pitch"
+    train_frame_seqs = [p.frames for p in corpus.train] if on_the_fly else frames
+    train = WindowIndex.from_sequences(
+        (vocab.ids(s) for s in train_streams),
+        config.window_frames,
+        frames=train_frame_seqs if per_pitch else None,
+    )
     val = WindowIndex.from_sequences(
-        (vocab.ids(p.tokens) for p in corpus.val), config.window_frames
+        (vocab.ids(p.tokens) for p in corpus.val),
+        config.window_frames,
+        frames=[p.frames for p in corpus.val] if per_pitch else None,
     )
     return TrainingData(
         corpus,

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 
 from musicgend.core.augment import transpositions
+from musicgend.core.pitchhead import PITCHES, PitchHead, multi_hot
 from musicgend.core.spelling import PitchPrior
+from musicgend.core.tokens import PitchSet
 from musicgend.core.vocab import UNK_ID, Vocab
 from musicgend.core.window import training_windows
 from musicgend.errors import CorpusError, MidiFileError, ModelError
@@ -73,12 +75,14 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class EncodedPiece:
-    """One piece as the scorer sees it: ids, and ln p_spell of each unknown chord (else 0)."""
+    """One piece as the scorer sees it: ids, and ln p_spell of each unknown chord (else 0);
+    ``frames``: its pitch sets (a per-pitch model scores them directly)."""
 
     path: Path
     ids: np.ndarray
     log_spell: np.ndarray
     known: np.ndarray
+    frames: tuple[PitchSet, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,7 +94,7 @@ def encode_piece(piece: Piece, vocab: Vocab, prior: PitchPrior) -> EncodedPiece:
     log_spell = np.zeros(len(ids), dtype=np.float64)
     for t in np.flatnonzero(~known):
         log_spell[t] = prior.log_p(piece.frames[t])
-    return EncodedPiece(piece.path, ids, log_spell, known)
+    return EncodedPiece(piece.path, ids, log_spell, known, piece.frames)
 
 
 @dataclass
@@ -180,6 +184,16 @@ def _batches(
         yield np.concatenate(xs), np.concatenate(ys)
 
 
+def _pitch_rows(pieces: Sequence[EncodedPiece]) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame's pitches and its previous frame's (silence before a piece's first),
+    as ``(frames, 128)`` bool, in scoring order."""
+    chords = np.concatenate([multi_hot(p.frames) for p in pieces])
+    prev = np.concatenate(
+        [np.concatenate([np.zeros((1, PITCHES), bool), multi_hot(p.frames)[:-1]]) for p in pieces]
+    )
+    return prev, chords
+
+
 def score_model(
     predictor: Predictor,
     pieces: Sequence[EncodedPiece],
@@ -187,8 +201,14 @@ def score_model(
     window_frames: int,
     batch_size: int = 256,
     on_batch: Callable[[], None] | None = None,
+    head: PitchHead | None = None,
 ) -> Score:
-    """Score a model's predictions on every frame of ``pieces`` by the scoring rule."""
+    """Score a model's predictions on every frame of ``pieces`` by the scoring rule.
+
+    With ``head`` (a per-pitch model) the predictor's outputs are the head's inputs, each
+    chord's probability is the head's (no ``<unk>``, no p_spell) and its top-1 guess is
+    :meth:`PitchHead.best`.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     frames = sum(len(p) for p in pieces)
@@ -197,14 +217,26 @@ def score_model(
     log_spell = np.concatenate([p.log_spell for p in pieces])
     log_p = np.empty(frames, dtype=np.float64)
     correct = np.empty(frames, dtype=bool)
+    width = vocab_size if head is None else head.params_width
+    prev_rows, chord_rows = _pitch_rows(pieces) if head is not None else (None, None)
     start = 0
     for x, y in _batches(pieces, window_frames, batch_size):
         probs = np.asarray(predictor.predict_batch(x.astype(np.int32, copy=False)))
-        if probs.shape != (len(x), vocab_size):
+        if probs.shape != (len(x), width):
             raise ModelError(
-                f"the model returned probabilities of shape {probs.shape} for {len(x)} windows "
-                f"and a vocabulary of {vocab_size}"
+                f"the model returned outputs of shape {probs.shape} for {len(x)} windows; "
+                f"expected ({len(x)}, {width})"
             )
+        if head is not None and prev_rows is not None and chord_rows is not None:
+            span = slice(start, start + len(y))
+            log_p[span] = np.maximum(
+                head.log_prob(probs, prev_rows[span], chord_rows[span]), LOG_FLOOR
+            )
+            correct[span] = np.all(head.best(probs, prev_rows[span]) == chord_rows[span], axis=1)
+            start += len(y)
+            if on_batch is not None:
+                on_batch()
+            continue
         rows = np.arange(len(y))
         p = probs[rows, y].astype(np.float64)
         with np.errstate(divide="ignore"):
@@ -214,6 +246,8 @@ def score_model(
         if on_batch is not None:
             on_batch()
     known = np.concatenate([p.known for p in pieces])
+    if head is not None:
+        return _score(log_p, correct, known)
     return _score(log_p + log_spell, correct, known)
 
 
@@ -512,8 +546,11 @@ def evaluate(
     on_skip: Callable[[Path, str], None] | None = None,
     progress_factory: Callable[[int], Any] | None = None,
     transposed_baseline: bool = False,
+    head: PitchHead | None = None,
 ) -> Report:
     """Read the plan's pieces, score the model and (if the plan has them) the baselines.
+
+    ``head``: the model's per-pitch head, if it has one (see :func:`score_model`).
 
     ``transposed_baseline`` adds ``kn5_repeat_transposed``: the n-gram fit on the training
     pieces in every key (as a model trained with ``--augment-transpose`` sees them).
@@ -535,10 +572,12 @@ def evaluate(
     if progress_factory is not None:
         with progress_factory(n_batches) as bar:
             score = score_model(
-                predictor, target.pieces, len(vocab), window_frames, batch_size, bar.advance
+                predictor, target.pieces, len(vocab), window_frames, batch_size, bar.advance, head
             )
     else:
-        score = score_model(predictor, target.pieces, len(vocab), window_frames, batch_size)
+        score = score_model(
+            predictor, target.pieces, len(vocab), window_frames, batch_size, head=head
+        )
     seconds["model"] = time.perf_counter() - t0
 
     baselines: dict[str, Score] = {}
@@ -624,7 +663,7 @@ def run_evaluation(
     files to score, or the pieces the baselines need, can't be found.
     """
     from musicgend.model.artifact import load_artifact
-    from musicgend.model.runtime import load_predictor
+    from musicgend.model.runtime import load_predictor, pitch_head
 
     if batch_size < 1:
         raise CorpusError(f"--batch-size must be >= 1, got {batch_size}")
@@ -667,6 +706,7 @@ def run_evaluation(
             on_skip=on_skip,
             progress_factory=progress_factory,
             transposed_baseline=transposed_baseline,
+            head=pitch_head(artifact),
         )
     finally:
         _close(predictor)
@@ -692,7 +732,7 @@ def score_other(
     progress_factory: Callable[[int], Any] | None = None,
 ) -> Comparison:
     """Score another model on ``files`` by the same rule, with its own vocabulary and prior."""
-    from musicgend.model.runtime import load_predictor
+    from musicgend.model.runtime import load_predictor, pitch_head
 
     cfg = artifact.config
     target = read_pieces(files, artifact.vocab, artifact.pitch_prior, cfg.fs, cfg.first_track_only)
@@ -703,11 +743,12 @@ def score_other(
     )
     try:
         args = (predictor, target.pieces, len(artifact.vocab), cfg.window_frames, batch_size)
+        head = pitch_head(artifact)
         if progress_factory is not None:
             with progress_factory(math.ceil(target.frames / batch_size)) as bar:
-                score = score_model(*args, bar.advance)
+                score = score_model(*args, bar.advance, head)
         else:
-            score = score_model(*args)
+            score = score_model(*args, head=head)
     finally:
         _close(predictor)
     oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / target.frames

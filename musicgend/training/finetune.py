@@ -112,7 +112,8 @@ def extend_weights(
 ) -> dict[str, np.ndarray]:
     """The base weights for a vocabulary ``added`` tokens larger: each new embedding row,
     output column (untied) and output bias copied from ``<unk>``'s; ``<unk>``'s and the new
-    biases lowered by ``ln(added + 1)`` so that they share ``<unk>``'s probability."""
+    biases lowered by ``ln(added + 1)`` so that they share ``<unk>``'s probability. A
+    per-pitch model's output has no vocabulary: only its embedding grows."""
     from musicgend.model.artifact import weight_shapes
 
     expected = weight_shapes(config, base_size)
@@ -128,6 +129,8 @@ def extend_weights(
         return out
     emb = out["embedding"]
     out["embedding"] = np.concatenate([emb, np.repeat(emb[UNK_ID : UNK_ID + 1], added, axis=0)])
+    if config.output == "pitch":
+        return out
     if not config.tied_output_dim:
         kernel = out["logits.kernel"]
         out["logits.kernel"] = np.concatenate(

@@ -4,6 +4,10 @@ Priming (the seed's way by default): 49 × ``"e"`` + one frequent non-silent tok
 ``seed``; or the first ``window_frames`` frames of a MIDI file (chords the vocabulary doesn't
 know map to their nearest known chord). Each step asks the model for the next-token
 probabilities, draws one with :class:`~musicgend.core.sampler.Sampler`, and slides the window.
+A per-pitch model (``config.output = "pitch"``) draws chords with
+:class:`~musicgend.core.pitchsampler.PitchSampler` instead; its window holds each chord's
+token id (``<unk>`` for a chord the vocabulary lacks, as in training), and a primed file's
+chords are kept as they are.
 
 Frames become notes as the quantiser would read them back: a pitch held over consecutive
 frames is one note from ``k / fs`` to ``(k + n) / fs`` s, on a piano (program 0). A file
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,8 +28,9 @@ import numpy as np
 
 from musicgend.core.musicstats import MusicStats, corpus_stats, frame_stats
 from musicgend.core.pianoroll import Note
+from musicgend.core.pitchsampler import PitchSampler
 from musicgend.core.sampler import Sampler, SamplerParams
-from musicgend.core.tokens import PitchSet, pitches_from_token
+from musicgend.core.tokens import PitchSet, pitches_from_token, token_from_pitches
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
 from musicgend.core.window import RollingWindow
 from musicgend.errors import CorpusError, MidiFileError, ModelError
@@ -88,6 +94,34 @@ def generate_ids(
         out.append(token)
         prev = token
     return out
+
+
+def generate_pitch_frames(
+    predict: Callable[[np.ndarray], np.ndarray],
+    sampler: PitchSampler,
+    vocab: Vocab,
+    prime_ids: Sequence[int],
+    prime_frames: Sequence[PitchSet],
+    n_frames: int,
+    window_frames: int,
+) -> tuple[list[PitchSet], list[int]]:
+    """A per-pitch model's ``n_frames`` chords after a prime, and their token ids (the
+    window the encoder reads; a chord the vocabulary lacks is ``<unk>`` there, as in
+    training). ``prime_frames``: the prime's chords, for the previous chord and the key."""
+    window = RollingWindow(window_frames, initial=prime_ids)
+    context: deque[PitchSet] = deque(prime_frames, maxlen=window_frames)
+    prev = context[-1] if context else None
+    frames: list[PitchSet] = []
+    ids: list[int] = []
+    for _ in range(n_frames):
+        chord = sampler.sample(predict(window.array()), prev, context)
+        token_id = vocab.id(token_from_pitches(chord))
+        window.push(token_id)
+        context.append(chord)
+        frames.append(chord)
+        ids.append(token_id)
+        prev = chord
+    return frames, ids
 
 
 def notes_from_frames(frames: Sequence[PitchSet], fs: int, velocity: int = VELOCITY) -> list[Note]:
@@ -167,6 +201,43 @@ def generate_tokens(
     return name, written, ids
 
 
+def generate_frames(
+    artifact: Artifact,
+    predictor: Predictor,
+    n_frames: int,
+    *,
+    seed: int = 0,
+    params: SamplerParams | None = None,
+    prime: str | Path | None = None,
+) -> tuple[str, list[PitchSet], list[PitchSet], list[int]]:
+    """``n_frames`` chords from a loaded model of either kind: ``(prime name, prime
+    frames, frames, token ids)`` (see :func:`generate_tokens` for the prime)."""
+    from musicgend.model.runtime import pitch_head
+
+    head = pitch_head(artifact)
+    cfg, vocab = artifact.config, artifact.vocab
+    if head is None:
+        name, written, ids = generate_tokens(
+            artifact, predictor, n_frames, seed=seed, params=params, prime=prime
+        )
+        return name, written, [pitches_from_token(vocab.token(i)) for i in ids], ids
+    sampler = PitchSampler(head, params or SamplerParams(), seed=seed)
+    if prime is None:
+        prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
+        first_chord = pitches_from_token(vocab.token(prime_ids[-1]))
+        context = [pitches_from_token(vocab.token(i)) for i in prime_ids]
+        frames, ids = generate_pitch_frames(
+            predictor.predict, sampler, vocab, prime_ids, context, n_frames - 1, cfg.window_frames
+        )
+        return "seed", [], [first_chord, *frames], [prime_ids[-1], *ids]
+    written = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
+    prime_ids = [vocab.id(token_from_pitches(f)) for f in written]
+    frames, ids = generate_pitch_frames(
+        predictor.predict, sampler, vocab, prime_ids, written, n_frames, cfg.window_frames
+    )
+    return str(prime), written, frames, ids
+
+
 def generate_file(
     model: Artifact | str | Path,
     out: str | Path,
@@ -184,18 +255,17 @@ def generate_file(
     if not seconds > 0:
         raise ModelError(f"--seconds must be positive, got {seconds}")
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
-    cfg, vocab = artifact.config, artifact.vocab
+    cfg = artifact.config
     corpus = reference_stats(stats_against, cfg.fs) if stats_against else None
     predictor = load_predictor(artifact, runtime)
     n_frames = max(1, round(seconds * cfg.fs))
 
     started = time.perf_counter()
-    prime_name, written_prime, ids = generate_tokens(
+    prime_name, written_prime, frames, ids = generate_frames(
         artifact, predictor, n_frames, seed=seed, params=params, prime=prime
     )
     elapsed_s = time.perf_counter() - started
 
-    frames = [pitches_from_token(vocab.token(i)) for i in ids]
     path = write_midi([*written_prime, *frames], out, cfg.fs, name=f"musicgend {cfg.name}")
     return Generation(
         path=path,

@@ -140,7 +140,7 @@ class TrainOptions:
 class TrainResult:
     out_dir: Path | None
     """The model directory (``None`` on a non-chief worker)."""
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     best_epoch: int
     best_val_nll: float
     stopped_early: bool
@@ -245,7 +245,7 @@ def weights_digest(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def plot_loss_curve(history: list[dict[str, float]], best_epoch: int, path: Path) -> Path:
+def plot_loss_curve(history: list[dict[str, Any]], best_epoch: int, path: Path) -> Path:
     """Train and validation NLL per epoch as a PNG (matplotlib, Agg)."""
     import matplotlib
 
@@ -333,7 +333,7 @@ class Loop:
         import keras
         import tensorflow as tf
 
-        from musicgend.model.bigru import build_model
+        from musicgend.model.bigru import build_model, pitch_log_prob
 
         self.strategy = strategy
         self.replicas = int(strategy.num_replicas_in_sync)
@@ -343,10 +343,19 @@ class Loop:
             self.optimizer = keras.optimizers.Adam(options.learning_rate)
             self.optimizer.build(self.model.trainable_variables)
         model, optimizer = self.model, self.optimizer
+        self.per_pitch = options.config.output == "pitch"
+        head = model.get_layer("pitch_head") if self.per_pitch else None
 
-        def nll(y, probs):
-            p = tf.gather(probs, tf.cast(y, tf.int32), batch_dims=1)
+        def nll(y, out):
+            if head is not None:  # y: (previous pitches, target pitches)
+                return -pitch_log_prob(head, out, y[0], y[1])
+            p = tf.gather(out, tf.cast(y, tf.int32), batch_dims=1)
             return -tf.math.log(tf.clip_by_value(p, NLL_EPS, 1.0))
+
+        def hits(y, out):
+            if head is not None:  # the head's best guess needs a search: not in training
+                return tf.zeros(tf.shape(out)[:1])
+            return tf.cast(tf.equal(tf.argmax(out, -1, output_type=tf.int32), y), tf.float32)
 
         def replica_train(x, y):
             with tf.GradientTape() as tape:
@@ -357,10 +366,9 @@ class Loop:
             return tf.reduce_sum(per_example)
 
         def replica_eval(x, y, w):
-            probs = model(x, training=False)
-            hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32)
+            out = model(x, training=False)
             return tf.stack(
-                [tf.reduce_sum(nll(y, probs) * w), tf.reduce_sum(hit * w), tf.reduce_sum(w)]
+                [tf.reduce_sum(nll(y, out) * w), tf.reduce_sum(hits(y, out) * w), tf.reduce_sum(w)]
             )
 
         sum_ = tf.distribute.ReduceOp.SUM
@@ -425,8 +433,12 @@ class Loop:
     def steps_per_epoch(self, n_windows: int, workers: int) -> int:
         return (n_windows // workers) // (self.global_batch // workers)
 
-    def evaluate(self, index: WindowIndex) -> tuple[float, float]:
+    def evaluate(self, index: WindowIndex) -> tuple[float, float | None]:
         """Validation (NLL nats per window, top-1) over every window of ``index``.
+
+        A per-pitch model's NLL is that of the chord itself (unknown chords included, as
+        ``musicgend evaluate`` scores it); its top-1 needs a search per window and is left
+        to ``musicgend evaluate`` (None here).
 
         Each worker scores an equal-length share (padded with zero-weight windows), so all
         workers run the same number of steps and get the same reduced figures.
@@ -445,7 +457,8 @@ class Loop:
         total = np.zeros(3)
         for x, y, w in self.strategy.distribute_datasets_from_function(dataset_fn):
             total += self.eval_step(x, y, w).numpy()
-        return float(total[0] / total[2]), float(total[1] / total[2])
+        top1 = None if self.per_pitch else float(total[1] / total[2])
+        return float(total[0] / total[2]), top1
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -467,10 +480,11 @@ def _check_resumable(saved: TrainOptions, given: TrainOptions, explicit: set[str
             )
 
 
-def _epoch_line(h: dict[str, float], epochs: int, best: bool) -> str:
+def _epoch_line(h: dict[str, Any], epochs: int, best: bool) -> str:
+    top1 = "" if h["val_top1"] is None else f"  val_top1 {100 * h['val_top1']:.1f}%"
     return (
         f"epoch {int(h['epoch'])}/{epochs}  train_nll {h['train_nll']:.4f}  "
-        f"val_nll {h['val_nll']:.4f}  val_top1 {100 * h['val_top1']:.1f}%  "
+        f"val_nll {h['val_nll']:.4f}{top1}  "
         f"{h['windows_per_s']:.0f} windows/s  {h['epoch_s']:.1f} s" + ("  *best" if best else "")
     )
 
@@ -582,7 +596,7 @@ def train(
             f"{options.batch_size}; lower --batch-size or add data"
         )
 
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     best_epoch, best_val, bad_epochs, wall_before = 0, math.inf, 0, 0.0
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     command = command if command is not None else list(sys.argv)

@@ -69,6 +69,19 @@ def build_tiny(copy_gate: bool = False, seed: int = 0, tied: bool = False):
     return model, vocab, config
 
 
+def build_tiny_pitch(seed: int = 0):
+    """A tiny per-pitch model (``output: "pitch"``) with random weights."""
+    from musicgend.model.bigru import build_model
+
+    vocab = tiny_vocab()
+    config = tiny_config().model_copy(
+        update={"name": "tiny-pitch", "output": "pitch", "pitch_units": 5}
+    )
+    model = build_model(len(vocab), config)
+    randomize(model, seed, scale=0.3)
+    return model, vocab, config
+
+
 def _save_tiny_artifacts(root: Path, tied: bool) -> dict[bool, Path]:
     from musicgend.model.artifact import save_artifact
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.tokens import token_from_pitches
 from musicgend.core.vocab import Vocab
 from musicgend.core.voicing import MidiBytes
@@ -107,3 +108,38 @@ class StepClock:
         """Block the test until the tick thread waits for ``deadline_ns``."""
         with self._cond:
             return self._cond.wait_for(lambda: self.waiting_for == deadline_ns, timeout_s)
+
+
+def forcing_head(units: int = 4) -> PitchHead:
+    """A per-pitch head whose NADE weights are zero: each pitch's chance is its bias alone
+    (which :class:`ScriptedHeadPredictor` sets per call)."""
+    zeros = np.zeros((PITCHES, units), dtype=np.float32)
+    return PitchHead(zeros, zeros, np.full(PITCHES, -30.0, dtype=np.float32))
+
+
+class ScriptedHeadPredictor:
+    """For a per-pitch model: head inputs that make ``script[n % len]`` (pitch sets) all but
+    certain on the n-th call, whatever sounded before (copy gate shut)."""
+
+    def __init__(self, head: PitchHead, script: list[set[int]]) -> None:
+        self.head = head
+        self.script = script
+        self.calls = 0
+        self.windows: list[np.ndarray] = []
+
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        self.windows.append(window.copy())
+        out = np.zeros(self.head.params_width, dtype=np.float32)
+        chord = self.script[self.calls % len(self.script)]
+        self.calls += 1
+        out[-1] = -60.0  # the copy gate shut
+        self.head.bias[:] = -30.0  # the head's only free parameter: set per call
+        self.head.bias[list(chord)] = 60.0
+        return out
+
+
+def pitch_model(script: list[set[int]]) -> tuple[LoadedModel, ScriptedHeadPredictor]:
+    vocab = small_vocab()
+    head = forcing_head()
+    predictor = ScriptedHeadPredictor(head, script)
+    return LoadedModel(predictor, vocab, "fake-pitch", "fake", head), predictor

@@ -11,7 +11,7 @@ from musicgend.core.modes import CallResponseSettings, Mode
 from musicgend.core.tokens import pitches_from_token, token_from_pitches
 from musicgend.core.voicing import VoicingSettings, note_off, note_on
 from musicgend.service.engine import EngineParams, FrameCore, cc_value
-from tests.service.fakes import ArgmaxSampler, model
+from tests.service.fakes import ArgmaxSampler, model, pitch_model
 
 F = 200_000_000  # ns per frame
 C, DM, G = "60,64,67", "62,65,69", "59,62,67"
@@ -239,3 +239,24 @@ def test_unk_is_never_played() -> None:
     assert frame(core) == []
     assert core.voicer.chord == frozenset()
     assert token_from_pitches(core.voicer.chord) == "e"
+
+
+def test_a_per_pitch_model_plays_chords_the_vocabulary_lacks() -> None:
+    odd = {61, 66, 70}  # not in the fakes' vocabulary
+    m, predictor = pitch_model([odd, {60, 64, 67}])
+    core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler, EngineParams(scale_penalty=1.0))
+    core.start_at(1)
+    assert core.pitch_sampler is not None
+    assert frame(core) == [note_on(0, 61, 80), note_on(0, 66, 80), note_on(0, 70, 80)]
+    assert core.voicer.chord == frozenset(odd)
+    job = core.job()
+    assert job is not None and job.prev_chord == frozenset(odd)
+    assert job.context[-1] == frozenset(odd)  # the window's chords, newest last
+    assert len(job.context) <= core.window_frames
+    core.offer(FrameCore.compute(job))
+    core.tick(core.next_frame)
+    assert core.voicer.chord == frozenset({60, 64, 67})
+    # settings reach the per-pitch sampler too
+    core.set_params(temperature=0.5)
+    assert core.pitch_sampler is not None and core.pitch_sampler.params.temperature == 0.5
+    assert predictor.calls == 2

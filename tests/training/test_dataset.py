@@ -215,3 +215,65 @@ def test_window_dataset_applies_the_shift_table_per_window() -> None:
     assert (x[up2][ex[up2] == vocab.id("60")] == vocab.id("62")).all()
     shifted_125 = (ex == vocab.id("125")) & (rows[:, None] != 5)
     assert shifted_125.any() and (x[shifted_125] == UNK_ID).all()
+
+
+def _hand_pitch_index() -> tuple[Vocab, WindowIndex, list[list[frozenset[int]]]]:
+    """Like :func:`_hand_index`, with each frame's pitches; the second piece holds a chord
+    the vocabulary lacks ({60, 126}: <unk> as an id, its pitches kept in the rows)."""
+    vocab = Vocab.from_counts({t: 1 for t in ("60", "62", "64")})
+    c60, c62, c64, odd = frozenset({60}), frozenset({62}), frozenset({64}), frozenset({60, 126})
+    first = [c60, c62, frozenset(), c64] * 5
+    second = [c60, odd, c62, c60, c60, c64]
+    frames = [first, second]
+    ids = [vocab.ids(token_from_pitches(f) for f in piece) for piece in frames]
+    return vocab, WindowIndex.from_sequences(ids, window_frames=3, frames=frames), frames
+
+
+def test_pitch_rows_keep_unknown_chords_and_bound_the_shifts() -> None:
+    vocab, index, _ = _hand_pitch_index()
+    assert index.pitches is not None and index.pitches.shape == (len(index.ids), 128)
+    pos = index.positions
+    _, y = index.windows()
+    unknown = y == UNK_ID
+    assert unknown.sum() == 1
+    assert set(np.flatnonzero(index.pitches[pos[unknown][0]])) == {60, 126}
+    assert not index.pitches[: index.window_frames].any()  # the pad frames are silence
+    aug = RandomTranspose.build(vocab, index)
+    every = np.stack([aug.epoch_shifts(seed=1, epoch=e) for e in range(1, 200)])
+    holds_126 = np.array([index.pitches[p - 3 : p + 1, 126].any() for p in pos])
+    assert holds_126.sum() == 4  # bounded by the unknown chord's own pitch 126
+    assert every[:, holds_126].max() == 1 and every[:, ~holds_126].max() == 6
+
+
+def test_frames_and_sequences_must_agree() -> None:
+    from musicgend.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="differ in length"):
+        WindowIndex.from_sequences([[1, 1]], 3, frames=[[frozenset()]])
+    with pytest.raises(TrainingError, match="fewer frame sequences"):
+        WindowIndex.from_sequences([[1], [1]], 3, frames=[[frozenset()]])
+
+
+@pytest.mark.tf
+def test_window_dataset_shifts_pitch_rows_with_the_ids() -> None:
+    vocab, index, _ = _hand_pitch_index()
+    aug = RandomTranspose.build(vocab, index)
+    shifts = aug.epoch_shifts(seed=3, epoch=1)
+    rows = aug.rows(shifts)
+    order = index.positions
+    batches = list(
+        window_dataset(
+            index, order, 8, drop_remainder=False, shift_table=aug.table, shift_rows=rows
+        )
+    )
+    x = np.concatenate([b[0].numpy() for b in batches])
+    prev = np.concatenate([b[1][0].numpy() for b in batches])
+    target = np.concatenate([b[1][1].numpy() for b in batches])
+    assert index.pitches is not None
+    for j, p in enumerate(order):
+        want = set((np.flatnonzero(index.pitches[p]) + shifts[j]).tolist())
+        assert set(np.flatnonzero(target[j]).tolist()) == want
+        want_prev = set((np.flatnonzero(index.pitches[p - 1]) + shifts[j]).tolist())
+        assert set(np.flatnonzero(prev[j]).tolist()) == want_prev
+        if x[j, -1] != UNK_ID:  # the last input id names the same chord as the prev row
+            assert vocab.token(int(x[j, -1])) == token_from_pitches(want_prev)

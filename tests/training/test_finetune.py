@@ -222,6 +222,27 @@ def test_new_rows_start_as_unk_and_keep_the_base_distribution(tied: bool) -> Non
     np.testing.assert_allclose(grown.predict(x_new, verbose=0), p_new, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.tf
+def test_a_per_pitch_model_grows_only_its_embedding() -> None:
+    """The head has no vocabulary: an added chord reads like ``<unk>`` and the head's
+    inputs are the base's."""
+    from musicgend.model.artifact import keras_model_from_arrays, numpy_weights
+    from tests.model.conftest import build_tiny_pitch
+
+    model, vocab, config = build_tiny_pitch(seed=5)
+    arrays = numpy_weights(model, config)
+    v, k = len(vocab), 2
+    grown_arrays = extend_weights(arrays, config, v, k)
+    assert set(grown_arrays) == set(arrays)
+    assert grown_arrays["embedding"].shape == (v + k, config.embed_dim)
+    grown = keras_model_from_arrays(config, v + k, grown_arrays)
+    x = np.random.default_rng(1).integers(0, v, size=(8, config.window_frames)).astype(np.int32)
+    np.testing.assert_allclose(grown(x), model(x), rtol=1e-6, atol=1e-6)
+    x_new = x.copy()
+    x_new[:, -1], x[:, -1] = v + 1, UNK_ID
+    np.testing.assert_allclose(grown(x_new), model(x), rtol=1e-6, atol=1e-6)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
