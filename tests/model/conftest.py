@@ -111,10 +111,11 @@ def tiny_tied_artifacts(tmp_path_factory) -> dict[bool, Path]:
     return _save_tiny_artifacts(tmp_path_factory.mktemp("tied-artifacts"), tied=True)
 
 
-def save_tiny_artifact(out_dir: Path, seed: int = 0) -> Path:
-    """A tiny random-weight model directory for daemon tests (the daemon never imports TF)."""
+def save_tiny_artifact(out_dir: Path, seed: int = 0, pitch: bool = False) -> Path:
+    """A tiny random-weight model directory for daemon tests (the daemon never imports TF);
+    ``pitch``: a per-pitch model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from musicgend.model.artifact import save_artifact
 
-    model, vocab, config = build_tiny(False, seed=seed)
+    model, vocab, config = build_tiny_pitch(seed) if pitch else build_tiny(False, seed=seed)
     return save_artifact(out_dir, model, vocab, config, tiny_prior(), {})
