@@ -92,6 +92,28 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
             ]
         ],
     ],
+    # around the per-pitch model's defaults (its copy gate holds about as often as Bach)
+    "pitch": [
+        ("seed (plain softmax)", SamplerParams.seed()),
+        ("defaults", SamplerParams()),
+        ("key bias only", SamplerParams(hold_bias=1.0, short_note_penalty=1.0)),
+        *[
+            (
+                f"h{h:g} s{s:g} k{k:g} T{t:g}",
+                SamplerParams(hold_bias=h, short_note_penalty=s, scale_penalty=k, temperature=t),
+            )
+            for h, s, k, t in [
+                (1.0, 0.45, 0.15, 1.0),
+                (0.8, 0.45, 0.15, 1.0),
+                (1.2, 0.45, 0.15, 1.0),
+                (1.0, 0.6, 0.15, 1.0),
+                (1.0, 0.3, 0.15, 1.0),
+                (0.8, 0.6, 0.15, 1.0),
+                (1.0, 0.45, 0.1, 1.0),
+                (1.0, 0.45, 0.15, 1.1),
+            ]
+        ],
+    ],
 }
 
 

@@ -131,7 +131,8 @@ class EngineSettings(_Section):
     """Sampling seed; unset = a fresh seed each run."""
     hold_bias: float = Field(LOG_HOLD_BIAS, ge=-10, le=10)
     """Extra log-probability for repeating the chord that sounds (> 0 holds chords longer,
-    < 0 changes them more often; the default ln 0.3 suits the bundled model)."""
+    < 0 changes them more often; the default 0 suits the bundled model, −1.2 ≈ ln 0.3 the
+    ``musicgend`` vocabulary preset)."""
     scale_penalty: float = Field(DEFAULT_SCALE_PENALTY, ge=0, le=1)
     """Weight × per pitch outside the key of the recent frames (1 = off)."""
     short_note_penalty: float = Field(DEFAULT_SHORT_NOTE_PENALTY, ge=0, le=1)

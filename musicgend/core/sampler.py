@@ -161,10 +161,11 @@ def scale_table(vocab: _HasTokens) -> ScaleTable:
 class SamplerParams(BaseModel):
     """Sampling settings (validated; the MQTT ``set`` command and the CLI fill them).
 
-    The defaults were tuned with ``bench/generation_stats.py --grid notes`` on the bundled
-    model (see ``bench/results/generation-stats.json``): the model's copy gate holds chords
-    more often than Bach does, so the hold bias is below 1; the short-note penalty keeps the
-    extra changes from cutting fresh notes short; the key bias keeps the harmony in key.
+    The defaults were tuned with ``bench/generation_stats.py`` on the bundled model (``--grid
+    pitch``, see ``bench/results/generation-stats.json`` and ``models/MODEL_CARD.md``): the
+    key bias keeps the harmony in key, the short-note penalty keeps fresh notes from being
+    cut after one frame, and no hold bias is needed (the ``musicgend`` vocabulary preset's
+    copy gate holds more often than Bach: ``hold_bias`` 0.3 suits it, ``--grid notes``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

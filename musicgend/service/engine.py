@@ -575,7 +575,8 @@ class FrameCore:
         prev_id = self.model.vocab.nearest(self.voicer.chord)
         if self.pitch_sampler is None:
             return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
-        history = list(self.history)[len(self.history) - self.window_frames + 1 :]
+        history = list(self.history)
+        history = history[max(0, len(history) - (self.window_frames - 1)) :]
         return Job(
             self.next_frame,
             self.version,
