@@ -17,6 +17,12 @@ variant once on the same window, in a random order), so a busy machine slows all
 
     .venv/bin/python bench/inference.py --model models/default --calls 2000
 
+``--models DIR...`` compares model directories as the daemon runs them: the shipped LiteRT
+export on one thread, then the draw of the next chord (for a per-pitch model the NumPy head),
+timed separately, interleaved, on windows of a real piece (``--prime FILE.mid``):
+
+    .venv/bin/python bench/inference.py --models models/default OLD --prime bwv1.6.mid
+
 Prints p50/p99 ms per runtime and ratios to the fastest; no assertions on time.
 """
 
@@ -215,6 +221,74 @@ def bench_litert_exports(path: Path, calls: int, tmp: Path) -> dict[str, object]
     return out
 
 
+def bench_models(paths: list[Path], calls: int, prime: Path | None) -> dict[str, object]:
+    """Model directories as the daemon runs them: the shipped LiteRT export on 1 thread, then
+    the draw of the next chord (a per-pitch model's head runs in NumPy). Interleaved: each
+    round calls every model once on the same context (a real piece's windows with ``prime``).
+    """
+    from musicgend.core.pitchsampler import PitchSampler
+    from musicgend.core.sampler import Sampler
+    from musicgend.io.midifile import read_piece
+    from musicgend.model.artifact import load_artifact
+    from musicgend.model.runtime import LiteRTPredictor, pitch_head
+
+    rng = np.random.default_rng(5)
+    arts = [load_artifact(p) for p in paths]
+    if prime is not None:
+        frames = list(read_piece(prime, arts[0].config.fs).frames)
+    else:
+        frames = [frozenset({60, 64, 67}), frozenset({62, 65, 69}), frozenset({59, 62, 67})] * 40
+    window = arts[0].config.window_frames
+    contexts = [frames[max(0, i - window) : i] for i in range(1, len(frames) + 1)]
+    runs = []
+    for art in arts:
+        predictor = LiteRTPredictor(art, threads=1)
+        head = pitch_head(art)
+        ids = [
+            np.asarray([art.vocab.nearest(f) for f in c][-window:], dtype=np.int32)
+            for c in contexts
+        ]
+        ids = [np.concatenate([np.ones(window - len(i), np.int32), i]) for i in ids]
+        sampler = (
+            PitchSampler(head, seed=0) if head is not None else Sampler(seed=0, vocab=art.vocab)
+        )
+        runs.append((str(art.path), predictor, head, sampler, ids))
+    times = {name: {"infer": [], "draw": []} for name, *_ in runs}
+    for k in range(calls + 20):
+        j = k % len(contexts)
+        for r in rng.permutation(len(runs)):
+            name, predictor, head, sampler, ids = runs[r]
+            t0 = time.perf_counter_ns()
+            out = predictor.predict(ids[j])
+            t1 = time.perf_counter_ns()
+            prev = contexts[j][-1]
+            if head is not None:
+                sampler.sample(out, prev, contexts[j])
+            else:
+                sampler.sample(out.astype(np.float64), int(ids[j][-1]), ids[j])
+            t2 = time.perf_counter_ns()
+            if k >= 20:
+                times[name]["infer"].append((t1 - t0) / 1e6)
+                times[name]["draw"].append((t2 - t1) / 1e6)
+    out: dict[str, object] = {"calls": calls, "prime": str(prime), "load_average": os.getloadavg()}
+    for name, t in times.items():
+        infer, draw = np.asarray(t["infer"]), np.asarray(t["draw"])
+        total = infer + draw
+        row = {
+            part: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+            for part, v in (("inference", infer), ("draw", draw), ("total", total))
+        }
+        out[name] = row
+        print(
+            f"  {name}: inference p50 {row['inference']['p50_ms']:.3f} p99 "
+            f"{row['inference']['p99_ms']:.3f} ms, draw p50 {row['draw']['p50_ms']:.3f} p99 "
+            f"{row['draw']['p99_ms']:.3f} ms, total p99 {row['total']['p99_ms']:.3f} ms",
+            flush=True,
+        )
+    print(f"  ({calls} rounds, interleaved; load average {os.getloadavg()})")
+    return out
+
+
 STARTUP_CODE = """
 import json, os, sys, time
 t0 = float(sys.argv[3])
@@ -256,6 +330,13 @@ def main() -> None:
         "--model", type=Path, help="only the LiteRT float32 vs int8 comparison, on this model"
     )
     parser.add_argument("--calls", type=int, default=2000, help="calls per LiteRT export")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        help="only compare these model directories as the daemon runs them (export + draw)",
+    )
+    parser.add_argument("--prime", type=Path, help="--models: windows from this .mid file")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -277,7 +358,11 @@ def main() -> None:
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is not None:
+        if args.models:
+            print("models as the daemon runs them (LiteRT, 1 thread, + draw), interleaved …")
+            report["models"] = bench_models(args.models, args.calls, args.prime)
+            args.vocab = []
+        elif args.model is not None:
             print(f"{args.model}: LiteRT float32 vs int8, interleaved …", flush=True)
             report["litert_exports"] = bench_litert_exports(args.model, args.calls, Path(tmp))
             args.vocab = []
