@@ -428,6 +428,7 @@ class FrameCore:
         self.on_params = on_params
         self.quantiser = StreamQuantiser(fs=round(grid.fs))
         self._rng = random.Random(self.params.seed)
+        # the window's frames as chords (what it holds as ids): a model swap re-reads them
         self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
         self.window = RollingWindow(window_frames)
         self.next_frame = 0
@@ -559,9 +560,6 @@ class FrameCore:
     def _frame_chord(self, human: PitchSet, machine: PitchSet) -> PitchSet:
         return (human | machine) if self.modes.hears_human else machine
 
-    def _frame_id(self, human: PitchSet, machine: PitchSet) -> int:
-        return self.model.vocab.nearest(self._frame_chord(human, machine))
-
     def job(self) -> Job | None:
         """The snapshot that predicts ``next_frame`` (None before the window is ready)."""
         k = self.next_frame - 1  # the frame still in progress
@@ -667,8 +665,9 @@ class FrameCore:
     def after_tick(self, k: int) -> None:
         """Push frame ``k - 1`` into the window (after the messages are out)."""
         if self.frame_done < k - 1:
-            self.window.push(self._frame_id(self._pending_human, self.machine_prev))
-            self.history.append(self._pending_human | self.machine_prev)
+            chord = self._frame_chord(self._pending_human, self.machine_prev)
+            self.window.push(self.model.vocab.nearest(chord))
+            self.history.append(chord)
             self.frame_done = k - 1
         self.machine_prev = self.voicer.chord
         self.version += 1
@@ -677,8 +676,9 @@ class FrameCore:
         while self.frame_done < k - 2:
             j = self.frame_done + 1
             human = self._human_frame(j)
-            self.window.push(self._frame_id(human, self.machine_prev))
-            self.history.append(human | self.machine_prev)
+            chord = self._frame_chord(human, self.machine_prev)
+            self.window.push(self.model.vocab.nearest(chord))
+            self.history.append(chord)
             self.frame_done = j
         self.next_frame = k
         self.result = None

@@ -105,6 +105,7 @@ def test_solo_ignores_the_human_in_the_window() -> None:
     frame(core)
     frame(core)
     assert core.window.array()[-1] == core.model.vocab.id(C)
+    assert core.history[-1] == pitches_from_token(C)  # what a model swap re-reads
 
 
 def test_echo_of_own_output_is_not_heard() -> None:
