@@ -796,7 +796,7 @@ def train(
 
 
 def load_model_config(name_or_path: str) -> ModelConfig:
-    """A preset by name (``seed``, ``musicgend``) or a ModelConfig JSON file."""
+    """A preset by name (``seed``, ``musicgend``, ``pitch``) or a ModelConfig JSON file."""
     path = Path(name_or_path)
     if path.suffix.lower() != ".json":
         return preset(name_or_path)
