@@ -60,7 +60,7 @@ import numpy as np
 
 from musicgend.core.pianoroll import Track
 from musicgend.errors import MusicgendError
-from musicgend.service.bench import _pcts
+from musicgend.service.bench import _pcts, frames_lost_by
 
 WINDOW_S = 300.0
 """Report window: 5 minutes."""
@@ -88,7 +88,9 @@ BPMS = (140.0, 150.0, 160.0)
 """Frames of 0.214, 0.2 and 0.1875 s (a frame is an eighth note: 30 / bpm seconds)."""
 JITTER_METHOD = (
     "residuals of the daemon's frame onsets (first note-on of a frame, JACK frame time seen "
-    "by the player; frames that only release notes left out) against a robust line grid "
+    "by the player plus the time the dummy driver's clock lost before it, measured by the "
+    "player: the wall clock, as a sound card keeps it; frames that only release notes left "
+    "out) against a robust line grid "
     "fitted to each constant-tempo stretch "
     f"(split at every bpm command the daemon did not refuse, {TEMPO_GUARD_S:g} s after it "
     f"skipped, at most {STRETCH_MAX_S:g} s per fit)"
@@ -358,6 +360,9 @@ class Measurements:
     swaps: list[CommandRecord] = field(default_factory=list)
     events: list[tuple[float, int, bytes]] = field(default_factory=list)
     """What the player received: (t_s, JACK frame, bytes)."""
+    slips: list[tuple[int, int]] = field(default_factory=list)
+    """Where the JACK server's clock lost time against the wall clock, as the player measured
+    it (:class:`~musicgend.service.bench.ClockSlips`): (JACK frame, frames lost there)."""
     stop_s: float = 0.0
     """When the player stopped playing (the daemon was stopped after it)."""
     t0_mono_s: float = 0.0
@@ -401,22 +406,38 @@ def _window_figures(
     }
 
 
+def onset_jitter(m: Measurements, wall_clock: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """The daemon's onset jitter: ``(soak seconds of each fitted onset, residuals in ms,
+    stretches fitted)``.
+
+    Onsets are placed by JACK frame time, which keeps the grid exact; with ``wall_clock``
+    each also gets back the frames the JACK server's clock lost before it (``m.slips``): the
+    dummy driver is a timer that loses what it wakes late by, while the daemon keeps time by
+    the wall clock, as a sound card's clock does (see :class:`~musicgend.service.bench.
+    ClockSlips`). The soak seconds only place onsets in report windows.
+    """
+    onset_frames = frame_onsets(
+        [(frame, data) for t, frame, data in m.events if t <= m.stop_s], int(0.05 * m.rate_hz)
+    )
+    frame_to_s = {frame: t for t, frame, _ in m.events}
+
+    def placed(frame: int) -> int:
+        return frame + frames_lost_by(m.slips, frame) if wall_clock else frame
+
+    at = {placed(f): frame_to_s[f] for f in onset_frames}  # placed() is strictly increasing
+    t_frames, residual_ms, stretches = stretch_jitter(
+        [placed(f) / m.rate_hz for f in onset_frames],
+        [placed(f) / m.rate_hz for f in _changes_in_frames(m)],
+    )
+    residual_t = np.asarray([at[round(x * m.rate_hz)] for x in t_frames])
+    return residual_t, residual_ms, stretches
+
+
 def build_report(m: Measurements, *, minutes_requested: float, window_s: float) -> dict[str, Any]:
     """The soak's JSON (contract keys first; see the module docstring)."""
     duration_s = m.duration_s
-    gap_frames = int(0.05 * m.rate_hz)
-    onset_frames = frame_onsets(
-        [(frame, data) for t, frame, data in m.events if t <= m.stop_s], gap_frames
-    )
-    frame_to_s = {frame: t for t, frame, _ in m.events}
-    onset_s = [frame_to_s[f] for f in onset_frames]
-    # times on the JACK clock keep the grid exact; t_s (mapped) only places them in windows
-    changes_frames = _changes_in_frames(m)
-    t_frames, residual_ms, stretches = stretch_jitter(
-        [f / m.rate_hz for f in onset_frames], [f / m.rate_hz for f in changes_frames]
-    )
-    by_frame = dict(zip(onset_frames, onset_s, strict=True))
-    residual_t = np.asarray([by_frame[round(x * m.rate_hz)] for x in t_frames])
+    residual_t, residual_ms, stretches = onset_jitter(m)
+    _, raw_ms, _ = onset_jitter(m, wall_clock=False)
     stuck = stuck_notes([(frame, data) for _, frame, data in m.events])
     frame_s = {frame: t for t, frame, _ in m.events}
     stuck_s = [frame_s[frame] for frame, _, _ in stuck]
@@ -463,6 +484,15 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "onsets": int(residual_ms.size),
             "stretches": stretches,
             "method": JITTER_METHOD,
+        },
+        "jitter_jack_frames_ms": {
+            **percentiles_ms(raw_ms),
+            "method": "as jitter_ms, on JACK frame time as it is (the dummy driver's lost "
+            "time not added back)",
+        },
+        "clock_slips": {
+            "count": len(m.slips),
+            "lost_ms": round(sum(n for _, n in m.slips) / m.rate_hz * 1e3, 3),
         },
         "late_onsets": {
             "threshold_ms": LATE_ONSET_MS,
@@ -552,7 +582,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{report['stuck_notes']}  dropped input {report['dropped_input']}",
         f"decision latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms   "
         f"onset jitter p50 {jit['p50']} p99 {jit['p99']} max {jit['max']} ms "
-        f"({jit['onsets']} onsets, {jit['stretches']} stretches)",
+        f"({jit['onsets']} onsets, {jit['stretches']} stretches; on JACK frame time as it is "
+        f"p99 {report['jitter_jack_frames_ms']['p99']} ms, the server's clock lost "
+        f"{report['clock_slips']['lost_ms']} ms in {report['clock_slips']['count']} steps)",
         f"rss {rss['start']} → {rss['end']} MB ({rss['growth_mb_per_hour']} MB/h)   "
         f"private {report['private_mb']['start']} → {report['private_mb']['end']} MB   "
         f"open fds {report['open_fds']['start']} → {report['open_fds']['end']}",
@@ -606,17 +638,9 @@ def plot_report(m: Measurements, report: dict[str, Any], path: Path) -> Path:
     for s in m.swaps:
         for ax in (ax_lat, ax_jit, ax_mem):
             ax.axvline(s.t_s / 60, color="grey", alpha=0.4, linewidth=0.8)
-    onset_frames = frame_onsets(
-        [(f, d) for t_s, f, d in m.events if t_s <= m.stop_s], int(0.05 * m.rate_hz)
-    )
-    frame_to_s = {f: t_s for t_s, f, _ in m.events}
-    tf, residual_ms, _ = stretch_jitter(
-        [f / m.rate_hz for f in onset_frames],
-        [f / m.rate_hz for f in _changes_in_frames(m)],
-    )
-    if tf.size:
-        t_min = np.asarray([frame_to_s[round(x * m.rate_hz)] for x in tf]) / 60
-        ax_jit.plot(t_min, residual_ms, ".", markersize=2)
+    t_s, residual_ms, _ = onset_jitter(m)
+    if t_s.size:
+        ax_jit.plot(t_s / 60, residual_ms, ".", markersize=2)
     ax_jit.set_ylabel("onset jitter (ms)")
     res = [r for r in m.resources if r[1] is not None]
     if res:
@@ -756,10 +780,14 @@ class PlayerProcess:
                 self.request("quit", timeout_s=10.0)
         _end(self.proc, timeout_s=5)
 
-    def read_events(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]]]:
-        """(frame, bytes) received and (monotonic ns, frame) clock pairs, from the file."""
+    def read_events(
+        self,
+    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, int]], list[tuple[int, int]]]:
+        """(frame, bytes) received, (monotonic ns, frame) clock pairs and (frame, frames
+        lost) clock slips, from the file."""
         events: list[tuple[int, bytes]] = []
         syncs: list[tuple[int, int]] = []
+        slips: list[tuple[int, int]] = []
         with contextlib.suppress(FileNotFoundError), self.events_path.open() as fh:
             for line in fh:
                 parts = line.split()
@@ -769,7 +797,9 @@ class PlayerProcess:
                     events.append((int(parts[1]), bytes.fromhex(parts[2])))
                 elif parts[0] == "s":
                     syncs.append((int(parts[1]), int(parts[2])))
-        return events, syncs
+                elif parts[0] == "l":
+                    slips.append((int(parts[1]), int(parts[2])))
+        return events, syncs, slips
 
 
 def _player_main(server: str, events_path: Path, seed: int, midi: list[Path]) -> None:
@@ -799,7 +829,7 @@ def _player_main(server: str, events_path: Path, seed: int, midi: list[Path]) ->
     threading.Thread(target=read_stdin, daemon=True).start()
     answer({"ready": True, "cycle_s": round(cycle_s, 3), "port": peer.outport.name})
     held: Counter[int] = Counter()
-    sent = notes = written = 0
+    sent = notes = written = slips_written = 0
     playing = False
     t0_ns = 0
     index = 0
@@ -807,10 +837,13 @@ def _player_main(server: str, events_path: Path, seed: int, midi: list[Path]) ->
     with events_path.open("a") as fh:
 
         def flush() -> None:
-            nonlocal written
+            nonlocal written, slips_written
             new = peer.events[written:]
             written += len(new)
             fh.writelines(f"e {frame} {data.hex()}\n" for frame, data in new)
+            slips = peer.clock.slips[slips_written:]
+            slips_written += len(slips)
+            fh.writelines(f"l {frame} {lost}\n" for frame, lost in slips)
             fh.write(f"s {time.monotonic_ns()} {peer.client.frame_time}\n")
             fh.flush()
 
@@ -1296,7 +1329,7 @@ def _finish(
         if metrics_file.exists():
             m.final_metrics = json.loads(metrics_file.read_text())
         player.close()
-        events, syncs = player.read_events()
+        events, syncs, m.slips = player.read_events()
         m.events = _on_soak_time(events, syncs, m)
         log(f"soak: daemon exit {m.daemon_exit}; {len(events)} events recorded")
     finally:

@@ -30,6 +30,7 @@ from musicgend.service.soak import (
     growth_per_hour,
     is_note_off,
     is_note_on,
+    onset_jitter,
     steal_overlaps,
     stretch_jitter,
     stuck_notes,
@@ -331,3 +332,24 @@ def test_ctrl_c_stops_the_soak_cleanly_and_still_reports(tmp_path: Path) -> None
     assert report["interrupted"] is True
     assert report["minutes"] < 5
     _check_report(report, tmp_path)
+
+
+def test_jitter_adds_back_what_the_jack_clock_lost() -> None:
+    """Onsets exact on the wall clock: after the dummy driver's clock lost 2 ms (96 frames)
+    they sit 96 JACK frames early. The wall-clock jitter (the primary figure) is zero; the
+    raw JACK-frame figure sees the step."""
+    rate = 48000
+    m = Measurements(duration_s=50.0, stop_s=50.0, rate_hz=rate)
+    onsets = _grid(150, 0.2, start_s=1.0)  # 1.2 … 45.8 s
+    slip_at = round(15.0 * rate)
+    frames = [round(t * rate) - (96 if round(t * rate) >= slip_at else 0) for t in onsets]
+    m.events = [(t, f, bytes([0x90, 60, 80])) for t, f in zip(onsets, frames, strict=True)]
+    m.slips = [(slip_at - 96, 96)]
+    m.resources = [(0.0, 60.0, 40.0, 21)]
+    report = build_report(m, minutes_requested=50 / 60, window_s=300.0)
+    assert report["jitter_ms"]["max"] < 0.05
+    assert report["jitter_jack_frames_ms"]["max"] > 0.5
+    assert report["clock_slips"] == {"count": 1, "lost_ms": 2.0}
+    t_s, residual_ms, _ = onset_jitter(m)
+    assert len(t_s) == len(residual_ms) == 150
+    np.testing.assert_allclose(t_s, onsets)  # placed on the soak's time axis as recorded
