@@ -35,6 +35,20 @@ from musicgend.model.artifact import load_artifact  # noqa: E402
 from musicgend.model.runtime import load_predictor  # noqa: E402
 from musicgend.training.generate import generate_frames, reference_stats  # noqa: E402
 
+
+def _hold_short_key_t(
+    rows: list[tuple[float, float, float, float]],
+) -> list[tuple[str, SamplerParams]]:
+    """Settings of hold bias, short-note penalty, scale penalty and temperature."""
+    return [
+        (
+            f"h{h:g} s{s:g} k{k:g} T{t:g}",
+            SamplerParams(hold_bias=h, short_note_penalty=s, scale_penalty=k, temperature=t),
+        )
+        for h, s, k, t in rows
+    ]
+
+
 GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
     "default": [
         ("seed (plain softmax)", SamplerParams.seed()),
@@ -76,12 +90,8 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
         ("seed (plain softmax)", SamplerParams.seed()),
         ("defaults", SamplerParams()),
         ("key bias only", SamplerParams(hold_bias=1.0, short_note_penalty=1.0)),
-        *[
-            (
-                f"h{h:g} s{s:g} k{k:g} T{t:g}",
-                SamplerParams(hold_bias=h, short_note_penalty=s, scale_penalty=k, temperature=t),
-            )
-            for h, s, k, t in [
+        *_hold_short_key_t(
+            [
                 (1.0, 0.45, 0.15, 1.0),
                 (0.5, 0.45, 0.15, 1.0),
                 (0.3, 0.3, 0.15, 1.0),
@@ -90,19 +100,15 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
                 (0.3, 0.45, 0.3, 1.0),
                 (0.3, 0.45, 0.15, 1.1),
             ]
-        ],
+        ),
     ],
     # around the per-pitch model's defaults (its copy gate holds about as often as Bach)
     "pitch": [
         ("seed (plain softmax)", SamplerParams.seed()),
         ("defaults", SamplerParams()),
         ("key bias only", SamplerParams(hold_bias=1.0, short_note_penalty=1.0)),
-        *[
-            (
-                f"h{h:g} s{s:g} k{k:g} T{t:g}",
-                SamplerParams(hold_bias=h, short_note_penalty=s, scale_penalty=k, temperature=t),
-            )
-            for h, s, k, t in [
+        *_hold_short_key_t(
+            [
                 (1.0, 0.45, 0.15, 1.0),
                 (0.8, 0.45, 0.15, 1.0),
                 (1.2, 0.45, 0.15, 1.0),
@@ -112,7 +118,7 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
                 (1.0, 0.45, 0.1, 1.0),
                 (1.0, 0.45, 0.15, 1.1),
             ]
-        ],
+        ),
     ],
 }
 

@@ -173,36 +173,6 @@ def reference_stats(midi_dirs: Sequence[str | Path], fs: int) -> MusicStats:
     return corpus_stats((p.frames for p in pieces), fs)
 
 
-def generate_tokens(
-    artifact: Artifact,
-    predictor: Predictor,
-    n_frames: int,
-    *,
-    seed: int = 0,
-    params: SamplerParams | None = None,
-    prime: str | Path | None = None,
-) -> tuple[str, list[PitchSet], list[int]]:
-    """``n_frames`` token ids from a loaded model: ``(prime name, prime frames, ids)``.
-
-    With the default prime, the chosen chord is the first of the ``n_frames`` ids and no
-    prime frames are returned; with a file, its first window of frames is returned.
-    """
-    cfg, vocab = artifact.config, artifact.vocab
-    sampler = Sampler(params or SamplerParams(), seed=seed, vocab=vocab)
-    if prime is None:
-        prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
-        first = [prime_ids[-1]]
-        written: list[PitchSet] = []
-        name = "seed"
-    else:
-        written = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
-        prime_ids = [vocab.nearest(f) for f in written]
-        first, name = [], str(prime)
-    n_draw = n_frames - len(first)
-    ids = first + generate_ids(predictor.predict, prime_ids, n_draw, sampler, cfg.window_frames)
-    return name, written, ids
-
-
 def generate_frames(
     artifact: Artifact,
     predictor: Predictor,
@@ -212,32 +182,43 @@ def generate_frames(
     params: SamplerParams | None = None,
     prime: str | Path | None = None,
 ) -> tuple[str, list[PitchSet], list[PitchSet], list[int]]:
-    """``n_frames`` chords from a loaded model of either kind: ``(prime name, prime
-    frames, frames, token ids)`` (see :func:`generate_tokens` for the prime)."""
+    """``n_frames`` chords from a loaded model of either kind: ``(prime name, prime frames,
+    frames, token ids)``.
+
+    With the default prime, its chosen chord is the first of the ``n_frames`` and no prime
+    frames are returned; with a file, its first window of frames is returned.
+    """
     from musicgend.model.runtime import pitch_head
 
-    head = pitch_head(artifact)
     cfg, vocab = artifact.config, artifact.vocab
-    if head is None:
-        name, written, ids = generate_tokens(
-            artifact, predictor, n_frames, seed=seed, params=params, prime=prime
-        )
-        return name, written, [pitches_from_token(vocab.token(i)) for i in ids], ids
-    sampler = PitchSampler(head, params or SamplerParams(), seed=seed)
+    params = params or SamplerParams()
     if prime is None:
         prime_ids = seed_prime_ids(vocab, cfg.window_frames, seed)
-        first_chord = pitches_from_token(vocab.token(prime_ids[-1]))
         context = [pitches_from_token(vocab.token(i)) for i in prime_ids]
+        first_ids, first = prime_ids[-1:], context[-1:]
+        written: list[PitchSet] = []
+        name = "seed"
+    else:
+        written = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
+        prime_ids = [vocab.nearest(f) for f in written]
+        context, first_ids, first, name = written, [], [], str(prime)
+    n_draw = n_frames - len(first)
+    head = pitch_head(artifact)
+    if head is None:
+        sampler = Sampler(params, seed=seed, vocab=vocab)
+        ids = generate_ids(predictor.predict, prime_ids, n_draw, sampler, cfg.window_frames)
+        frames = [pitches_from_token(vocab.token(i)) for i in ids]
+    else:
         frames, ids = generate_pitch_frames(
-            predictor.predict, sampler, vocab, prime_ids, context, n_frames - 1, cfg.window_frames
+            predictor.predict,
+            PitchSampler(head, params, seed=seed),
+            vocab,
+            prime_ids,
+            context,
+            n_draw,
+            cfg.window_frames,
         )
-        return "seed", [], [first_chord, *frames], [prime_ids[-1], *ids]
-    written = prime_frames_from_midi(prime, cfg.window_frames, cfg.fs)
-    prime_ids = [vocab.nearest(f) for f in written]
-    frames, ids = generate_pitch_frames(
-        predictor.predict, sampler, vocab, prime_ids, written, n_frames, cfg.window_frames
-    )
-    return str(prime), written, frames, ids
+    return name, written, [*first, *frames], [*first_ids, *ids]
 
 
 def generate_file(
