@@ -143,8 +143,8 @@ class PitchHead:
         before = np.asarray(prev, dtype=bool)
         greedy = bias.temperature == 0.0
         g = float(gate[0]) if greedy else float(gate[0]) / bias.temperature
-        copy_w = bias.hold / (1.0 + np.exp(-g))
-        rest_w = 1.0 / (1.0 + np.exp(g))
+        held = float(_sigmoid(np.float64(g)))  # no overflow at any logit
+        copy_w, rest_w = bias.hold * held, 1.0 - held
         if greedy:
             if copy_w > rest_w:
                 return before.copy()
