@@ -25,6 +25,7 @@ products (about 20 µs each), not 128 steps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ class PitchHead:
         before = np.asarray(prev, dtype=bool)
         greedy = bias.temperature == 0.0
         g = float(gate[0]) if greedy else float(gate[0]) / bias.temperature
-        held = float(_sigmoid(np.float64(g)))  # no overflow at any logit
+        held = 0.5 * (1.0 + math.tanh(0.5 * g))  # the gate's sigmoid: no overflow at any logit
         copy_w, rest_w = bias.hold * held, 1.0 - held
         if greedy:
             if copy_w > rest_w:

@@ -14,6 +14,11 @@ The scoring rule (DESIGN.md §4, a contract):
   with unknown chords → ``<unk>`` (as in training, :meth:`Vocab.ids`).
 * Top-1: a frame is right only when the argmax id is exactly its chord's token; an unknown
   chord is never right (the argmax ``<unk>`` doesn't name a chord).
+* A per-pitch model (``config.output = "pitch"``, :mod:`musicgend.core.pitchhead`) has no
+  ``<unk>`` on its output: a chord's probability is the head's own, known to the vocabulary
+  or not, and its top-1 guess is :meth:`~musicgend.core.pitchhead.PitchHead.best` (the more
+  likely of holding the previous chord and the head's greedy chord). Its context is built as
+  for any model (unknown chords → ``<unk>``, as in training).
 * Baselines (:mod:`musicgend.training.ngram`), scored by the same rule on the same frames:
   ``repeat`` = λ·[id = previous id] + (1 − λ)·uniform over the vocabulary, and
   ``kn5_repeat`` = λ·[id = previous id] + (1 − λ)·interpolated Kneser-Ney 5-gram over ids.
@@ -187,11 +192,10 @@ def _batches(
 def _pitch_rows(pieces: Sequence[EncodedPiece]) -> tuple[np.ndarray, np.ndarray]:
     """Every frame's pitches and its previous frame's (silence before a piece's first),
     as ``(frames, 128)`` bool, in scoring order."""
-    chords = np.concatenate([multi_hot(p.frames) for p in pieces])
-    prev = np.concatenate(
-        [np.concatenate([np.zeros((1, PITCHES), bool), multi_hot(p.frames)[:-1]]) for p in pieces]
-    )
-    return prev, chords
+    rows = [multi_hot(p.frames) for p in pieces]
+    silence = np.zeros((1, PITCHES), dtype=bool)
+    prev = np.concatenate([np.concatenate([silence, r[:-1]]) for r in rows])
+    return prev, np.concatenate(rows)
 
 
 def score_model(
@@ -227,21 +231,16 @@ def score_model(
                 f"the model returned outputs of shape {probs.shape} for {len(x)} windows; "
                 f"expected ({len(x)}, {width})"
             )
+        span = slice(start, start + len(y))
         if head is not None and prev_rows is not None and chord_rows is not None:
-            span = slice(start, start + len(y))
-            log_p[span] = np.maximum(
-                head.log_prob(probs, prev_rows[span], chord_rows[span]), LOG_FLOOR
-            )
+            lp = head.log_prob(probs, prev_rows[span], chord_rows[span])
+            log_p[span] = np.maximum(lp, LOG_FLOOR)
             correct[span] = np.all(head.best(probs, prev_rows[span]) == chord_rows[span], axis=1)
-            start += len(y)
-            if on_batch is not None:
-                on_batch()
-            continue
-        rows = np.arange(len(y))
-        p = probs[rows, y].astype(np.float64)
-        with np.errstate(divide="ignore"):
-            log_p[start : start + len(y)] = np.maximum(np.log(p), LOG_FLOOR)
-        correct[start : start + len(y)] = (probs.argmax(axis=1) == y) & (y != UNK_ID)
+        else:
+            p = probs[np.arange(len(y)), y].astype(np.float64)
+            with np.errstate(divide="ignore"):
+                log_p[span] = np.maximum(np.log(p), LOG_FLOOR)
+            correct[span] = (probs.argmax(axis=1) == y) & (y != UNK_ID)
         start += len(y)
         if on_batch is not None:
             on_batch()
