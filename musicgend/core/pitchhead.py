@@ -44,15 +44,6 @@ def _log_sigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -x)
 
 
-def multi_hot(chords: object, n: int | None = None) -> np.ndarray:
-    """Pitch sets → ``(N, 128)`` bool rows (``chords``: a sequence of iterables of pitches)."""
-    rows = list(chords)  # type: ignore[call-overload]
-    out = np.zeros((len(rows) if n is None else n, PITCHES), dtype=bool)
-    for i, chord in enumerate(rows):
-        out[i, list(chord)] = True
-    return out
-
-
 @dataclass(frozen=True)
 class StepBias:
     """How a draw departs from the model (all neutral by default).

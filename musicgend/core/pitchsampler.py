@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from musicgend.core.musicstats import SCALES, best_scale
+from musicgend.core.musicstats import SCALES, best_scale, piano_roll
 from musicgend.core.pitchhead import PITCHES, PitchHead, StepBias
 from musicgend.core.sampler import SamplerParams
 from musicgend.core.tokens import PitchSet
@@ -108,9 +108,7 @@ class PitchSampler:
                 return self._emit(prev)
         else:
             self.reset()
-        before = np.zeros(PITCHES, dtype=bool)
-        if prev:
-            before[list(prev)] = True
+        before = piano_roll([prev or ()])[0]
         chord = self.head.sample(head_inputs, before, self._rng, self.step_bias(context))
         return self._emit(frozenset(int(p) for p in np.flatnonzero(chord)))
 

@@ -38,6 +38,7 @@ from musicgend.core.augment import (
     token_pitch_bounds,
     transpositions,
 )
+from musicgend.core.musicstats import piano_roll
 from musicgend.core.pianoroll import tokens_from_frames
 from musicgend.core.pitchhead import PITCHES
 from musicgend.core.spelling import PitchPrior
@@ -221,8 +222,7 @@ class WindowIndex:
                 at = next(starts, None)
                 if at is None or len(at) != len(piece):
                     raise TrainingError("frames and token sequences differ in length")
-                for t, chord in zip(at, piece, strict=True):
-                    rows[t, list(chord)] = 1
+                rows[at] = piano_roll(piece)
             if next(starts, None) is not None:
                 raise TrainingError("fewer frame sequences than token sequences")
         return cls(flat, pos, window_frames, rows)

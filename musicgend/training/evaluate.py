@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 
 from musicgend.core.augment import transpositions
-from musicgend.core.pitchhead import PITCHES, PitchHead, multi_hot
+from musicgend.core.musicstats import piano_roll
+from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.tokens import PitchSet
 from musicgend.core.vocab import UNK_ID, Vocab
@@ -192,7 +193,7 @@ def _batches(
 def _pitch_rows(pieces: Sequence[EncodedPiece]) -> tuple[np.ndarray, np.ndarray]:
     """Every frame's pitches and its previous frame's (silence before a piece's first),
     as ``(frames, 128)`` bool, in scoring order."""
-    rows = [multi_hot(p.frames) for p in pieces]
+    rows = [piano_roll(p.frames) for p in pieces]
     silence = np.zeros((1, PITCHES), dtype=bool)
     prev = np.concatenate([np.concatenate([silence, r[:-1]]) for r in rows])
     return prev, np.concatenate(rows)

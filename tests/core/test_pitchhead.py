@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from musicgend.core.pitchhead import PITCHES, PitchHead, StepBias, multi_hot
+from musicgend.core.musicstats import piano_roll
+from musicgend.core.pitchhead import PITCHES, PitchHead, StepBias
 
 LIVE = list(range(60, 65))  # the only pitches the test head lets sound
 
@@ -37,8 +38,8 @@ def test_probabilities_of_every_chord_sum_to_one() -> None:
         for prev in ([], [60, 62], [61, 63, 64]):
             p = head.log_prob(
                 np.repeat(params[row : row + 1], len(chords), axis=0),
-                multi_hot([prev] * len(chords)),
-                multi_hot(chords),
+                piano_roll([prev] * len(chords)),
+                piano_roll(chords),
             )
             assert np.exp(p).sum() == pytest.approx(1.0, abs=1e-6)
 
@@ -47,8 +48,8 @@ def test_log_prob_matches_a_pitch_by_pitch_computation() -> None:
     head = make_head()
     params = make_params(head, 1)
     base, stay, gate = head.split(params)
-    prev = multi_hot([[60, 64]])
-    chord = multi_hot([[61, 64]])
+    prev = piano_roll([[60, 64]])
+    chord = piano_roll([[61, 64]])
     a = base[0].astype(np.float64)
     lp = 0.0
     for i in range(PITCHES):
@@ -65,20 +66,20 @@ def test_log_prob_matches_a_pitch_by_pitch_computation() -> None:
 def test_holding_the_chord_adds_the_copy_gate() -> None:
     head = make_head()
     params = make_params(head, 1)
-    prev = multi_hot([[62]])
+    prev = piano_roll([[62]])
     params_no_copy = params.copy()
     params_no_copy[0, -1] = -50.0  # gate ≈ 0
     params_all_copy = params.copy()
     params_all_copy[0, -1] = 50.0  # gate ≈ 1
     assert head.log_prob(params_all_copy, prev, prev)[0] == pytest.approx(0.0, abs=1e-9)
-    assert head.log_prob(params_all_copy, prev, multi_hot([[61]]))[0] < -40
+    assert head.log_prob(params_all_copy, prev, piano_roll([[61]]))[0] < -40
     assert head.log_prob(params, prev, prev)[0] > head.log_prob(params_no_copy, prev, prev)[0]
 
 
 def test_draws_follow_the_probabilities() -> None:
     head = make_head()
     params = make_params(head, 1)[0]
-    prev = multi_hot([[60, 63]])[0]
+    prev = piano_roll([[60, 63]])[0]
     rng = np.random.default_rng(7)
     n = 20000
     counts: dict[tuple[int, ...], int] = {}
@@ -89,8 +90,8 @@ def test_draws_follow_the_probabilities() -> None:
     expected = np.exp(
         head.log_prob(
             np.repeat(params[None], len(chords), 0),
-            multi_hot([prev.nonzero()[0]] * len(chords)),
-            multi_hot(chords),
+            piano_roll([prev.nonzero()[0]] * len(chords)),
+            piano_roll(chords),
         )
     )
     observed = np.array([counts.get(c, 0) / n for c in chords])
@@ -101,7 +102,7 @@ def test_draws_follow_the_probabilities() -> None:
 def test_biases_move_the_draws() -> None:
     head = make_head()
     params = make_params(head, 1)[0]
-    prev = multi_hot([[60]])[0]
+    prev = piano_roll([[60]])[0]
     params = params.copy()
     params[-1] = -50.0  # no copy: the NADE decides
 
@@ -127,7 +128,7 @@ def test_biases_move_the_draws() -> None:
 def test_hold_and_temperature_zero() -> None:
     head = make_head()
     params = make_params(head, 1)[0].copy()
-    prev = multi_hot([[61, 64]])[0]
+    prev = piano_roll([[61, 64]])[0]
     params[-1] = 0.0  # gate 0.5
     rng = np.random.default_rng(0)
     held = np.mean(
@@ -147,14 +148,14 @@ def test_hold_and_temperature_zero() -> None:
 def test_best_guess_is_the_most_likely_of_its_candidates() -> None:
     head = make_head()
     params = make_params(head, 8, seed=11)
-    prev = multi_hot([[60, 62]] * 8)
+    prev = piano_roll([[60, 62]] * 8)
     best = head.best(params, prev)
     chords = all_chords()
     for row in range(8):
         lp = head.log_prob(
             np.repeat(params[row : row + 1], len(chords), 0),
             np.repeat(prev[row : row + 1], len(chords), 0),
-            multi_hot(chords),
+            piano_roll(chords),
         )
         found = head.log_prob(params[row : row + 1], prev[row : row + 1], best[row : row + 1])[0]
         assert found >= lp.max() - 1.0  # greedy: the true mode or close to it

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from musicgend.core.pitchhead import PITCHES, multi_hot
+from musicgend.core.musicstats import piano_roll
+from musicgend.core.pitchhead import PITCHES
 from musicgend.model.artifact import load_artifact, save_artifact, weight_shapes
 from musicgend.model.config import PRESETS, ModelConfig
 from musicgend.model.runtime import RUNTIMES, load_predictor, output_width, pitch_head
@@ -37,8 +38,8 @@ def test_training_loss_is_the_numpy_heads_log_probability() -> None:
     rng = np.random.default_rng(2)
     x = rng.integers(0, len(vocab), size=(6, config.window_frames)).astype(np.int32)
     out = np.asarray(model(x, training=False))
-    chords = multi_hot([{60, 64, 67}, {61}, set(), {60, 64, 67}, {50, 90}, {62}])
-    prev = multi_hot([{60, 64, 67}, {60}, set(), {59}, {50, 90}, {62}])
+    chords = piano_roll([{60, 64, 67}, {61}, set(), {60, 64, 67}, {50, 90}, {62}])
+    prev = piano_roll([{60, 64, 67}, {60}, set(), {59}, {50, 90}, {62}])
     tf_lp = pitch_log_prob(
         model.get_layer("pitch_head"),
         tf.constant(out),

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgend.core.pitchhead import PitchHead, multi_hot
+from musicgend.core.musicstats import piano_roll
+from musicgend.core.pitchhead import PitchHead
 from musicgend.core.vocab import UNK_ID
 from musicgend.io.midifile import read_piece
 from musicgend.model.artifact import load_artifact
@@ -106,7 +107,7 @@ def test_evaluate_scores_unknown_chords_by_the_model(pitch_model: Path, bach_dir
     padded = np.concatenate([np.ones(w, np.int32), ids])
     x = np.stack([padded[t : t + w] for t in range(len(ids))])
     out = load_predictor(art, report["runtime"]).predict_batch(x)
-    chords = multi_hot(frames)
+    chords = piano_roll(frames)
     prev = np.concatenate([np.zeros((1, 128), bool), chords[:-1]])
     head = pitch_head(art)
     assert head is not None
