@@ -114,9 +114,8 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
     shapes["dense.kernel"] = (width, config.dense_units)
     shapes["dense.bias"] = (config.dense_units,)
     if config.output == "pitch":
-        width = config.pitch_units + PITCHES + 1
-        shapes["pitch_params.kernel"] = (config.dense_units, width)
-        shapes["pitch_params.bias"] = (width,)
+        shapes["pitch_params.kernel"] = (config.dense_units, config.pitch_params_width)
+        shapes["pitch_params.bias"] = (config.pitch_params_width,)
         shapes["pitch_head.w_in"] = (PITCHES, config.pitch_units)
         shapes["pitch_head.v_out"] = (PITCHES, config.pitch_units)
         shapes["pitch_head.bias"] = (PITCHES,)

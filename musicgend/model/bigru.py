@@ -135,7 +135,7 @@ def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Mod
     h = layers.Dense(config.dense_units, name="dense")(x)
     h = layers.LeakyReLU(negative_slope=config.leaky_relu_alpha, name="leaky_relu")(h)
     if config.output == "pitch":
-        params = layers.Dense(config.pitch_units + PITCHES + 1, name="pitch_params")(h)
+        params = layers.Dense(config.pitch_params_width, name="pitch_params")(h)
         out = PitchHead(config.pitch_units, name="pitch_head")(params)
         return keras.Model(token_ids, out, name=f"musicgend_{config.name}")
     if config.tied_output_dim:

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from musicgend.core.tokens import MAX_PITCH
+
 
 class ModelConfig(BaseModel):
     """Architecture and vocabulary settings, saved with every model."""
@@ -38,6 +40,13 @@ class ModelConfig(BaseModel):
     then only names the input tokens."""
     pitch_units: int = Field(128, ge=1)
     """Hidden units of the per-pitch head (``output = "pitch"``)."""
+
+    @property
+    def pitch_params_width(self) -> int:
+        """Width of the per-pitch head's input vector: base (``pitch_units``), one stay
+        weight per MIDI pitch, the copy gate's logit."""
+        return self.pitch_units + MAX_PITCH + 2
+
     min_count: int = Field(2, ge=1)
     """Training tokens seen fewer times map to ``<unk>``."""
     fs: int = Field(5, ge=1, le=100)

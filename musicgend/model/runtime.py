@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from musicgend.core.pitchhead import PITCHES, PitchHead
+from musicgend.core.pitchhead import PitchHead
 from musicgend.errors import ModelError
 from musicgend.model.artifact import Artifact, load_artifact
 
@@ -74,9 +74,7 @@ def output_width(artifact: Artifact) -> int:
     """What a model returns per window: the vocabulary size, or the per-pitch head's input
     width."""
     cfg = artifact.config
-    if cfg.output == "pitch":
-        return cfg.pitch_units + PITCHES + 1
-    return len(artifact.vocab)
+    return cfg.pitch_params_width if cfg.output == "pitch" else len(artifact.vocab)
 
 
 def pitch_head(artifact: Artifact) -> PitchHead | None:
