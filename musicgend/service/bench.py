@@ -180,6 +180,11 @@ def frames_lost_by(slips: list[tuple[int, int]], frame: int) -> int:
     return sum(n for f, n in slips if f <= frame)
 
 
+def slips_summary(slips: list[tuple[int, int]], rate_hz: int) -> dict[str, Any]:
+    """``clock_slips`` of a report: how many steps the clock lost time in, and how much."""
+    return {"count": len(slips), "lost_ms": round(sum(n for _, n in slips) * 1e3 / rate_hz, 3)}
+
+
 class Peer:
     """A separate JACK client: records the daemon's output with frame times, plays notes."""
 
@@ -331,10 +336,7 @@ def run_condition(
         "jitter_all_ms": stretch_onset_jitter_ms(onsets_wall, rate_hz),
         "jitter_single_grid_ms": onset_jitter_ms(onsets_wall, rate_hz),
         "jitter_jack_frames_ms": stretch_onset_jitter_ms(steady_frames, rate_hz),
-        "clock_slips": {
-            "count": len(slips),
-            "lost_ms": round(sum(n for _, n in slips) * 1e3 / rate_hz, 3),
-        },
+        "clock_slips": slips_summary(slips, rate_hz),
         "rss_mb": rss,
         "private_mb": private,
         "ports_ready_s": round(ports_ready_s, 3),

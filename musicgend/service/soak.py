@@ -60,7 +60,7 @@ import numpy as np
 
 from musicgend.core.pianoroll import Track
 from musicgend.errors import MusicgendError
-from musicgend.service.bench import _pcts, frames_lost_by
+from musicgend.service.bench import _pcts, frames_lost_by, slips_summary
 
 WINDOW_S = 300.0
 """Report window: 5 minutes."""
@@ -490,10 +490,7 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "method": "as jitter_ms, on JACK frame time as it is (the dummy driver's lost "
             "time not added back)",
         },
-        "clock_slips": {
-            "count": len(m.slips),
-            "lost_ms": round(sum(n for _, n in m.slips) / m.rate_hz * 1e3, 3),
-        },
+        "clock_slips": slips_summary(m.slips, m.rate_hz),
         "late_onsets": {
             "threshold_ms": LATE_ONSET_MS,
             "count": int((residual_ms > LATE_ONSET_MS).sum()),
