@@ -1,0 +1,335 @@
+"""The model on a GPU: per-window inference and training throughput on Keras 3's JAX backend,
+side by side with the daemon's CPU runtimes on the same machine, in one run.
+
+The network is the project's own (:func:`musicgend.model.bigru.build_model`, weights set from
+the artifact's ``weights.npz``), run by Keras 3 on JAX instead of TensorFlow: it needs only
+``jax`` (``jax[cuda13]`` for an NVIDIA GPU) and ``keras``, no TensorFlow. The daemon's ``auto``
+runtime picks ``tf-xla`` where TensorFlow sees a GPU; Keras on JAX compiles the same network
+through the same compiler (XLA), so its figures say what a GPU does for this model.
+
+Parts (``--parts``, default all):
+
+- ``inference``: one ``(1, W)`` window per call, as the daemon calls it, on every JAX device
+  (GPU first, then CPU): a jitted forward (window sent to the device, result copied back) and
+  Keras ``predict`` (default device only, few calls); beside them on this machine's CPU the
+  NumPy runtime (1 BLAS thread) and the artifact's LiteRT export (1 thread, the daemon's
+  default), timed interleaved (each round calls every variant once on the same window, in a
+  random order). Each float32 path is first checked against the NumPy runtime.
+- ``batched``: windows/s of the jitted forward for ``--batches`` on every JAX device.
+- ``training``: windows/s of training the ``seed`` config (``--vocab`` tokens, synthetic ids):
+  Keras ``train_on_batch`` with XLA (Adam, sparse cross-entropy; the step ``model.fit`` runs),
+  for ``--train-batches``, on the default device (the GPU where there is one).
+
+    KERAS_BACKEND=jax python bench/gpu.py --model models/default --json bench/results/gpu.json
+
+Prints p50/p99 ms and windows/s with ratios; no assertions on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOLERANCE = 1e-4
+"""float32 on another backend and device: summation order differs, nothing else may."""
+
+Window = np.ndarray
+Forward = Callable[[Window], np.ndarray]
+
+
+def stats_ms(times_ms: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(float(np.percentile(times_ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(times_ms, 99)), 4),
+        "mean_ms": round(statistics.fmean(times_ms), 4),
+        "calls": len(times_ms),
+    }
+
+
+def jax_forward(model: Any, device: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A jitted forward of ``model`` with its weights committed to ``device``: takes a host
+    batch of windows, returns the host array (the copy back is part of the call)."""
+    import jax
+
+    trainable = [jax.device_put(v.value, device) for v in model.trainable_variables]
+    frozen = [jax.device_put(v.value, device) for v in model.non_trainable_variables]
+
+    @jax.jit
+    def forward(trainable, frozen, x):
+        out, _ = model.stateless_call(trainable, frozen, x, training=False)
+        return out
+
+    def call(x: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(trainable, frozen, jax.device_put(x, device)))
+
+    return call
+
+
+def device_label(device: Any) -> str:
+    return f"jax-{device.platform}"
+
+
+def load_model(path: Path) -> tuple[Any, Any]:
+    """The artifact and its Keras network (JAX backend) with the artifact's weights."""
+    from musicgend.model.artifact import load_artifact, set_numpy_weights
+    from musicgend.model.bigru import build_model
+
+    art = load_artifact(path)
+    model = build_model(len(art.vocab), art.config)
+    set_numpy_weights(model, art.config, art.weights, source=str(path))
+    return art, model
+
+
+def windows_of(vocab_size: int, window_frames: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab_size, size=(count, window_frames)).astype(np.int32)
+
+
+def jax_devices(with_cpu: bool) -> list[Any]:
+    """Every JAX device of the default backend, then (``with_cpu``) the CPU if that isn't it."""
+    import jax
+
+    extra = with_cpu and jax.default_backend() != "cpu"
+    return jax.devices() + (jax.devices("cpu") if extra else [])
+
+
+def bench_inference(path: Path, calls: int, predict_calls: int, with_cpu: bool) -> dict[str, Any]:
+    import jax
+
+    from musicgend.errors import ModelError
+    from musicgend.model.artifact import load_artifact
+    from musicgend.model.runtime import LiteRTPredictor, NumpyPredictor
+
+    art, model = load_model(path)
+    windows = windows_of(len(art.vocab), art.config.window_frames, 64, seed=0)
+    numpy_rt = NumpyPredictor(art, blas_threads=1)
+    reference = numpy_rt.predict_batch(windows[:8])
+
+    variants: dict[str, Forward] = {}
+    checks: dict[str, float] = {}
+    for device in jax_devices(with_cpu):
+        fn = jax_forward(model, device)
+        label = device_label(device)
+        diff = float(np.max(np.abs(fn(windows[:8]) - reference)))
+        checks[label] = diff
+        if diff > TOLERANCE:
+            raise SystemExit(f"{label} differs from the NumPy runtime by {diff:.2e}")
+        variants[label] = fn
+    variants["numpy-cpu"] = numpy_rt.predict_batch
+    if art.tflite_path is not None:
+        try:
+            lite = LiteRTPredictor(load_artifact(path), threads=1)
+        except ModelError as exc:  # no ai-edge-litert here: report why it's absent
+            print(f"  litert skipped: {exc}")
+        else:
+            variants["litert-cpu-1t"] = lite.predict_batch
+
+    for fn in variants.values():  # warm-up: compilation, allocations
+        for i in range(5):
+            fn(windows[i : i + 1])
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    rnd = random.Random(0)
+    for i in range(calls):
+        x = windows[i % len(windows)][None]
+        rnd.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter_ns()
+            variants[name](x)
+            times[name].append((time.perf_counter_ns() - t0) / 1e6)
+    result = {name: stats_ms(t) for name, t in times.items()}
+
+    predict_times = []
+    for i in range(predict_calls + 3):
+        t0 = time.perf_counter_ns()
+        model.predict(windows[i % len(windows)][None], verbose=0)
+        if i >= 3:
+            predict_times.append((time.perf_counter_ns() - t0) / 1e6)
+    result[f"keras-predict-{jax.default_backend()}"] = stats_ms(predict_times)
+
+    fastest = min(r["p50_ms"] for r in result.values())
+    for r in result.values():
+        r["p50_vs_fastest"] = round(r["p50_ms"] / fastest, 2)
+    return {
+        "model": str(path),
+        "config": art.config.name,
+        "output": art.config.output,
+        "vocab_size": len(art.vocab),
+        "max_abs_diff_vs_numpy": checks,
+        "runtimes": result,
+    }
+
+
+def bench_batched(path: Path, batches: list[int], seconds: float, with_cpu: bool) -> dict[str, Any]:
+    art, model = load_model(path)
+    out: dict[str, Any] = {}
+    for device in jax_devices(with_cpu):
+        fn = jax_forward(model, device)
+        rows = {}
+        for batch in batches:
+            x = windows_of(len(art.vocab), art.config.window_frames, batch, seed=batch)
+            fn(x)  # compile for this shape
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                fn(x)
+                n += 1
+            elapsed = time.perf_counter() - t0
+            rows[str(batch)] = {
+                "windows_per_s": round(n * batch / elapsed, 1),
+                "ms_per_call": round(elapsed / n * 1e3, 3),
+                "calls": n,
+            }
+        out[device_label(device)] = rows
+    return out
+
+
+def bench_training(vocab_size: int, batches: list[int], seconds: float) -> dict[str, Any]:
+    import jax
+    import keras
+
+    from musicgend.model.bigru import build_model
+    from musicgend.model.config import preset
+
+    config = preset("seed")
+    rows: dict[str, Any] = {"config": config.name, "vocab_size": vocab_size}
+    rows["device"] = jax.default_backend()
+    for batch in batches:
+        keras.utils.set_random_seed(0)
+        model = build_model(vocab_size, config)
+        model.compile(
+            optimizer=keras.optimizers.Adam(),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            jit_compile=True,
+        )
+        rng = np.random.default_rng(batch)
+        xs = rng.integers(0, vocab_size, size=(8, batch, config.window_frames)).astype(np.int32)
+        ys = rng.integers(0, vocab_size, size=(8, batch)).astype(np.int32)
+        first = float(model.train_on_batch(xs[0], ys[0]))  # compiles
+        for i in range(1, 3):
+            model.train_on_batch(xs[i], ys[i])
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            loss = float(model.train_on_batch(xs[n % 8], ys[n % 8]))
+            n += 1
+        elapsed = time.perf_counter() - t0
+        rows[str(batch)] = {
+            "windows_per_s": round(n * batch / elapsed, 1),
+            "ms_per_step": round(elapsed / n * 1e3, 3),
+            "steps": n,
+            "loss_first_last": [round(first, 4), round(loss, 4)],
+        }
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    import jax
+    import keras
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "numpy": np.__version__,
+        "devices": [f"{d.platform}:{getattr(d, 'device_kind', '?')}" for d in jax.devices()],
+    }
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        info["nvidia_smi"] = smi.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--parts", nargs="+", default=["inference", "batched", "training"])
+    parser.add_argument("--calls", type=int, default=1000, help="interleaved rounds, batch 1")
+    parser.add_argument("--predict-calls", type=int, default=50)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 8192])
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[64, 128, 512, 2048])
+    parser.add_argument("--vocab", type=int, default=3000, help="training part: vocabulary")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
+    parser.add_argument(
+        "--no-jax-cpu",
+        action="store_true",
+        help="time JAX on the accelerator only (JAX's CPU thread pool then can't slow the "
+        "NumPy and LiteRT figures beside it)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    import jax
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit("bench/gpu.py runs Keras on JAX: set KERAS_BACKEND=jax")
+    jax.config.update("jax_default_matmul_precision", "highest")  # float32, no TF32
+
+    report: dict[str, Any] = {
+        "benchmark": "the model on Keras 3's JAX backend (GPU where present) beside the "
+        "daemon's CPU runtimes",
+        "machine": machine(),
+    }
+    print(json.dumps(report["machine"], indent=1))
+    if "inference" in args.parts:
+        r = report["inference"] = bench_inference(
+            args.model, args.calls, args.predict_calls, not args.no_jax_cpu
+        )
+        print(f"\nper-window inference, batch 1 ({r['model']}, {r['config']}, V={r['vocab_size']})")
+        print(f"  max |diff| vs NumPy: {r['max_abs_diff_vs_numpy']}")
+        for name, s in r["runtimes"].items():
+            print(
+                f"  {name:22s} p50 {s['p50_ms']:8.3f} ms  p99 {s['p99_ms']:8.3f} ms  "
+                f"×{s['p50_vs_fastest']}"
+            )
+    if "batched" in args.parts:
+        with_cpu = not args.no_jax_cpu
+        r = report["batched"] = bench_batched(args.model, args.batches, args.seconds, with_cpu)
+        print("\nbatched inference, windows/s")
+        for label, rows in r.items():
+            cells = "  ".join(f"b{b}: {v['windows_per_s']:.0f}" for b, v in rows.items())
+            print(f"  {label:10s} {cells}")
+    if "training" in args.parts:
+        r = report["training"] = bench_training(args.vocab, args.train_batches, args.seconds)
+        print(f"\ntraining throughput, seed config, V={r['vocab_size']}, on {r['device']}")
+        for b in args.train_batches:
+            v = r[str(b)]
+            print(
+                f"  batch {b:5d}: {v['windows_per_s']:9.1f} windows/s  "
+                f"({v['ms_per_step']:.2f} ms/step, loss {v['loss_first_last']})"
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
