@@ -12,9 +12,14 @@ measures them side by side):
 ``tf``      ``tf.function`` around the Keras model (``tf-xla``: with ``jit_compile=True``).
 ``keras``   ``model.predict`` (slow per call; for reference).
 ``eager``   ``model(x)`` eagerly (slowest; for reference).
-``auto``    ``tf-xla`` when TensorFlow is installed and sees a GPU, else ``litert`` when the
-            artifact has a LiteRT export, else ``numpy``. On 2 CPU cores LiteRT and NumPy are
-            within a few percent of each other and about 25× faster than ``model.predict``.
+``auto``    ``litert`` when the artifact has a LiteRT export (and ai-edge-litert is
+            installed), else ``numpy``; also where there is a GPU. On 2 CPU cores LiteRT and
+            NumPy are within a few percent of each other and about 25× faster than
+            ``model.predict``. One window per call doesn't pay on a GPU: the BiGRU is 300
+            small sequential steps, each a kernel launch (``bench/gpu.py`` on an H100: the
+            bundled model's XLA forward took 2.6 / 4.1 ms p50 / p99 per window, LiteRT 1.4 /
+            1.6 ms on this project's 2-core CPU). ``tf`` and ``tf-xla`` use a GPU where
+            TensorFlow sees one, and batched scoring (``musicgend evaluate``) does.
 
 A predictor is not thread-safe: use it from one thread (the engine's inference worker).
 """
@@ -22,7 +27,6 @@ A predictor is not thread-safe: use it from one thread (the engine's inference w
 from __future__ import annotations
 
 import os
-import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -304,25 +308,8 @@ class KerasPredictor(Predictor):
 # -- choosing --------------------------------------------------------------------------------
 
 
-def tf_sees_gpu() -> bool:
-    """True when TensorFlow is installed and sees a GPU.
-
-    TensorFlow is imported only if it already is, or if an NVIDIA device node exists,
-    so a CPU-only daemon never pays for the import.
-    """
-    if "tensorflow" not in sys.modules and not Path("/dev/nvidia0").exists():
-        return False
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return False
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def choose_runtime(artifact: Artifact) -> str:
     """What ``auto`` means for this artifact on this machine (see the module docstring)."""
-    if tf_sees_gpu():
-        return "tf-xla"
     if artifact.tflite_path is not None:
         try:
             import ai_edge_litert.interpreter  # noqa: F401

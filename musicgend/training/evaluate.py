@@ -625,7 +625,8 @@ def scoring_runtime(artifact: Artifact) -> str:
 
     The daemon's ``auto`` (:func:`musicgend.model.runtime.choose_runtime`) is chosen for one
     window per call; scoring runs thousands of windows per call, where batched TensorFlow is
-    several times faster than LiteRT or NumPy on CPU (all give the same probabilities).
+    several times faster than LiteRT or NumPy on CPU, and uses a GPU where it sees one (all
+    give the same probabilities).
     Except for an int8 LiteRT export: its probabilities differ a little from the float
     weights', and the daemon plays the export, so that is what is scored.
     """
@@ -636,7 +637,7 @@ def scoring_runtime(artifact: Artifact) -> str:
     chosen = choose_runtime(artifact)
     if chosen == "litert" and artifact.litert_quantize != "none":
         return chosen
-    if chosen.startswith("tf") or importlib.util.find_spec("tensorflow") is None:
+    if importlib.util.find_spec("tensorflow") is None:
         return chosen
     return "tf"
 

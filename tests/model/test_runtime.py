@@ -80,13 +80,13 @@ def test_tf_free_runtimes_never_import_tensorflow(tiny_artifacts, runtime):
 
 def test_auto_without_litert_export_is_numpy(tmp_path, tiny_artifacts):
     art = load_artifact(tiny_artifacts[False])
-    assert choose_runtime(art) in ("litert", "tf-xla")
+    assert choose_runtime(art) == "litert"
     model, vocab, config = build_tiny()
     path = save_artifact(
         tmp_path / "m", model, vocab, config, tiny_prior(), {}, export_tflite=False
     )
-    if choose_runtime(load_artifact(path)) != "tf-xla":
-        assert load_predictor(path).runtime == "numpy"
+    assert choose_runtime(load_artifact(path)) == "numpy"
+    assert load_predictor(path).runtime == "numpy"
     with pytest.raises(ModelError, match=r"no LiteRT export .*musicgend model export-litert"):
         load_predictor(path, "litert")
 
