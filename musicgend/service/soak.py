@@ -472,6 +472,10 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "start": rss[0][1] if rss else None,
             "end": rss[-1][1] if rss else None,
             "growth_mb_per_hour": growth,
+            # the same fit without the first window (loading, caches filling): the steady slope
+            "growth_mb_per_hour_after_first_window": growth_per_hour(
+                [(t, r) for t, r in rss if t >= window_s]
+            ),
         },
         "decision_latency_ms": overall["decision_latency_ms"],
         "windows": windows,
@@ -582,7 +586,8 @@ def format_summary(report: dict[str, Any]) -> str:
         f"({jit['onsets']} onsets, {jit['stretches']} stretches; on JACK frame time as it is "
         f"p99 {report['jitter_jack_frames_ms']['p99']} ms, the server's clock lost "
         f"{report['clock_slips']['lost_ms']} ms in {report['clock_slips']['count']} steps)",
-        f"rss {rss['start']} → {rss['end']} MB ({rss['growth_mb_per_hour']} MB/h)   "
+        f"rss {rss['start']} → {rss['end']} MB ({rss['growth_mb_per_hour']} MB/h; after the "
+        f"first window {rss['growth_mb_per_hour_after_first_window']} MB/h)   "
         f"private {report['private_mb']['start']} → {report['private_mb']['end']} MB   "
         f"open fds {report['open_fds']['start']} → {report['open_fds']['end']}",
         f"late onsets (> {report['late_onsets']['threshold_ms']:g} ms off the grid, seen by "
