@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
+
+import pytest
 
 from musicgend.core.clock import FrameGrid
 from musicgend.core.voicing import note_off, note_on
@@ -240,3 +244,42 @@ def test_midi_clock_on_a_port_that_sends_at_once_waits_for_the_tick() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, tempfile, threading
+from musicgend.service.runtime import one_malloc_arena
+if sys.argv[1] == "one":
+    assert one_malloc_arena()
+blocks = []
+def allocate():
+    blocks.append([bytearray(20_000) for _ in range(50)])  # glibc malloc, below mmap size
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+    fp = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    print(open(f.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc arenas")
+def test_one_malloc_arena_keeps_threads_on_the_main_heap() -> None:
+    def heaps(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", ARENAS_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return int(out.stdout.strip())
+
+    assert heaps("default") > 1  # glibc gives allocating threads arenas of their own
+    assert heaps("one") == 1
