@@ -63,6 +63,15 @@ def stats_ms(times_ms: list[float]) -> dict[str, float]:
     }
 
 
+def run_for(step: Callable[[int], object], seconds: float) -> tuple[int, float]:
+    """Call ``step(0)``, ``step(1)``, … until ``seconds`` have passed: (calls, seconds taken)."""
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        step(n)
+        n += 1
+    return n, elapsed
+
+
 def jax_forward(model: Any, device: Any) -> Callable[[np.ndarray], np.ndarray]:
     """A jitted forward of ``model`` with its weights committed to ``device``: takes a host
     batch of windows, returns the host array (the copy back is part of the call)."""
@@ -186,11 +195,7 @@ def bench_batched(path: Path, batches: list[int], seconds: float, with_cpu: bool
         for batch in batches:
             x = windows_of(len(art.vocab), art.config.window_frames, batch, seed=batch)
             fn(x)  # compile for this shape
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                fn(x)
-                n += 1
-            elapsed = time.perf_counter() - t0
+            n, elapsed = run_for(lambda _, fn=fn, x=x: fn(x), seconds)
             rows[str(batch)] = {
                 "windows_per_s": round(n * batch / elapsed, 1),
                 "ms_per_call": round(elapsed / n * 1e3, 3),
@@ -224,16 +229,17 @@ def bench_training(vocab_size: int, batches: list[int], seconds: float) -> dict[
         first = float(model.train_on_batch(xs[0], ys[0]))  # compiles
         for i in range(1, 3):
             model.train_on_batch(xs[i], ys[i])
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            loss = float(model.train_on_batch(xs[n % 8], ys[n % 8]))
-            n += 1
-        elapsed = time.perf_counter() - t0
+        losses: list[float] = []
+
+        def step(i: int, model=model, xs=xs, ys=ys, losses=losses) -> None:
+            losses.append(float(model.train_on_batch(xs[i % 8], ys[i % 8])))
+
+        n, elapsed = run_for(step, seconds)
         rows[str(batch)] = {
             "windows_per_s": round(n * batch / elapsed, 1),
             "ms_per_step": round(elapsed / n * 1e3, 3),
             "steps": n,
-            "loss_first_last": [round(first, 4), round(loss, 4)],
+            "loss_first_last": [round(first, 4), round(losses[-1], 4)],
         }
     return rows
 
