@@ -97,13 +97,10 @@ def device_label(device: Any) -> str:
 
 def load_model(path: Path) -> tuple[Any, Any]:
     """The artifact and its Keras network (JAX backend) with the artifact's weights."""
-    from musicgend.model.artifact import load_artifact, set_numpy_weights
-    from musicgend.model.bigru import build_model
+    from musicgend.model.artifact import load_artifact
 
     art = load_artifact(path)
-    model = build_model(len(art.vocab), art.config)
-    set_numpy_weights(model, art.config, art.weights, source=str(path))
-    return art, model
+    return art, art.keras_model()
 
 
 def windows_of(vocab_size: int, window_frames: int, count: int, seed: int) -> np.ndarray:
@@ -123,7 +120,6 @@ def bench_inference(path: Path, calls: int, predict_calls: int, with_cpu: bool) 
     import jax
 
     from musicgend.errors import ModelError
-    from musicgend.model.artifact import load_artifact
     from musicgend.model.runtime import LiteRTPredictor, NumpyPredictor
 
     art, model = load_model(path)
@@ -144,7 +140,7 @@ def bench_inference(path: Path, calls: int, predict_calls: int, with_cpu: bool) 
     variants["numpy-cpu"] = numpy_rt.predict_batch
     if art.tflite_path is not None:
         try:
-            lite = LiteRTPredictor(load_artifact(path), threads=1)
+            lite = LiteRTPredictor(art, threads=1)
         except ModelError as exc:  # no ai-edge-litert here: report why it's absent
             print(f"  litert skipped: {exc}")
         else:

@@ -213,7 +213,8 @@ def set_numpy_weights(
 def keras_model_from_arrays(
     config: ModelConfig, vocab_size: int, arrays: Mapping[str, np.ndarray], source: str = ""
 ) -> keras.Model:
-    """Build the network (imports TensorFlow) and set its weights from ``arrays``."""
+    """Build the network (imports Keras and its backend, TensorFlow unless ``KERAS_BACKEND``
+    names another) and set its weights from ``arrays``."""
     from musicgend.model.bigru import build_model
 
     model = build_model(vocab_size, config)
@@ -545,7 +546,8 @@ class Artifact:
         return replace(self, weights=head)
 
     def keras_model(self) -> keras.Model:
-        """Build the Keras network with the weights of ``weights.npz`` (imports TensorFlow)."""
+        """Build the Keras network with the weights of ``weights.npz`` (imports Keras and its
+        backend, see :func:`keras_model_from_arrays`)."""
         if "embedding" not in self.weights:
             raise ModelError(f"{self.path}: loaded without its weight arrays (LiteRT only)")
         return keras_model_from_arrays(
