@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import inference  # noqa: E402  (its timing summary, shared)
+
 TOLERANCE = 1e-4
 """float32 on another backend and device: summation order differs, nothing else may."""
 
@@ -55,12 +56,7 @@ Forward = Callable[[Window], np.ndarray]
 
 
 def stats_ms(times_ms: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(float(np.percentile(times_ms, 50)), 4),
-        "p99_ms": round(float(np.percentile(times_ms, 99)), 4),
-        "mean_ms": round(statistics.fmean(times_ms), 4),
-        "calls": len(times_ms),
-    }
+    return {**inference.stats_ms(times_ms, digits=4), "calls": len(times_ms)}
 
 
 def run_for(step: Callable[[int], object], seconds: float) -> tuple[int, float]:

@@ -98,6 +98,14 @@ def build_artifact(vocab_size: int, config_name: str, out: Path) -> Path:
     return save_artifact(out, model, vocab, config, prior, {"bench": "random weights"})
 
 
+def stats_ms(times_ms: list[float] | np.ndarray, digits: int | None = None) -> dict[str, float]:
+    """p50, p99 and mean of call times in ms (rounded to ``digits`` when given)."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p99 = np.percentile(t, [50, 99])
+    out = {"p50_ms": float(p50), "p99_ms": float(p99), "mean_ms": float(t.mean())}
+    return out if digits is None else {k: round(v, digits) for k, v in out.items()}
+
+
 def time_calls(fn, x: np.ndarray, reps: int) -> list[float]:
     for i in range(min(3, reps)):
         fn(x[i % len(x)])
@@ -153,9 +161,7 @@ def bench_runtimes(path: Path, reps_scale: float, tmp: Path) -> dict[str, dict[s
         reps = max(5, int(REPS[name] * reps_scale))
         t = np.asarray(time_calls(predictor.predict, x, reps))
         results[name] = {
-            "p50_ms": float(np.percentile(t, 50)),
-            "p99_ms": float(np.percentile(t, 99)),
-            "mean_ms": float(t.mean()),
+            **stats_ms(t),
             "calls": reps,
             "max_abs_diff_vs_keras": diff,
         }
@@ -198,14 +204,12 @@ def bench_litert_exports(path: Path, calls: int, tmp: Path) -> dict[str, object]
     base = float(np.percentile(times[names[0]], 50))
     out: dict[str, object] = {"model": str(path), "calls": calls, "load_average": os.getloadavg()}
     for name in names:
-        t = np.asarray(times[name])
         probs = variants[name].predict_batch(x)
-        p50, p99 = (float(v) for v in np.percentile(t, [50, 99]))
+        timing = stats_ms(times[name])
+        p50, p99 = timing["p50_ms"], timing["p99_ms"]
         diff = float(np.abs(probs - reference).max())
         out[name] = {
-            "p50_ms": p50,
-            "p99_ms": p99,
-            "mean_ms": float(t.mean()),
+            **timing,
             "p50_ratio_to_float32_1t": p50 / base,
             "max_abs_diff_vs_float32": diff,
             "top1_agreement_vs_float32": float(
@@ -274,10 +278,8 @@ def bench_models(paths: list[Path], calls: int, prime: Path | None) -> dict[str,
     for name, t in times.items():
         infer, draw = np.asarray(t["infer"]), np.asarray(t["draw"])
         total = infer + draw
-        row = {
-            part: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-            for part, v in (("inference", infer), ("draw", draw), ("total", total))
-        }
+        parts = (("inference", infer), ("draw", draw), ("total", total))
+        row = {part: stats_ms(v) for part, v in parts}
         out[name] = row
         print(
             f"  {name}: inference p50 {row['inference']['p50_ms']:.3f} p99 "
