@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
+import pickle
 import random
+import weakref
 from collections import Counter
 
 import pytest
@@ -11,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from musicgend.core.tokens import SILENCE, pitches_from_token, token_from_pitches
-from musicgend.core.vocab import SILENCE_ID, UNK, UNK_ID, Vocab
+from musicgend.core.vocab import NEAREST_CACHE_SIZE, SILENCE_ID, UNK, UNK_ID, Vocab
 from musicgend.errors import VocabError
 
 chord = st.frozensets(st.integers(36, 84), max_size=5)
@@ -127,6 +131,45 @@ def test_nearest_is_the_best_candidate_by_the_documented_order(vocab, target):
     best = min(_key(vocab, i, target) for i in candidates)
     assert _key(vocab, result, target) == best
     assert vocab.nearest(target) == result  # cached answer is the same
+
+
+def test_nearest_on_a_large_vocabulary_follows_the_documented_order():
+    rng = random.Random(5)
+    counts = {
+        token_from_pitches(rng.sample(range(36, 84), rng.randint(1, 5))): rng.randint(1, 50)
+        for _ in range(1500)
+    }
+    vocab = Vocab.from_counts(counts)
+    candidates = range(2, len(vocab))
+    for _ in range(60):
+        target = frozenset(rng.sample(range(30, 90), rng.randint(1, 7)))
+        result = vocab.nearest(target)
+        keys = [_key(vocab, i, target) for i in candidates]
+        best = min(keys)
+        # ties in all three go to the lower id
+        assert result == 2 + keys.index(best)
+
+
+def test_nearest_cache_stays_bounded_and_holds_no_reference_to_its_vocabulary():
+    vocab = Vocab.from_counts({"60,64,67": 5, "48,52,55": 9, "e": 3})
+    pairs = itertools.islice(itertools.combinations(range(128), 2), NEAREST_CACHE_SIZE + 200)
+    for pair in pairs:
+        vocab.nearest(pair)
+    assert vocab._nearest.cache_info().currsize == NEAREST_CACHE_SIZE
+    ref = weakref.ref(vocab)
+    gc.disable()
+    try:
+        del vocab
+        assert ref() is None  # freed by reference counting: no cycle left for the collector
+    finally:
+        gc.enable()
+
+
+def test_vocab_pickles_and_its_copy_answers_the_same():
+    vocab = Vocab.from_counts({"60,64,67": 5, "48,52,55": 9, "62,65,69": 7, "e": 3})
+    copy = pickle.loads(pickle.dumps(vocab))
+    assert copy == vocab and copy.hash == vocab.hash
+    assert copy.nearest({72, 76, 79}) == vocab.nearest({72, 76, 79})
 
 
 def test_nearest_examples():
