@@ -284,13 +284,16 @@ def pitch_sampler(model: LoadedModel, params: EngineParams) -> PitchSampler | No
 # -- metrics --------------------------------------------------------------------------------
 
 
-def percentiles_ms(samples_ns: Iterable[int]) -> dict[str, float | None]:
+def percentiles_ms(samples_ns: Iterable[int] | np.ndarray) -> dict[str, float | None]:
     """p50, p99 (linear between ranks, as ``np.percentile``) and max, in ms.
 
     Not ``np.percentile``: its first call imports ``numpy.ma``, and an import during play
     holds the GIL for tens of milliseconds, so the JACK thread misses cycles (MIDI clock ticks
     came twice or not at all, measured)."""
-    values = np.sort(np.fromiter(samples_ns, dtype=np.int64))
+    if isinstance(samples_ns, np.ndarray):
+        values = np.sort(samples_ns.astype(np.int64, copy=False))
+    else:
+        values = np.sort(np.fromiter(samples_ns, dtype=np.int64))
     if values.size == 0:
         return {"p50": None, "p99": None, "max": None}
     p50, p99 = np.interp(
@@ -301,6 +304,45 @@ def percentiles_ms(samples_ns: Iterable[int]) -> dict[str, float | None]:
         "p99": round(float(p99) / 1e6, 4),
         "max": round(float(values.max()) / 1e6, 4),
     }
+
+
+class SampleRing:
+    """The last ``capacity`` samples (int64) in one fixed array: memory doesn't grow with the
+    samples (a deque of ints grew by ~36 bytes a sample for the first hour), and a read
+    cursor hands out every sample appended since the last :meth:`take_new`.
+
+    One thread appends, others read: :meth:`append` writes the value before it counts it, so
+    a reader never sees a sample that isn't there yet."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("a ring holds at least one sample")
+        self._samples = np.zeros(capacity, dtype=np.int64)
+        self._written = 0  # samples ever appended
+        self._taken = 0  # samples handed out by take_new (or overwritten before)
+
+    def append(self, value: int) -> None:
+        self._samples[self._written % len(self._samples)] = value
+        self._written += 1
+
+    def __len__(self) -> int:
+        return min(self._written, len(self._samples))
+
+    def _since(self, start: int, end: int) -> np.ndarray:
+        start = max(start, end - len(self._samples))
+        return self._samples[np.arange(start, end) % len(self._samples)]
+
+    def values(self) -> np.ndarray:
+        """The samples held, oldest first (a copy)."""
+        return self._since(0, self._written)
+
+    def take_new(self) -> np.ndarray:
+        """The samples appended since the last call, oldest first (at most ``capacity``: older
+        ones were overwritten)."""
+        end = self._written
+        new = self._since(self._taken, end)
+        self._taken = end
+        return new
 
 
 @dataclass
@@ -317,16 +359,9 @@ class EngineMetrics:
     input_events: int = 0
     ignored_input: int = 0
     recomputes: int = 0
-    latency_ns: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
-    )
-    inference_ns: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
-    )
-    unread_latency_ns: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES)
-    )
-    """Decision latencies not yet handed out by :meth:`take_unread_latency_ms`."""
+    latency_ns: SampleRing = field(default_factory=lambda: SampleRing(LATENCY_SAMPLES))
+    """Decision latencies; :meth:`take_unread_latency_ms` reads those not handed out yet."""
+    inference_ns: SampleRing = field(default_factory=lambda: SampleRing(LATENCY_SAMPLES))
     last_tick_ns: int = 0
     last_frame_late: bool = False
     clock_losses: int = 0
@@ -334,14 +369,13 @@ class EngineMetrics:
     def take_unread_latency_ms(self) -> list[float]:
         """Every decision latency since the previous call, oldest first, in ms (so that a
         reader can compute exact percentiles over any stretch of time)."""
-        samples = self.unread_latency_ns
-        return [round(samples.popleft() / 1e6, 4) for _ in range(len(samples))]
+        return [round(v / 1e6, 4) for v in self.latency_ns.take_new().tolist()]
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
-            "frame_latency_ms": percentiles_ms(list(self.latency_ns)),
-            "inference_ms": percentiles_ms(list(self.inference_ns)),
+            "frame_latency_ms": percentiles_ms(self.latency_ns.values()),
+            "inference_ms": percentiles_ms(self.inference_ns.values()),
             "late_frames": self.late_frames,
             "stale_frames": self.stale_frames,
             "late_results": self.late_results,
@@ -986,7 +1020,6 @@ class Engine:
             messages = self.core.tick(k)
             sent_ns = self._send_locked(messages, at_ns)
         metrics.latency_ns.append(sent_ns - cause_ns)
-        metrics.unread_latency_ns.append(sent_ns - cause_ns)
         metrics.last_tick_ns = sent_ns
         self._journal_machine(at_ns, messages)
         with self.lock:
