@@ -5,6 +5,8 @@ Figures are printed by the benchmark, never asserted as timings here (machines a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,21 @@ def test_clock_slips_ignores_a_step_that_falls_back() -> None:
         blip_ns = 2_000_000 if 30 <= i < 35 else 0  # five cycles stamped late, then not
         meter.cycle(i * 128, 0, 128, round(i * period_ns) + blip_ns)
     assert meter.slips == []
+
+
+def test_engine_memory_script_runs_and_reports(tmp_path: Path) -> None:
+    """bench/engine_memory.py on the bundled model, a few frames and two swaps."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "memory.json"
+    args = ["--frames", "40", "--every", "10", "--swap-every", "10", "--trace", "--json", out]
+    result = subprocess.run(
+        [sys.executable, root / "bench" / "engine_memory.py", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [row["frame"] for row in report["checkpoints"]] == [0, 10, 20, 30, 40]
+    assert all(row["rss_mb"] > 0 and row["traced_mb"] >= 0 for row in report["checkpoints"])
+    assert report["largest_growth"] and report["nearest_ms_per_new_chord"] > 0
