@@ -29,18 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from musicgend.service.runtime import one_malloc_arena  # noqa: E402
+from musicgend.service.runtime import one_malloc_arena, private_mb, rss_mb  # noqa: E402
 
 MODES = ("accompany", "call-response", "solo")
 NS_PER_FRAME = 200_000_000
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def play(core: Any, rng: random.Random, held: set[int], t_ns: int) -> None:
@@ -55,11 +47,9 @@ def play(core: Any, rng: random.Random, held: set[int], t_ns: int) -> None:
         held.add(pitch)
 
 
-def nearest_cost_ms(model_dir: Path, chords: int = 400) -> float:
-    """ms per ``Vocab.nearest`` call for chords a fresh vocabulary hasn't seen."""
-    from musicgend.model.artifact import load_artifact
-
-    vocab = load_artifact(model_dir).vocab
+def nearest_cost_ms(vocab: Any, chords: int = 400) -> float:
+    """ms per ``Vocab.nearest`` call for chords a fresh copy of ``vocab`` hasn't seen."""
+    vocab = type(vocab)(vocab.tokens, vocab.counts, vocab.fs, vocab.min_count)  # empty cache
     vocab.nearest({1})  # builds its tables
     rng = random.Random(7)
     fresh = [frozenset(rng.sample(range(30, 95), rng.randint(1, 8))) for _ in range(chords)]
@@ -72,7 +62,7 @@ def nearest_cost_ms(model_dir: Path, chords: int = 400) -> float:
 def run(model_dir: Path, frames: int, every: int, swap_every: int, trace: bool) -> dict[str, Any]:
     from musicgend.core.clock import FrameGrid
     from musicgend.service.engine import FrameCore, default_sampler, return_freed_memory
-    from musicgend.service.runtime import load_model, private_mb
+    from musicgend.service.runtime import load_model
 
     model = load_model(model_dir)
     model.warm_up()
@@ -106,7 +96,7 @@ def run(model_dir: Path, frames: int, every: int, swap_every: int, trace: bool) 
             gc.collect()
             return_freed_memory()
         if i % every == 0:
-            row = {"frame": i, "rss_mb": round(rss_mb(), 1), "private_mb": private_mb()}
+            row = {"frame": i, "rss_mb": rss_mb(), "private_mb": private_mb()}
             if trace:
                 row["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 1e6, 2)
                 if baseline is None and i >= 2 * swap_every:  # past the first swap's dust
@@ -131,7 +121,7 @@ def run(model_dir: Path, frames: int, every: int, swap_every: int, trace: bool) 
             for s in growth
         ]
         tracemalloc.stop()
-    result["nearest_ms_per_new_chord"] = round(nearest_cost_ms(model_dir), 3)
+    result["nearest_ms_per_new_chord"] = round(nearest_cost_ms(core.model.vocab), 3)
     return result
 
 

@@ -44,7 +44,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -284,16 +284,13 @@ def pitch_sampler(model: LoadedModel, params: EngineParams) -> PitchSampler | No
 # -- metrics --------------------------------------------------------------------------------
 
 
-def percentiles_ms(samples_ns: Iterable[int] | np.ndarray) -> dict[str, float | None]:
+def percentiles_ms(samples_ns: np.ndarray) -> dict[str, float | None]:
     """p50, p99 (linear between ranks, as ``np.percentile``) and max, in ms.
 
     Not ``np.percentile``: its first call imports ``numpy.ma``, and an import during play
     holds the GIL for tens of milliseconds, so the JACK thread misses cycles (MIDI clock ticks
     came twice or not at all, measured)."""
-    if isinstance(samples_ns, np.ndarray):
-        values = np.sort(samples_ns.astype(np.int64, copy=False))
-    else:
-        values = np.sort(np.fromiter(samples_ns, dtype=np.int64))
+    values = np.sort(samples_ns.astype(np.int64, copy=False))
     if values.size == 0:
         return {"p50": None, "p99": None, "max": None}
     p50, p99 = np.interp(
