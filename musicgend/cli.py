@@ -174,7 +174,7 @@ def train_cmd(
         bool, typer.Option("--resume", help="Continue the interrupted training of --out.")
     ] = False,
     config: Annotated[
-        str | None, typer.Option(help="seed, musicgend, pitch, or a config .json.")
+        str | None, typer.Option(help="seed, musicgend, pitch, roll, or a config .json.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch (default 64).")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Adam rate (default 1e-3).")] = None,

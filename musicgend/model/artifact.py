@@ -100,10 +100,18 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
     kernel ``(U, 3U)`` with gate columns in the order z, r, h; bias ``(2, 3U)`` (input bias,
     recurrent bias). A tied output (``tied_output_dim``) has no ``logits.kernel``: its
     logits are ``(h @ tied_projection.kernel + tied_projection.bias) @ embedding.T +
-    logits.bias``.
+    logits.bias``. A model reading pitches (``input = "pitches"``) has an
+    ``input_projection`` ``(128, embed_dim)`` instead of the ``embedding``.
     """
     u = config.gru_units
-    shapes: dict[str, tuple[int, ...]] = {"embedding": (vocab_size, config.embed_dim)}
+    shapes: dict[str, tuple[int, ...]] = (
+        {
+            "input_projection.kernel": (PITCHES, config.embed_dim),
+            "input_projection.bias": (config.embed_dim,),
+        }
+        if config.pitch_input
+        else {"embedding": (vocab_size, config.embed_dim)}
+    )
     width = config.embed_dim
     for i in range(config.gru_layers):
         for d in ("fwd", "bwd"):
@@ -135,7 +143,12 @@ def weight_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, 
 
 def _weight_variables(model: keras.Model, config: ModelConfig) -> list[tuple[str, Any]]:
     """``(npz name, Keras variable)`` for a :func:`~musicgend.model.bigru.build_model` network."""
-    pairs: list[tuple[str, Any]] = [("embedding", model.get_layer("embedding").embeddings)]
+    pairs: list[tuple[str, Any]] = []
+    if config.pitch_input:
+        layer = model.get_layer("input_projection")
+        pairs += [("input_projection.kernel", layer.kernel), ("input_projection.bias", layer.bias)]
+    else:
+        pairs.append(("embedding", model.get_layer("embedding").embeddings))
     for i in range(config.gru_layers):
         bidir = model.get_layer(f"bigru_{i}")
         for d, sub in (("fwd", bidir.forward_layer), ("bwd", bidir.backward_layer)):
@@ -244,9 +257,10 @@ def round_weights(
 
 
 def tflite_bytes(
-    model: keras.Model, window_frames: int, quantize: LitertQuantize = "none"
+    model: keras.Model, config: ModelConfig, quantize: LitertQuantize = "none"
 ) -> bytes:
-    """A LiteRT flatbuffer of ``model`` for one ``(1, window_frames)`` int32 window.
+    """A LiteRT flatbuffer of ``model`` for one window: ``(1, window_frames)`` int32 token
+    ids, or ``(1, window_frames, 128)`` float32 pitch rows (``input = "pitches"``).
 
     Builtin ops only: the model is wrapped in a fixed-shape ``tf.function``, frozen, and
     converted from the concrete function (``from_keras_model`` would emit TensorList ops
@@ -269,9 +283,15 @@ def tflite_bytes(
         convert_variables_to_constants_v2,
     )
 
-    @tf.function(input_signature=[tf.TensorSpec([1, window_frames], tf.int32, name="token_ids")])
-    def serve(token_ids):
-        return model(token_ids, training=False)
+    spec = (
+        tf.TensorSpec([1, config.window_frames, PITCHES], tf.float32, name="pitches")
+        if config.pitch_input
+        else tf.TensorSpec([1, config.window_frames], tf.int32, name="token_ids")
+    )
+
+    @tf.function(input_signature=[spec])
+    def serve(window):
+        return model(window, training=False)
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
@@ -383,7 +403,7 @@ def save_artifact(
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    expected_vocab = model.get_layer("embedding").input_dim
+    expected_vocab = len(vocab) if config.pitch_input else model.get_layer("embedding").input_dim
     if expected_vocab != len(vocab):
         raise ModelError(f"the model knows {expected_vocab} tokens but the vocab has {len(vocab)}")
     stored = round_weights(numpy_weights(model, config), weights_dtype)
@@ -391,7 +411,7 @@ def save_artifact(
     if export_tflite:
         if weights_dtype != "float32":
             model = keras_model_from_arrays(config, len(vocab), stored)
-        tflite = tflite_bytes(model, config.window_frames, litert_quantize)
+        tflite = tflite_bytes(model, config, litert_quantize)
     return _write_artifact(
         out_dir,
         stored,
@@ -548,7 +568,7 @@ class Artifact:
     def keras_model(self) -> keras.Model:
         """Build the Keras network with the weights of ``weights.npz`` (imports Keras and its
         backend, see :func:`keras_model_from_arrays`)."""
-        if "embedding" not in self.weights:
+        if "dense.kernel" not in self.weights:
             raise ModelError(f"{self.path}: loaded without its weight arrays (LiteRT only)")
         return keras_model_from_arrays(
             self.config, len(self.vocab), self.weights, str(self.path / WEIGHTS_NPZ)
@@ -633,7 +653,7 @@ def _load_npz(
     extra = sorted(set(arrays) - set(expected))
     if extra:
         raise ModelError(f"{file}: unexpected weight arrays {', '.join(extra)} for config.json")
-    emb_rows = arrays["embedding"].shape[0]
+    emb_rows = arrays["embedding"].shape[0] if "embedding" in arrays else vocab_size
     if emb_rows != vocab_size:
         raise ModelError(
             f"{file}: weights are for a vocabulary of {emb_rows} tokens, "
@@ -781,7 +801,7 @@ def compact_artifact(
             tflite = old.read_bytes()  # built from these very weights, this very way
         else:
             model = keras_model_from_arrays(art.config, len(art.vocab), stored)
-            tflite = tflite_bytes(model, art.config.window_frames, quantize)
+            tflite = tflite_bytes(model, art.config, quantize)
     _write_artifact(
         art.path,
         stored,

@@ -1,6 +1,8 @@
 """Keras 3 builder of the seed BiGRU (and its improved variants).
 
-Input: ``(batch, window_frames)`` int32 token ids. Output: ``(batch, vocab)`` probabilities
+Input: ``(batch, window_frames)`` int32 token ids, or with ``input = "pitches"``
+``(batch, window_frames, 128)`` float32 multi-hot pitch rows (read through a ``Dense`` named
+``input_projection`` instead of the ``embedding``). Output: ``(batch, vocab)`` probabilities
 (softmax, or with ``copy_gate`` a mixture of the softmax and a one-hot "repeat the last
 input token" expert, weighted by a learned sigmoid gate). With ``tied_output_dim`` the
 logits are ``Dense(tied_output_dim)(h) @ E.T + bias``, E being the embedding matrix.
@@ -120,9 +122,13 @@ def pitch_log_prob(head: PitchHead, params, prev, chord):
 def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Model:
     """The network for a vocabulary of ``vocab_size`` tokens; ``config`` defaults to seed."""
     config = config or ModelConfig()
-    token_ids = keras.Input((config.window_frames,), dtype="int32", name="token_ids")
-    embedding = layers.Embedding(vocab_size, config.embed_dim, name="embedding")
-    x = embedding(token_ids)
+    if config.pitch_input:
+        inputs = keras.Input((config.window_frames, PITCHES), dtype="float32", name="pitches")
+        x = layers.Dense(config.embed_dim, name="input_projection")(inputs)
+    else:
+        inputs = keras.Input((config.window_frames,), dtype="int32", name="token_ids")
+        embedding = layers.Embedding(vocab_size, config.embed_dim, name="embedding")
+        x = embedding(inputs)
     if config.embed_dropout:
         x = layers.Dropout(config.embed_dropout, name="embed_dropout")(x)
     for i in range(config.gru_layers):
@@ -137,7 +143,7 @@ def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Mod
     if config.output == "pitch":
         params = layers.Dense(config.pitch_params_width, name="pitch_params")(h)
         out = PitchHead(config.pitch_units, name="pitch_head")(params)
-        return keras.Model(token_ids, out, name=f"musicgend_{config.name}")
+        return keras.Model(inputs, out, name=f"musicgend_{config.name}")
     if config.tied_output_dim:
         projected = layers.Dense(config.tied_output_dim, name="tied_projection")(h)
         logits = TiedLogits(embedding, name="logits")(projected)
@@ -145,7 +151,7 @@ def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Mod
         logits = layers.Dense(vocab_size, name="logits")(h)
     if config.copy_gate:
         gate = layers.Dense(1, activation="sigmoid", name="copy_gate")(h)
-        probs = CopyMix(vocab_size, name="probs")(logits, gate, token_ids)
+        probs = CopyMix(vocab_size, name="probs")(logits, gate, inputs)
     else:
         probs = layers.Softmax(name="probs")(logits)
-    return keras.Model(token_ids, probs, name=f"musicgend_{config.name}")
+    return keras.Model(inputs, probs, name=f"musicgend_{config.name}")

@@ -40,6 +40,16 @@ class ModelConfig(BaseModel):
     then only names the input tokens."""
     pitch_units: int = Field(128, ge=1)
     """Hidden units of the per-pitch head (``output = "pitch"``)."""
+    input: Literal["token", "pitches"] = "token"
+    """``token``: the window is token ids, read through an ``Embedding(vocab, embed_dim)``
+    (seed). ``pitches``: the window is the frames' pitch sets as multi-hot rows ``(W, 128)``,
+    read through a ``Dense(embed_dim)``: a chord the vocabulary lacks is read as it is, not
+    as ``<unk>`` or its nearest known chord, and the network has no per-token parameters.
+    Needs ``output = "pitch"`` (its copy gate compares pitch sets, not token ids)."""
+
+    @property
+    def pitch_input(self) -> bool:
+        return self.input == "pitches"
 
     @property
     def pitch_params_width(self) -> int:
@@ -71,6 +81,15 @@ class ModelConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _pitch_input_has_a_pitch_output(self) -> ModelConfig:
+        if self.input == "pitches" and self.output != "pitch":
+            raise ValueError(
+                "input 'pitches' needs output 'pitch': a vocabulary softmax's copy gate "
+                "repeats the last input token, and this input has none"
+            )
+        return self
+
 
 PRESETS: dict[str, ModelConfig] = {
     # The write-up's network: Embedding(100) → 3 × BiGRU(128) → Dense(256)+LeakyReLU → softmax.
@@ -91,6 +110,17 @@ PRESETS: dict[str, ModelConfig] = {
         name="pitch",
         embed_dim=96,
         output="pitch",
+        pitch_units=128,
+        embed_dropout=0.1,
+        gru_dropout=0.2,
+        min_count=3,
+    ),
+    # The per-pitch model reading its window as pitches (multi-hot rows) instead of tokens.
+    "roll": ModelConfig(
+        name="roll",
+        embed_dim=96,
+        output="pitch",
+        input="pitches",
         pitch_units=128,
         embed_dropout=0.1,
         gru_dropout=0.2,

@@ -1,6 +1,9 @@
-"""Fast inference of a model artifact: one window of token ids → next-token probabilities
+"""Fast inference of a model artifact: one window → next-token probabilities
 (for a per-pitch model, ``config.output = "pitch"``: the head's input vector, see
 :mod:`musicgend.core.pitchhead`, whose own arrays every runtime takes from ``weights.npz``).
+A window is ``window_frames`` token ids, or for a model reading pitches (``config.input =
+"pitches"``) ``window_frames`` multi-hot rows of 128 (:class:`musicgend.core.window.WindowReader`
+makes either from chords).
 
 Runtimes (all give the same probabilities within float32 round-off; ``bench/inference.py``
 measures them side by side):
@@ -33,7 +36,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from musicgend.core.pitchhead import PitchHead
+from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.errors import ModelError
 from musicgend.model.artifact import Artifact, load_artifact
 
@@ -43,7 +46,7 @@ TF_RUNTIMES = frozenset({"tf", "tf-xla", "keras", "eager"})
 
 
 class Predictor(ABC):
-    """Next-token probabilities for windows of ``window_frames`` token ids."""
+    """Next-token probabilities for windows of ``window_frames`` token ids (or pitch rows)."""
 
     runtime: str = ""
 
@@ -52,20 +55,28 @@ class Predictor(ABC):
         self.window_frames = artifact.config.window_frames
         self.vocab_size = len(artifact.vocab)
         self.output_width = output_width(artifact)
+        self.pitch_input = artifact.config.pitch_input
+        self.window_shape: tuple[int, ...] = (
+            (self.window_frames, PITCHES) if self.pitch_input else (self.window_frames,)
+        )
+        """One window: ``(W,)`` int ids or ``(W, 128)`` multi-hot rows."""
 
-    def predict(self, window_ids: np.ndarray) -> np.ndarray:
-        """One window ``(W,)`` of int ids → probabilities ``(V,)`` (float32, sum 1), or a
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        """One window (:attr:`window_shape`) → probabilities ``(V,)`` (float32, sum 1), or a
         per-pitch model's head inputs ``(output_width,)``."""
-        x = np.asarray(window_ids)
-        if x.shape != (self.window_frames,):
-            raise ValueError(f"expected a window of shape ({self.window_frames},), got {x.shape}")
-        return self.predict_batch(x[None, :])[0]
+        x = np.asarray(window)
+        if x.shape != self.window_shape:
+            raise ValueError(f"expected a window of shape {self.window_shape}, got {x.shape}")
+        return self.predict_batch(x[None])[0]
 
     def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        """Windows ``(N, W)`` of int ids → ``(N, output_width)`` float32 (probabilities)."""
+        """Windows ``(N, *window_shape)`` → ``(N, output_width)`` float32 (probabilities)."""
         x = np.asarray(windows)
-        if x.ndim != 2 or x.shape[1] != self.window_frames:
-            raise ValueError(f"expected windows of shape (N, {self.window_frames}), got {x.shape}")
+        if x.shape[1:] != self.window_shape:
+            shape = ", ".join(map(str, self.window_shape))
+            raise ValueError(f"expected windows of shape (N, {shape}), got {x.shape}")
+        if self.pitch_input:
+            return self._run(x.astype(np.float32, copy=False))
         if x.size and (x.min() < 0 or x.max() >= self.vocab_size):
             raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
         return self._run(x.astype(np.int32, copy=False))
@@ -149,7 +160,10 @@ class NumpyPredictor(Predictor):
         cfg = artifact.config
         self.units = cfg.gru_units
         self.alpha = np.float32(cfg.leaky_relu_alpha)
-        self.embedding = w["embedding"]
+        self.embedding: np.ndarray | None = None if cfg.pitch_input else w["embedding"]
+        self.input_projection: tuple[np.ndarray, np.ndarray] | None = None
+        if cfg.pitch_input:  # x @ kernel + bias instead of an embedding lookup
+            self.input_projection = (w["input_projection.kernel"], w["input_projection.bias"])
         self.layers: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for i in range(cfg.gru_layers):
             f, b = f"bigru_{i}.fwd", f"bigru_{i}.bwd"
@@ -167,7 +181,7 @@ class NumpyPredictor(Predictor):
             return
         if cfg.tied_output_dim:  # logits = (d @ W_proj + b_proj) @ E.T + b_out
             self.tied_projection = (w["tied_projection.kernel"], w["tied_projection.bias"])
-            self.logits = (self.embedding.T, w["logits.bias"])
+            self.logits = (w["embedding"].T, w["logits.bias"])
         else:
             self.logits = (w["logits.kernel"], w["logits.bias"])
         if cfg.copy_gate:
@@ -199,7 +213,11 @@ class NumpyPredictor(Predictor):
         return seq.transpose(1, 0, 2)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        h = self.embedding[x]
+        if self.input_projection is not None:
+            h = x @ self.input_projection[0] + self.input_projection[1]
+        else:
+            assert self.embedding is not None
+            h = self.embedding[x]
         for i, layer in enumerate(self.layers):
             h = self._bigru(h, layer, return_sequences=i < len(self.layers) - 1)
         d = h @ self.dense[0] + self.dense[1]
@@ -252,13 +270,14 @@ class LiteRTPredictor(Predictor):
             raise ModelError(f"{path}: LiteRT can't load the model ({exc})") from None
         (inp,) = self._interp.get_input_details()
         (out,) = self._interp.get_output_details()
-        if tuple(inp["shape"]) != (1, self.window_frames) or tuple(out["shape"]) != (
+        if tuple(inp["shape"]) != (1, *self.window_shape) or tuple(out["shape"]) != (
             1,
             self.output_width,
         ):
+            shape = ", ".join(map(str, self.window_shape))
             raise ModelError(
                 f"{path}: LiteRT model maps {tuple(inp['shape'])} → {tuple(out['shape'])}, "
-                f"expected (1, {self.window_frames}) → (1, {self.output_width})"
+                f"expected (1, {shape}) → (1, {self.output_width})"
             )
         self._in, self._out = inp["index"], out["index"]
 
@@ -290,7 +309,11 @@ class KerasPredictor(Predictor):
             model = self.model
             self._fn = tf.function(
                 lambda x: model(x, training=False),
-                input_signature=[tf.TensorSpec([None, self.window_frames], tf.int32)],
+                input_signature=[
+                    tf.TensorSpec(
+                        [None, *self.window_shape], tf.float32 if self.pitch_input else tf.int32
+                    )
+                ],
                 jit_compile=mode == "tf-xla",
                 reduce_retracing=True,
             )

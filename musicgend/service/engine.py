@@ -72,7 +72,7 @@ from musicgend.core.sampling_defaults import (
 from musicgend.core.tokens import PitchSet, pitches_from_token
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
 from musicgend.core.voicing import MidiBytes, Voicer, VoicingSettings
-from musicgend.core.window import WINDOW_FRAMES, RollingWindow
+from musicgend.core.window import WINDOW_FRAMES, WindowReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from musicgend.core.pitchhead import PitchHead
@@ -90,7 +90,8 @@ LATENCY_SAMPLES = 20_000
 
 
 class Predictor(Protocol):
-    """One forward pass: a window of token ids ``(window,) int32`` → ``(V,)`` probabilities."""
+    """One forward pass: a window (token ids ``(window,) int32``, or pitch rows ``(window,
+    128)`` for a model reading pitches) → ``(V,)`` probabilities or a head's inputs."""
 
     def predict(self, window: np.ndarray) -> np.ndarray: ...
 
@@ -123,13 +124,19 @@ class EventLog(Protocol):
 class LoadedModel:
     """A model ready for the engine: its predictor, vocabulary and a name for status;
     ``head`` for a per-pitch model (its predictor returns the head's inputs, and its chords
-    are drawn by :class:`~musicgend.core.pitchsampler.PitchSampler`)."""
+    are drawn by :class:`~musicgend.core.pitchsampler.PitchSampler`); ``pitch_input`` for a
+    model that reads its window as pitches (``reader`` fills its window either way)."""
 
     predictor: Predictor
     vocab: Vocab
     name: str
     runtime: str = ""
     head: PitchHead | None = None
+    pitch_input: bool = False
+    reader: WindowReader = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reader", WindowReader(self.vocab, self.pitch_input))
 
     def warm_up(self, window_frames: int = WINDOW_FRAMES) -> None:
         """One inference, the vocabulary's nearest-chord table and the sampler's tables for
@@ -138,7 +145,7 @@ class LoadedModel:
         up JACK's process callback long enough for the server to report overruns)."""
         from musicgend.core.sampler import scale_table
 
-        out = self.predictor.predict(np.full(window_frames, SILENCE_ID, dtype=np.int32))
+        out = self.predictor.predict(self.reader.window(window_frames).array())
         self.vocab.nearest({60, 61, 62, 63, 64})
         if self.head is not None:
             from musicgend.core.pitchsampler import PitchSampler
@@ -461,7 +468,7 @@ class FrameCore:
         self._rng = random.Random(self.params.seed)
         # the window's frames as chords (what it holds as ids): a model swap re-reads them
         self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
-        self.window = RollingWindow(window_frames)
+        self.window = model.reader.window(window_frames)
         self.next_frame = 0
         self.frame_done = -1  # last frame pushed into the window
         self.machine_prev: PitchSet = frozenset()  # the model chord of frame next_frame - 1
@@ -597,7 +604,7 @@ class FrameCore:
         if self.frame_done != k - 1:
             return None
         chord = self._frame_chord(self._human_frame(k), self.voicer.chord)
-        provisional = self.model.vocab.nearest(chord)
+        provisional = self.model.reader.encode(chord)
         window = self.window.array()
         window[:-1] = window[1:]
         window[-1] = provisional
@@ -697,7 +704,7 @@ class FrameCore:
         """Push frame ``k - 1`` into the window (after the messages are out)."""
         if self.frame_done < k - 1:
             chord = self._frame_chord(self._pending_human, self.machine_prev)
-            self.window.push(self.model.vocab.nearest(chord))
+            self.window.push(self.model.reader.encode(chord))
             self.history.append(chord)
             self.frame_done = k - 1
         self.machine_prev = self.voicer.chord
@@ -708,7 +715,7 @@ class FrameCore:
             j = self.frame_done + 1
             human = self._human_frame(j)
             chord = self._frame_chord(human, self.machine_prev)
-            self.window.push(self.model.vocab.nearest(chord))
+            self.window.push(self.model.reader.encode(chord))
             self.history.append(chord)
             self.frame_done = j
         self.next_frame = k
@@ -724,8 +731,7 @@ class FrameCore:
         self.model = model
         self.pitch_sampler = pitch_sampler(model, self.params)
         self.result = None
-        ids = [model.vocab.nearest(chord) for chord in self.history]
-        self.window = RollingWindow(self.window_frames, initial=ids)
+        self.window = model.reader.window(self.window_frames, self.history)
         self.version += 1
 
 

@@ -136,7 +136,12 @@ def load_model(path: Path, runtime: str = "auto", threads: int = 1) -> LoadedMod
     if artifact.config.window_frames < 1:
         raise ModelError(f"{path}: bad window size {artifact.config.window_frames}")
     return LoadedModel(
-        predictor, artifact.vocab, str(path), predictor.runtime, pitch_head(artifact)
+        predictor,
+        artifact.vocab,
+        str(path),
+        predictor.runtime,
+        pitch_head(artifact),
+        artifact.config.pitch_input,
     )
 
 

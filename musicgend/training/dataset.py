@@ -236,6 +236,15 @@ class WindowIndex:
         offsets = np.arange(-self.window_frames, 0, dtype=np.int64)
         return self.ids[pos[:, None] + offsets], self.ids[pos]
 
+    def pitch_windows(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The windows of :meth:`windows` as pitch rows ``(N, window_frames, 128)`` float32
+        (what a model reading pitches sees); needs ``pitches``."""
+        if self.pitches is None:
+            raise TrainingError("this window index has no pitch rows")
+        pos = self.positions if positions is None else positions
+        offsets = np.arange(-self.window_frames, 0, dtype=np.int64)
+        return self.pitches[pos[:, None] + offsets].astype(np.float32)
+
     def epoch_permutation(self, seed: int, epoch: int) -> np.ndarray:
         """The window indices of one epoch in their shuffled order (depends on seed, epoch)."""
         return np.random.default_rng([seed, epoch]).permutation(len(self.positions))
@@ -313,6 +322,7 @@ def window_dataset(
     weights: np.ndarray | None = None,
     shift_table: np.ndarray | None = None,
     shift_rows: np.ndarray | None = None,
+    pitch_input: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``(x, y)`` (or ``(x, y, w)``) windows for ``positions``, in that order.
 
@@ -321,7 +331,8 @@ def window_dataset(
 
     When ``index`` has ``pitches`` (a per-pitch model), ``y`` is ``(previous frame's
     pitches, target's pitches)``, two ``(batch, 128)`` float32 0/1 arrays, shifted with the
-    window.
+    window. With ``pitch_input`` (a model reading pitches) ``x`` is the window's pitch rows,
+    ``(batch, window_frames, 128)`` float32, shifted too.
     """
     import tensorflow as tf
 
@@ -335,14 +346,18 @@ def window_dataset(
         table = tf.constant(np.ascontiguousarray(shift_table, dtype=np.int32).reshape(-1))
         source += (np.asarray(shift_rows, dtype=np.int32) * vocab_size,)
 
+    if pitch_input and index.pitches is None:
+        raise TrainingError("a model reading pitches needs the frames' pitch rows")
     rows = None if index.pitches is None else tf.constant(index.pitches)
     pitch_range = tf.range(PITCHES, dtype=tf.int32)
 
     def shifted(chords, shift):
+        """Rows ``(B, 128)`` or windows of rows ``(B, W, 128)``, each moved by its shift."""
         source = pitch_range[None, :] - shift[:, None]
-        inside = (source >= 0) & (source < PITCHES)
-        moved = tf.gather(chords, tf.clip_by_value(source, 0, PITCHES - 1), batch_dims=1)
-        return moved * tf.cast(inside, moved.dtype)
+        inside = tf.cast((source >= 0) & (source < PITCHES), chords.dtype)
+        clipped = tf.clip_by_value(source, 0, PITCHES - 1)
+        moved = tf.gather(chords, clipped, axis=len(chords.shape) - 1, batch_dims=1)
+        return moved * (inside[:, None, :] if len(chords.shape) == 3 else inside)
 
     def gather(pos, *rest):
         x = tf.gather(flat, pos[:, None] + offsets)
@@ -358,6 +373,11 @@ def window_dataset(
             if shift is not None:
                 prev, target = shifted(prev, shift), shifted(target, shift)
             y = (tf.cast(prev, tf.float32), tf.cast(target, tf.float32))
+        if pitch_input:
+            x = tf.gather(rows, pos[:, None] + offsets)
+            if shift is not None:
+                x = shifted(x, shift)
+            x = tf.cast(x, tf.float32)
         return (x, y, *rest)
 
     if weights is not None:

@@ -50,7 +50,7 @@ from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.tokens import PitchSet
 from musicgend.core.vocab import UNK_ID, Vocab
-from musicgend.core.window import training_windows
+from musicgend.core.window import pitch_windows, training_windows
 from musicgend.errors import CorpusError, MidiFileError, ModelError
 from musicgend.io.midifile import Piece, find_midi_files, iter_pieces
 from musicgend.training.ngram import (
@@ -71,7 +71,10 @@ LOG_FLOOR = math.log(float(np.finfo(np.float32).tiny))
 
 
 class Predictor(Protocol):
-    """Anything that maps ``(N, W)`` int32 windows to ``(N, V)`` probabilities."""
+    """Anything that maps ``(N, W)`` int32 windows (``(N, W, 128)`` float32 pitch rows when
+    ``pitch_input``) to ``(N, V)`` probabilities."""
+
+    pitch_input: bool
 
     def predict_batch(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -170,14 +173,17 @@ class Score:
 
 
 def _batches(
-    pieces: Sequence[EncodedPiece], window: int, batch_size: int
+    pieces: Sequence[EncodedPiece], window: int, batch_size: int, pitch_input: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(x, y)`` batches of ``batch_size`` windows over all pieces in order."""
+    """``(x, y)`` batches of ``batch_size`` windows over all pieces in order; with
+    ``pitch_input`` the windows are multi-hot pitch rows ``(N, window, 128)``."""
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     held = 0
     for piece in pieces:
         x, y = training_windows(piece.ids.tolist(), window)
+        if pitch_input:
+            x = pitch_windows(piece.frames, window)
         xs.append(x)
         ys.append(y)
         held += len(y)
@@ -225,8 +231,8 @@ def score_model(
     width = vocab_size if head is None else head.params_width
     prev_rows, chord_rows = _pitch_rows(pieces) if head is not None else (None, None)
     start = 0
-    for x, y in _batches(pieces, window_frames, batch_size):
-        probs = np.asarray(predictor.predict_batch(x.astype(np.int32, copy=False)))
+    for x, y in _batches(pieces, window_frames, batch_size, predictor.pitch_input):
+        probs = np.asarray(predictor.predict_batch(x))
         if probs.shape != (len(x), width):
             raise ModelError(
                 f"the model returned outputs of shape {probs.shape} for {len(x)} windows; "

@@ -125,7 +125,7 @@ def extend_weights(
                 f"({name}: {got}, expected {shape})"
             )
     out = {k: np.array(v, dtype=np.float32) for k, v in arrays.items()}
-    if not added:
+    if not added or config.pitch_input:  # a model reading pitches has no per-token weights
         return out
     emb = out["embedding"]
     out["embedding"] = np.concatenate([emb, np.repeat(emb[UNK_ID : UNK_ID + 1], added, axis=0)])

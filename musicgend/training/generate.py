@@ -6,8 +6,9 @@ know map to their nearest known chord). Each step asks the model for the next-to
 probabilities, draws one with :class:`~musicgend.core.sampler.Sampler`, and slides the window.
 A per-pitch model (``config.output = "pitch"``) draws chords with
 :class:`~musicgend.core.pitchsampler.PitchSampler` instead; its window holds each chord's
-nearest known token (as the daemon's does), while the chords themselves, a primed file's
-included, are played and kept as they are.
+nearest known token (as the daemon's does), or the chord itself for a model that reads
+pitches, while the chords themselves, a primed file's included, are played and kept as they
+are.
 
 Frames become notes as the quantiser would read them back: a pitch held over consecutive
 frames is one note from ``k / fs`` to ``(k + n) / fs`` s, on a piano (program 0). A file
@@ -32,7 +33,7 @@ from musicgend.core.pitchsampler import PitchSampler
 from musicgend.core.sampler import Sampler, SamplerParams
 from musicgend.core.tokens import PitchSet, pitches_from_token
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
-from musicgend.core.window import RollingWindow
+from musicgend.core.window import RollingWindow, WindowReader
 from musicgend.errors import CorpusError, MidiFileError, ModelError
 from musicgend.io.midifile import find_midi_files, iter_pieces, read_piece
 from musicgend.model.artifact import Artifact, load_artifact
@@ -99,26 +100,27 @@ def generate_ids(
 def generate_pitch_frames(
     predict: Callable[[np.ndarray], np.ndarray],
     sampler: PitchSampler,
-    vocab: Vocab,
-    prime_ids: Sequence[int],
+    reader: WindowReader,
     prime_frames: Sequence[PitchSet],
     n_frames: int,
     window_frames: int,
 ) -> tuple[list[PitchSet], list[int]]:
-    """A per-pitch model's ``n_frames`` chords after a prime, and their token ids (the
-    window the encoder reads: a chord the vocabulary lacks is its nearest known chord, as in
-    the daemon; with ``<unk>`` there instead, the model's own new chords blurred its context
-    and it drifted to 5.8 pitches a frame against Bach's 4.0). ``prime_frames``: the prime's
-    chords, for the previous chord and the key."""
-    window = RollingWindow(window_frames, initial=prime_ids)
+    """A per-pitch model's ``n_frames`` chords after a prime, and their nearest token ids.
+
+    ``reader`` fills the window the encoder reads: for a token model a chord the vocabulary
+    lacks is its nearest known chord, as in the daemon (with ``<unk>`` there instead, the
+    model's own new chords blurred its context and it drifted to 5.8 pitches a frame against
+    Bach's 4.0); a model reading pitches reads the chord itself. ``prime_frames``: the
+    prime's chords (they fill the window, and give the previous chord and the key)."""
+    window = reader.window(window_frames, prime_frames[-window_frames:])
     context: deque[PitchSet] = deque(prime_frames, maxlen=window_frames)
     prev = context[-1] if context else None
     frames: list[PitchSet] = []
     ids: list[int] = []
     for _ in range(n_frames):
         chord = sampler.sample(predict(window.array()), prev, context)
-        token_id = vocab.nearest(chord)
-        window.push(token_id)
+        token_id = reader.vocab.nearest(chord)
+        window.push(reader.encode(chord))
         context.append(chord)
         frames.append(chord)
         ids.append(token_id)
@@ -212,8 +214,7 @@ def generate_frames(
         frames, ids = generate_pitch_frames(
             predictor.predict,
             PitchSampler(head, params, seed=seed),
-            vocab,
-            prime_ids,
+            WindowReader(vocab, cfg.pitch_input),
             context,
             n_draw,
             cfg.window_frames,

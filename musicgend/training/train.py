@@ -344,6 +344,7 @@ class Loop:
             self.optimizer.build(self.model.trainable_variables)
         model, optimizer = self.model, self.optimizer
         self.per_pitch = options.config.output == "pitch"
+        self.pitch_input = options.config.pitch_input
         head = model.get_layer("pitch_head") if self.per_pitch else None
 
         def nll(y, out):
@@ -426,6 +427,7 @@ class Loop:
                 drop_remainder=True,
                 shift_table=shift_table,
                 shift_rows=rows,
+                pitch_input=self.pitch_input,
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
@@ -452,7 +454,14 @@ class Loop:
             w = np.zeros(per, dtype=np.float32)
             w[: len(mine)] = 1.0
             pos = np.concatenate([mine, np.full(per - len(mine), positions[0])])
-            return window_dataset(index, pos, EVAL_BATCH, drop_remainder=False, weights=w)
+            return window_dataset(
+                index,
+                pos,
+                EVAL_BATCH,
+                drop_remainder=False,
+                weights=w,
+                pitch_input=self.pitch_input,
+            )
 
         total = np.zeros(3)
         for x, y, w in self.strategy.distribute_datasets_from_function(dataset_fn):

@@ -69,13 +69,20 @@ def build_tiny(copy_gate: bool = False, seed: int = 0, tied: bool = False):
     return model, vocab, config
 
 
-def build_tiny_pitch(seed: int = 0):
-    """A tiny per-pitch model (``output: "pitch"``) with random weights."""
+def build_tiny_pitch(seed: int = 0, pitch_input: bool = False):
+    """A tiny per-pitch model (``output: "pitch"``) with random weights; ``pitch_input``:
+    one that reads its window as pitches (``input: "pitches"``)."""
     from musicgend.model.bigru import build_model
 
     vocab = tiny_vocab()
-    config = tiny_config().model_copy(
-        update={"name": "tiny-pitch", "output": "pitch", "pitch_units": 5}
+    config = ModelConfig.model_validate(
+        {
+            **tiny_config().model_dump(),
+            "name": "tiny-roll" if pitch_input else "tiny-pitch",
+            "output": "pitch",
+            "pitch_units": 5,
+            "input": "pitches" if pitch_input else "token",
+        }
     )
     model = build_model(len(vocab), config)
     randomize(model, seed, scale=0.3)
@@ -111,11 +118,16 @@ def tiny_tied_artifacts(tmp_path_factory) -> dict[bool, Path]:
     return _save_tiny_artifacts(tmp_path_factory.mktemp("tied-artifacts"), tied=True)
 
 
-def save_tiny_artifact(out_dir: Path, seed: int = 0, pitch: bool = False) -> Path:
+def save_tiny_artifact(
+    out_dir: Path, seed: int = 0, pitch: bool = False, pitch_input: bool = False
+) -> Path:
     """A tiny random-weight model directory for daemon tests (the daemon never imports TF);
-    ``pitch``: a per-pitch model."""
+    ``pitch``: a per-pitch model; ``pitch_input``: one that reads pitches."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from musicgend.model.artifact import save_artifact
 
-    model, vocab, config = build_tiny_pitch(seed) if pitch else build_tiny(False, seed=seed)
+    if pitch or pitch_input:
+        model, vocab, config = build_tiny_pitch(seed, pitch_input)
+    else:
+        model, vocab, config = build_tiny(False, seed=seed)
     return save_artifact(out_dir, model, vocab, config, tiny_prior(), {})

@@ -138,8 +138,11 @@ class ScriptedHeadPredictor:
         return out
 
 
-def pitch_model(script: list[set[int]]) -> tuple[LoadedModel, ScriptedHeadPredictor]:
+def pitch_model(
+    script: list[set[int]], pitch_input: bool = False
+) -> tuple[LoadedModel, ScriptedHeadPredictor]:
+    """A per-pitch model playing ``script``; ``pitch_input``: one reading pitches."""
     vocab = small_vocab()
     head = forcing_head()
     predictor = ScriptedHeadPredictor(head, script)
-    return LoadedModel(predictor, vocab, "fake-pitch", "fake", head), predictor
+    return LoadedModel(predictor, vocab, "fake-pitch", "fake", head, pitch_input), predictor

@@ -68,13 +68,17 @@ async def _control_while_playing(broker: Broker, peer: JackPeer) -> None:
             await observer.wait(topic_is(f"{prefix}/metrics"), what="metrics", start=start)
 
 
-@pytest.mark.parametrize("kind", ["vocab", "pitch"], ids=["vocab-model", "per-pitch-model"])
+@pytest.mark.parametrize(
+    "kind", ["vocab", "pitch", "roll"], ids=["vocab-model", "per-pitch-model", "pitch-input-model"]
+)
 def test_a_whole_daemon_run_imports_nothing_heavy_and_nothing_while_playing(
     tmp_path: Path, kind: str
 ) -> None:
     from tests.model.conftest import save_tiny_artifact
 
-    model = save_tiny_artifact(tmp_path / "tiny", seed=3, pitch=kind == "pitch")  # + LiteRT
+    model = save_tiny_artifact(  # + LiteRT
+        tmp_path / "tiny", seed=3, pitch=kind == "pitch", pitch_input=kind == "roll"
+    )
     modules_file, metrics_file = tmp_path / "modules.json", tmp_path / "metrics.json"
     with mosquitto_broker() as broker, jack_server(), JackPeer("peer") as peer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICGEND_")}

@@ -261,3 +261,33 @@ def test_a_per_pitch_model_plays_chords_the_vocabulary_lacks() -> None:
     core.set_params(temperature=0.5)
     assert core.pitch_sampler is not None and core.pitch_sampler.params.temperature == 0.5
     assert predictor.calls == 2
+
+
+def test_a_model_reading_pitches_sees_the_chords_themselves() -> None:
+    """Its window holds each frame's pitches as a row (the human's unknown chord and its own
+    included, not their nearest known chord), also after a swap from a token model."""
+    odd = {61, 66, 70}  # not in the fakes' vocabulary
+    m, predictor = pitch_model([odd, {60, 64, 67}], pitch_input=True)
+    core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler, EngineParams(scale_penalty=1.0))
+    core.start_at(1)
+    core.on_input(int(0.5 * F), (0x90, 50, 90))  # the human plays 50 + 51 in frame 0
+    core.on_input(int(0.6 * F), (0x90, 51, 90))
+    frame(core)  # plays odd
+    frame(core)
+    last = predictor.windows[-1]
+    assert last.shape == (core.window_frames, 128)
+    held = {50, 51}
+    assert set(last[-1].nonzero()[0]) == held | odd  # frame 1: the human's keys + odd
+    assert set(last[-2].nonzero()[0]) == held  # frame 0: the human alone
+    assert not last[:-2].any()  # silence before
+
+    tokens, _ = model([C])
+    core.pending_model = tokens
+    frame(core, compute=False)
+    assert core.window.array().dtype.kind == "i"  # the token model's window: ids again
+    back, again = pitch_model([{60}], pitch_input=True)
+    core.pending_model = back
+    frame(core, compute=False)
+    frame(core)
+    window = again.windows[-1]
+    assert set(window[-4].nonzero()[0]) == held | odd  # the history re-read as pitches

@@ -11,7 +11,7 @@ from musicgend.core.augment import TRANSPOSITIONS
 from musicgend.core.tokens import token_from_pitches
 from musicgend.core.vocab import SILENCE_ID, UNK, UNK_ID, Vocab
 from musicgend.core.window import training_windows
-from musicgend.errors import CorpusError
+from musicgend.errors import CorpusError, TrainingError
 from musicgend.model.config import ModelConfig
 from musicgend.training.dataset import (
     RandomTranspose,
@@ -246,7 +246,6 @@ def test_pitch_rows_keep_unknown_chords_and_bound_the_shifts() -> None:
 
 
 def test_frames_and_sequences_must_agree() -> None:
-    from musicgend.errors import TrainingError
 
     with pytest.raises(TrainingError, match="differ in length"):
         WindowIndex.from_sequences([[1, 1]], 3, frames=[[frozenset()]])
@@ -277,3 +276,40 @@ def test_window_dataset_shifts_pitch_rows_with_the_ids() -> None:
         assert set(np.flatnonzero(prev[j]).tolist()) == want_prev
         if x[j, -1] != UNK_ID:  # the last input id names the same chord as the prev row
             assert vocab.token(int(x[j, -1])) == token_from_pitches(want_prev)
+
+
+@pytest.mark.tf
+def test_window_dataset_gives_a_pitch_reading_model_shifted_pitch_windows() -> None:
+    """``pitch_input``: x is the window's rows (unknown chords as they are), moved by the
+    same shift as the target; unshifted it is :meth:`WindowIndex.pitch_windows`."""
+    vocab, index, _ = _hand_pitch_index()
+    aug = RandomTranspose.build(vocab, index)
+    shifts = aug.epoch_shifts(seed=4, epoch=2)
+    order = index.positions
+    plain = list(window_dataset(index, order, 8, drop_remainder=False, pitch_input=True))
+    x_plain = np.concatenate([b[0].numpy() for b in plain])
+    assert x_plain.dtype == np.float32
+    np.testing.assert_array_equal(x_plain, index.pitch_windows(order))
+    moved = window_dataset(
+        index,
+        order,
+        8,
+        drop_remainder=False,
+        shift_table=aug.table,
+        shift_rows=aug.rows(shifts),
+        pitch_input=True,
+    )
+    batches = list(moved)
+    x = np.concatenate([b[0].numpy() for b in batches])
+    target = np.concatenate([b[1][1].numpy() for b in batches])
+    assert x.shape == (len(order), index.window_frames, 128)
+    for j in range(len(order)):
+        for t in range(index.window_frames):
+            want = set((np.flatnonzero(x_plain[j, t]) + shifts[j]).tolist())
+            assert set(np.flatnonzero(x[j, t]).tolist()) == want
+        assert set(np.flatnonzero(target[j]).tolist()) == set(
+            (np.flatnonzero(index.pitches[order[j]]) + shifts[j]).tolist()
+        )
+    no_rows = WindowIndex.from_sequences([[2, 3]], 3)
+    with pytest.raises(TrainingError, match="pitch rows"):
+        window_dataset(no_rows, no_rows.positions, 2, drop_remainder=False, pitch_input=True)

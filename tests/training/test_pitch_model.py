@@ -40,11 +40,12 @@ def cli(*args: str | Path):
     return run_musicgend(*args, timeout_s=240, env=QUIET_TF)
 
 
-@pytest.fixture(scope="module")
-def pitch_model(bach_dir: Path, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["token", "pitches"], ids=["token-input", "pitch-input"])
+def pitch_model(request, bach_dir: Path, tmp_path_factory) -> Path:
+    """Trained twice: reading its window as token ids, and as pitches."""
     root = tmp_path_factory.mktemp("pitch")
     config = root / "pitch.json"
-    config.write_text(json.dumps(PITCH_CONFIG))
+    config.write_text(json.dumps({**PITCH_CONFIG, "input": request.param}))
     out = root / "model"
     proc = cli(
         "train", "--data", bach_dir, "--out", out, "--config", config, "--epochs", "3",
@@ -71,7 +72,7 @@ def test_recorded_val_nll_is_the_numpy_heads_nll(pitch_model: Path, bach_dir: Pa
     corpus = load_corpus(bach_dir, seed=2, split=Split.from_json(meta["split"]))
     data = prepare(corpus, art.config, vocab=art.vocab)  # the 12-key vocabulary it trained with
     assert data.val.pitches is not None
-    x, _ = data.val.windows()
+    x = data.val.pitch_windows() if art.config.pitch_input else data.val.windows()[0]
     pos = data.val.positions
     prev, chords = data.val.pitches[pos - 1], data.val.pitches[pos]
     head = pitch_head(art)
@@ -83,8 +84,11 @@ def test_recorded_val_nll_is_the_numpy_heads_nll(pitch_model: Path, bach_dir: Pa
 
 def test_every_runtime_gives_the_same_head_inputs(pitch_model: Path) -> None:
     art = load_artifact(pitch_model)
-    x = np.random.default_rng(1).integers(0, len(art.vocab), (4, art.config.window_frames))
-    reference = np.asarray(art.keras_model()(x.astype(np.int32), training=False))
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, len(art.vocab), (4, art.config.window_frames)).astype(np.int32)
+    if art.config.pitch_input:
+        x = (rng.random((4, art.config.window_frames, 128)) < 0.03).astype(np.float32)
+    reference = np.asarray(art.keras_model()(x, training=False))
     assert reference.shape == (4, PITCH_CONFIG["pitch_units"] + 129)
     for runtime in ("numpy", "litert", "tf"):
         out = load_predictor(art, runtime).predict_batch(x)
@@ -106,6 +110,9 @@ def test_evaluate_scores_unknown_chords_by_the_model(pitch_model: Path, bach_dir
     w = art.config.window_frames
     padded = np.concatenate([np.ones(w, np.int32), ids])
     x = np.stack([padded[t : t + w] for t in range(len(ids))])
+    if art.config.pitch_input:  # the frames themselves, unknown chords as they are
+        roll = np.concatenate([np.zeros((w, 128), np.float32), piano_roll(frames)])
+        x = np.stack([roll[t : t + w] for t in range(len(ids))]).astype(np.float32)
     out = load_predictor(art, report["runtime"]).predict_batch(x)
     chords = piano_roll(frames)
     prev = np.concatenate([np.zeros((1, 128), bool), chords[:-1]])
