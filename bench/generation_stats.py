@@ -120,6 +120,26 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
             ]
         ),
     ],
+    # around the defaults for the bundled model that reads pitches (``roll`` preset): under
+    # the key bias it holds chords a little more often than Bach, and a milder short-note
+    # penalty than the ``pitch`` preset's 0.45 evens that out
+    "roll": [
+        ("seed (plain softmax)", SamplerParams.seed()),
+        ("defaults", SamplerParams()),
+        ("key bias only", SamplerParams(hold_bias=1.0, short_note_penalty=1.0)),
+        *_hold_short_key_t(
+            [
+                (0.8, 0.6, 0.15, 1.0),
+                (0.7, 0.6, 0.15, 1.0),
+                (0.9, 0.6, 0.15, 1.0),
+                (0.8, 0.75, 0.15, 1.0),
+                (1.0, 0.45, 0.15, 1.0),
+                (0.8, 0.6, 0.2, 1.0),
+                (0.8, 0.45, 0.15, 1.0),
+                (0.8, 1.0, 0.15, 1.0),
+            ]
+        ),
+    ],
 }
 
 

@@ -99,11 +99,6 @@ def load_model(path: Path) -> tuple[Any, Any]:
     return art, art.keras_model()
 
 
-def windows_of(vocab_size: int, window_frames: int, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, vocab_size, size=(count, window_frames)).astype(np.int32)
-
-
 def jax_devices(with_cpu: bool) -> list[Any]:
     """Every JAX device of the default backend, then (``with_cpu``) the CPU if that isn't it."""
     import jax
@@ -116,10 +111,10 @@ def bench_inference(path: Path, calls: int, predict_calls: int, with_cpu: bool) 
     import jax
 
     from musicgend.errors import ModelError
-    from musicgend.model.runtime import LiteRTPredictor, NumpyPredictor
+    from musicgend.model.runtime import LiteRTPredictor, NumpyPredictor, random_windows
 
     art, model = load_model(path)
-    windows = windows_of(len(art.vocab), art.config.window_frames, 64, seed=0)
+    windows = random_windows(art, 64, seed=0)
     numpy_rt = NumpyPredictor(art, blas_threads=1)
     reference = numpy_rt.predict_batch(windows[:8])
 
@@ -179,13 +174,15 @@ def bench_inference(path: Path, calls: int, predict_calls: int, with_cpu: bool) 
 
 
 def bench_batched(path: Path, batches: list[int], seconds: float, with_cpu: bool) -> dict[str, Any]:
+    from musicgend.model.runtime import random_windows
+
     art, model = load_model(path)
     out: dict[str, Any] = {}
     for device in jax_devices(with_cpu):
         fn = jax_forward(model, device)
         rows = {}
         for batch in batches:
-            x = windows_of(len(art.vocab), art.config.window_frames, batch, seed=batch)
+            x = random_windows(art, batch, seed=batch)
             fn(x)  # compile for this shape
             n, elapsed = run_for(lambda _, fn=fn, x=x: fn(x), seconds)
             rows[str(batch)] = {

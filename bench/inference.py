@@ -138,11 +138,11 @@ def bench_runtimes(path: Path, reps_scale: float, tmp: Path) -> dict[str, dict[s
         NumpyPredictor,
         Predictor,
         load_predictor,
+        random_windows,
     )
 
     art = load_artifact(path)
-    rng = np.random.default_rng(2)
-    x = rng.integers(1, len(art.vocab), size=(16, art.config.window_frames), dtype=np.int32)
+    x = random_windows(art, 16, seed=2)
     reference = np.asarray(art.keras_model()(x[:4], training=False))
     int8 = load_artifact(int8_copy(path, tmp))
     results: dict[str, dict[str, float]] = {}
@@ -177,7 +177,7 @@ def bench_runtimes(path: Path, reps_scale: float, tmp: Path) -> dict[str, dict[s
 def bench_litert_exports(path: Path, calls: int, tmp: Path) -> dict[str, object]:
     """float32 vs int8 LiteRT export of one model, 1 and 2 threads, timed interleaved."""
     from musicgend.model.artifact import load_artifact
-    from musicgend.model.runtime import LiteRTPredictor
+    from musicgend.model.runtime import LiteRTPredictor, random_windows
 
     art = load_artifact(path)
     if art.tflite_path is None or art.litert_quantize != "none":
@@ -190,7 +190,7 @@ def bench_litert_exports(path: Path, calls: int, tmp: Path) -> dict[str, object]
     }
     names = list(variants)
     rng = np.random.default_rng(3)
-    x = rng.integers(1, len(art.vocab), size=(64, art.config.window_frames), dtype=np.int32)
+    x = random_windows(art, 64, seed=3)
     reference = variants[names[0]].predict_batch(x)
     times: dict[str, list[float]] = {name: [] for name in names}
     for k in range(calls + 20):
@@ -232,6 +232,7 @@ def bench_models(paths: list[Path], calls: int, prime: Path | None) -> dict[str,
     """
     from musicgend.core.pitchsampler import PitchSampler
     from musicgend.core.sampler import Sampler
+    from musicgend.core.window import WindowReader
     from musicgend.io.midifile import read_piece
     from musicgend.model.artifact import load_artifact
     from musicgend.model.runtime import LiteRTPredictor, pitch_head
@@ -248,28 +249,25 @@ def bench_models(paths: list[Path], calls: int, prime: Path | None) -> dict[str,
     for art in arts:
         predictor = LiteRTPredictor(art, threads=1)
         head = pitch_head(art)
-        ids = [
-            np.asarray([art.vocab.nearest(f) for f in c][-window:], dtype=np.int32)
-            for c in contexts
-        ]
-        ids = [np.concatenate([np.ones(window - len(i), np.int32), i]) for i in ids]
+        reader = WindowReader(art.vocab, art.config.pitch_input)
+        windows = [reader.window(window, c).array() for c in contexts]
         sampler = (
             PitchSampler(head, seed=0) if head is not None else Sampler(seed=0, vocab=art.vocab)
         )
-        runs.append((str(art.path), predictor, head, sampler, ids))
+        runs.append((str(art.path), predictor, head, sampler, windows))
     times = {name: {"infer": [], "draw": []} for name, *_ in runs}
     for k in range(calls + 20):
         j = k % len(contexts)
         for r in rng.permutation(len(runs)):
-            name, predictor, head, sampler, ids = runs[r]
+            name, predictor, head, sampler, windows = runs[r]
             t0 = time.perf_counter_ns()
-            out = predictor.predict(ids[j])
+            out = predictor.predict(windows[j])
             t1 = time.perf_counter_ns()
             prev = contexts[j][-1]
             if head is not None:
                 sampler.sample(out, prev, contexts[j])
             else:
-                sampler.sample(out.astype(np.float64), int(ids[j][-1]), ids[j])
+                sampler.sample(out.astype(np.float64), int(windows[j][-1]), windows[j])
             t2 = time.perf_counter_ns()
             if k >= 20:
                 times[name]["infer"].append((t1 - t0) / 1e6)
@@ -295,9 +293,9 @@ STARTUP_CODE = """
 import json, os, sys, time
 t0 = float(sys.argv[3])
 import numpy as np
-from musicgend.model.runtime import load_predictor
+from musicgend.model.runtime import load_predictor, random_windows
 p = load_predictor(sys.argv[1], sys.argv[2])
-w = np.ones(p.window_frames, dtype=np.int32)
+w = random_windows(p.artifact, 1)[0]
 p.predict(w)
 first_s = time.time() - t0
 for _ in range(20):

@@ -13,7 +13,8 @@ gate holds about as often as Bach does (the ``musicgend`` vocabulary preset's ho
 0.3 suits it, see ``models/MODEL_CARD.md``)."""
 LOG_HOLD_BIAS = 0.0
 """The daemon's hold bias is in log units: ln 1 = 0."""
-DEFAULT_SHORT_NOTE_PENALTY = 0.45
-"""Weight × per note struck in the last frame that a chord would end."""
+DEFAULT_SHORT_NOTE_PENALTY = 0.75
+"""Weight × per note struck in the last frame that a chord would end (the ``pitch``-preset
+model that was bundled before wants 0.45)."""
 DEFAULT_SCALE_PENALTY = 0.15
 """Weight × per pitch outside the key of the context."""

@@ -92,6 +92,20 @@ def output_width(artifact: Artifact) -> int:
     return cfg.pitch_params_width if cfg.output == "pitch" else len(artifact.vocab)
 
 
+def random_windows(artifact: Artifact, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` random windows of the kind the model reads (for benchmarks and checks):
+    token ids 1..V-1, or rows of 0-4 random pitches in 36..83 (``input = "pitches"``)."""
+    rng = np.random.default_rng(seed)
+    frames = artifact.config.window_frames
+    if not artifact.config.pitch_input:
+        return rng.integers(1, len(artifact.vocab), size=(count, frames), dtype=np.int32)
+    rows = np.zeros((count * frames, PITCHES), dtype=np.float32)
+    sizes = rng.integers(0, 5, size=count * frames)
+    for row, size in zip(rows, sizes, strict=True):
+        row[rng.integers(36, 84, size=size)] = 1.0
+    return rows.reshape(count, frames, PITCHES)
+
+
 def pitch_head(artifact: Artifact) -> PitchHead | None:
     """The per-pitch head of a ``pitch`` model (from ``weights.npz``), else None."""
     if artifact.config.output != "pitch":

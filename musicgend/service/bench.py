@@ -76,10 +76,9 @@ def _pcts(values: Any) -> dict[str, float | None]:
 
 def inference_times(model: Path, runtimes: list[str], calls: int = 300) -> dict[str, Any]:
     """Per-call inference time of each runtime on random windows (this process)."""
-    from musicgend.model.runtime import load_predictor
+    from musicgend.model.runtime import load_predictor, random_windows
 
     out: dict[str, Any] = {}
-    rng = np.random.default_rng(0)
     for name in runtimes:
         try:
             threads = int(name.split(":")[1]) if ":" in name else 1
@@ -87,8 +86,7 @@ def inference_times(model: Path, runtimes: list[str], calls: int = 300) -> dict[
         except MusicgendError as exc:
             out[name] = {"error": str(exc)}
             continue
-        v = predictor.vocab_size
-        windows = rng.integers(1, v, size=(calls + 20, predictor.window_frames), dtype=np.int32)
+        windows = random_windows(predictor.artifact, calls + 20)
         times = []
         for i, w in enumerate(windows):
             t0 = time.perf_counter_ns()

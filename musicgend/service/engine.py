@@ -146,7 +146,8 @@ class LoadedModel:
         from musicgend.core.sampler import scale_table
 
         out = self.predictor.predict(self.reader.window(window_frames).array())
-        self.vocab.nearest({60, 61, 62, 63, 64})
+        if not self.pitch_input:  # a model reading pitches never needs the nearest chord
+            self.vocab.nearest({60, 61, 62, 63, 64})
         if self.head is not None:
             from musicgend.core.pitchsampler import PitchSampler
 
@@ -404,6 +405,8 @@ class Job:
     version: int
     window: np.ndarray
     prev_id: int
+    """The token sampler's previous chord as a token id (−1 for a per-pitch model, which
+    draws from ``prev_chord``)."""
     model: LoadedModel
     sampler: TokenSampler
     prev_chord: PitchSet = frozenset()
@@ -417,7 +420,6 @@ class Job:
 class Result:
     frame: int
     version: int
-    token_id: int
     chord: PitchSet
     model: LoadedModel
     infer_ns: int
@@ -608,8 +610,8 @@ class FrameCore:
         window = self.window.array()
         window[:-1] = window[1:]
         window[-1] = provisional
-        prev_id = self.model.vocab.nearest(self.voicer.chord)
         if self.pitch_sampler is None:
+            prev_id = self.model.vocab.nearest(self.voicer.chord)
             return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
         history = list(self.history)
         history = history[max(0, len(history) - (self.window_frames - 1)) :]
@@ -617,7 +619,7 @@ class FrameCore:
             self.next_frame,
             self.version,
             window,
-            prev_id,
+            -1,
             self.model,
             self.sampler,
             self.voicer.chord,
@@ -636,8 +638,7 @@ class FrameCore:
                 chord = job.pitch_sampler.sample(out, job.prev_chord, job.context)
             except ValueError:  # NaN from the model: play silence rather than noise
                 chord = frozenset()
-            token_id = job.model.vocab.nearest(chord)
-            return Result(job.frame, job.version, token_id, chord, job.model, infer_ns)
+            return Result(job.frame, job.version, chord, job.model, infer_ns)
         probs = np.asarray(out, dtype=np.float64)
         probs = probs.copy()
         probs[UNK_ID] = 0.0  # <unk> names no chord: it can't be played
@@ -651,7 +652,7 @@ class FrameCore:
         if token_id == UNK_ID or not 0 <= token_id < len(job.model.vocab):
             token_id = SILENCE_ID
         chord = pitches_from_token(job.model.vocab.token(token_id))
-        return Result(job.frame, job.version, token_id, chord, job.model, infer_ns)
+        return Result(job.frame, job.version, chord, job.model, infer_ns)
 
     def offer(self, result: Result) -> bool:
         """A finished result. Kept if it is for the frame to come, else dropped as late."""
@@ -1202,11 +1203,12 @@ class Engine:
             raise ValueError("this engine has no model loader")
         model = await asyncio.to_thread(self.loader, Path(path))
         await asyncio.to_thread(model.warm_up, self.core.window_frames)
-        # the swap maps the recent chords into the new vocabulary at a tick: look them up
-        # now, so that the tick only meets the few chords played since
-        with self.lock:
-            recent = list(self.core.history)
-        await asyncio.to_thread(lambda: [model.vocab.nearest(chord) for chord in recent])
+        if not model.pitch_input:
+            # the swap maps the recent chords into the new vocabulary at a tick: look them
+            # up now, so that the tick only meets the few chords played since
+            with self.lock:
+                recent = list(self.core.history)
+            await asyncio.to_thread(lambda: [model.vocab.nearest(chord) for chord in recent])
         with self.lock:
             self.core.pending_model = model
         self._trim(self._trim_after_swap(model))
