@@ -49,6 +49,8 @@ def encoded(frames: list[frozenset[int]], vocab: Vocab, prior: PitchPrior) -> En
 class FixedPredictor:
     """The same distribution for every window; records the windows it saw."""
 
+    pitch_input = False  # it reads token ids
+
     def __init__(self, probs: np.ndarray) -> None:
         self.probs = np.asarray(probs, dtype=np.float32)
         self.seen: list[np.ndarray] = []
@@ -60,6 +62,8 @@ class FixedPredictor:
 
 class MixturePredictor:
     """λ·[id = last window id] + (1 − λ)·base(window): what the baselines are, as a model."""
+
+    pitch_input = False  # it reads token ids
 
     def __init__(self, lam: float, vocab_size: int, kn=None) -> None:
         self.lam, self.v, self.kn = lam, vocab_size, kn
