@@ -468,7 +468,7 @@ class FrameCore:
         self.on_params = on_params
         self.quantiser = StreamQuantiser(fs=round(grid.fs))
         self._rng = random.Random(self.params.seed)
-        # the window's frames as chords (what it holds as ids): a model swap re-reads them
+        # the window's frames as chords (it holds them as ids or rows): a swap re-reads them
         self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
         self.window = model.reader.window(window_frames)
         self.next_frame = 0

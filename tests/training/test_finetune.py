@@ -286,3 +286,21 @@ def test_errors(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: base model (--from): {tmp_path / 'nope'}: no such model directory"
     )
+
+
+def test_a_model_reading_pitches_keeps_its_weights_as_they_are() -> None:
+    """No per-token weights: a larger vocabulary changes none of them (the arrays are
+    checked against the shapes, and come back equal)."""
+    from musicgend.model.artifact import weight_shapes
+    from musicgend.model.config import PRESETS
+
+    config = PRESETS["roll"]
+    rng = np.random.default_rng(3)
+    arrays = {
+        name: rng.normal(size=shape).astype(np.float32)
+        for name, shape in weight_shapes(config, 40).items()
+    }
+    grown = extend_weights(arrays, config, 40, 5)
+    assert set(grown) == set(arrays) and "embedding" not in grown
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(grown[name], value)
