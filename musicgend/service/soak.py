@@ -370,6 +370,9 @@ class Measurements:
     rate_hz: int = RATE_HZ
     player: dict[str, Any] = field(default_factory=dict)
     daemon_exit: int | None = None
+    daemon_log_tail: str | None = None
+    """The end of the daemon's own log when it did not end cleanly (its log lives in a
+    temporary directory that is gone after the soak)."""
     interrupted: bool = False
     error: str | None = None
 
@@ -550,6 +553,7 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "late_results": final.get("late_results"),
             "jack_xruns": (final.get("midi") or {}).get("xruns"),
             "sent_late": (final.get("midi") or {}).get("sent_late"),
+            **({"log_tail": m.daemon_log_tail} if m.daemon_log_tail else {}),
         },
         "goals": {
             "late_frames_0": late == 0,
@@ -1268,9 +1272,11 @@ def run_soak(
                 m.error = str(exc)
             finally:
                 _finish(m, daemon, player, tmp, log)
-            if m.error and not m.metrics:
-                tail = (tmp / "daemon.log").read_text(errors="replace")[-2000:]
-                raise MusicgendError(f"{m.error}\ndaemon log:\n{tail}")
+            if m.error:
+                daemon_log.flush()
+                m.daemon_log_tail = (tmp / "daemon.log").read_text(errors="replace")[-4000:]
+                if not m.metrics:
+                    raise MusicgendError(f"{m.error}\ndaemon log:\n{m.daemon_log_tail[-2000:]}")
     report = build_report(m, minutes_requested=opts.minutes, window_s=opts.window_s)
     report.update(_context(model, cpu))
     return m, report

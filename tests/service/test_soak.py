@@ -246,6 +246,14 @@ def test_cpu_steal_is_read_from_proc_stat_and_matched_to_late_onsets(tmp_path: P
     assert report["cpu_steal_s"] == pytest.approx(0.2)
     assert report["windows"][0]["cpu_steal_s"] == pytest.approx(0.2)
 
+    assert "log_tail" not in report["daemon"]  # a clean end keeps no log
+    m.error, m.daemon_exit = "the daemon did not exit within 60 s of SIGTERM", -9
+    m.daemon_log_tail = "... stopping\n"
+    report = build_report(m, minutes_requested=0.25, window_s=300.0)
+    assert report["error"] == m.error
+    assert report["daemon"]["exit_code"] == -9
+    assert report["daemon"]["log_tail"] == "... stopping\n"
+
 
 # -- real runs ---------------------------------------------------------------------------------
 
