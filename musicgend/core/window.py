@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from musicgend.core.musicstats import piano_roll
 from musicgend.core.pitchhead import PITCHES
 from musicgend.core.tokens import PitchSet
 from musicgend.core.vocab import SILENCE_ID, Vocab
@@ -72,11 +73,9 @@ class RollingWindow:
 
 
 def multi_hot(chords: Sequence[Iterable[int]]) -> np.ndarray:
-    """``(len(chords), 128)`` float32: 1 where a pitch sounds in that frame."""
-    rows = np.zeros((len(chords), PITCHES), dtype=np.float32)
-    for k, chord in enumerate(chords):
-        rows[k, list(chord)] = 1.0
-    return rows
+    """``(len(chords), 128)`` float32: 1 where a pitch sounds in that frame (the piano roll
+    of :func:`musicgend.core.musicstats.piano_roll`, as the model reads it)."""
+    return piano_roll(chords).astype(np.float32)
 
 
 @dataclass(frozen=True)

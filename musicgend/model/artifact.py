@@ -403,8 +403,8 @@ def save_artifact(
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    expected_vocab = len(vocab) if config.pitch_input else model.get_layer("embedding").input_dim
-    if expected_vocab != len(vocab):
+    expected_vocab = None if config.pitch_input else model.get_layer("embedding").input_dim
+    if expected_vocab is not None and expected_vocab != len(vocab):
         raise ModelError(f"the model knows {expected_vocab} tokens but the vocab has {len(vocab)}")
     stored = round_weights(numpy_weights(model, config), weights_dtype)
     tflite: bytes | None = None
@@ -653,8 +653,8 @@ def _load_npz(
     extra = sorted(set(arrays) - set(expected))
     if extra:
         raise ModelError(f"{file}: unexpected weight arrays {', '.join(extra)} for config.json")
-    emb_rows = arrays["embedding"].shape[0] if "embedding" in arrays else vocab_size
-    if emb_rows != vocab_size:
+    emb_rows = arrays["embedding"].shape[0] if "embedding" in arrays else None
+    if emb_rows is not None and emb_rows != vocab_size:
         raise ModelError(
             f"{file}: weights are for a vocabulary of {emb_rows} tokens, "
             f"but vocab.json has {vocab_size}"

@@ -360,12 +360,14 @@ def window_dataset(
         return moved * (inside[:, None, :] if len(chords.shape) == 3 else inside)
 
     def gather(pos, *rest):
-        x = tf.gather(flat, pos[:, None] + offsets)
+        # a model reading pitches gets the window's rows below, not its ids
+        x = None if pitch_input else tf.gather(flat, pos[:, None] + offsets)
         y = tf.gather(flat, pos)
         shift = None
         if shift_table is not None:
             base, rest = rest[0], rest[1:]
-            x = tf.gather(table, x + base[:, None])
+            if x is not None:
+                x = tf.gather(table, x + base[:, None])
             y = tf.gather(table, y + base)
             shift = base // vocab_size + TRANSPOSITIONS[0]
         if rows is not None:
