@@ -566,11 +566,12 @@ def run_cmd(
     --clock midi.
 
     With no JACK server and no ALSA sequencer a private JACK server (dummy driver) is
-    started. SIGTERM/SIGINT: all notes off, session written, exit 0. SIGUSR1: panic.
+    started. SIGTERM/SIGINT: all notes off, session written, exit 0 (70 if the clean-up
+    after that hung; the log then has every thread's stack). SIGUSR1: panic.
     """
     import logging
 
-    from musicgend.service.runtime import DaemonInfo, raise_priority, run_daemon
+    from musicgend.service.runtime import DaemonInfo, StopWatchdog, raise_priority, run_daemon
 
     raise_priority()  # first: a busy core doesn't hold up the start-up imports and the ports
     from musicgend.config import load_config
@@ -604,7 +605,7 @@ def run_cmd(
         if info.session_dir is not None:
             print(f"session: {info.session_dir}", flush=True)
 
-    info = run_daemon(settings, on_ready=ready)
+    info = run_daemon(settings, on_ready=ready, watchdog=StopWatchdog())
     if metrics_out is not None and info.metrics is not None:
         import json
 

@@ -421,13 +421,25 @@ class MidiPorts(ABC):
         self.close()
 
     def close(self) -> None:
-        """Stop the supervisor thread and close the ports. Sends nothing. Idempotent."""
+        """Stop the supervisor thread and close the ports. Sends nothing. Idempotent.
+
+        Bounded: a supervisor that does not end within :data:`CLOSE_WAIT_S` (stuck in a
+        backend call, such as a JACK client opening against a server that never answers)
+        is logged with its stack and left behind (a daemon thread: it does not hold up the
+        process's exit), and so is a backend whose lock that thread still holds."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        thread, self._thread = self._thread, None
         self._ready.clear()
+        if thread is not None:
+            thread.join(CLOSE_WAIT_S)
+            if thread.is_alive():
+                log.error(
+                    "the MIDI supervisor thread did not end within %.0f s; left behind. "
+                    "Its stack:\n%s",
+                    CLOSE_WAIT_S,
+                    thread_stack(thread),
+                )
         self._close_backend()
 
     # backend hooks
@@ -451,6 +463,21 @@ class MidiPorts(ABC):
 
     @abstractmethod
     def _connections_now(self) -> dict[str, list[str]]: ...
+
+
+CLOSE_WAIT_S = 5.0
+"""How long :meth:`MidiPorts.close` waits for its supervisor thread and the backend lock."""
+
+
+def thread_stack(thread: threading.Thread) -> str:
+    """Where ``thread`` is now (its Python stack, innermost call last), for a log message."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "  (no Python frame: the thread has ended)"
+    return "".join(traceback.format_stack(frame)).rstrip()
 
 
 JACK_SEND_MARGIN_NS = 4_000_000
@@ -557,12 +584,22 @@ class JackMidiPorts(MidiPorts):
         client, self._client = self._client, None
         if client is None:
             return
-        with JACK_CLIENT_LOCK:
+        if not JACK_CLIENT_LOCK.acquire(timeout=CLOSE_WAIT_S):
+            log.error(
+                "JACK client %r not closed: another thread has held the JACK client lock "
+                "for %.0f s (the server closes the client when this process ends)",
+                self.config.client_name,
+                CLOSE_WAIT_S,
+            )
+            return
+        try:
             with contextlib.suppress(Exception):
                 if not self._lost.is_set():
                     client.deactivate()
             with contextlib.suppress(Exception):
                 client.close()
+        finally:
+            JACK_CLIENT_LOCK.release()
 
     # JACK callbacks (JACK threads: no JACK API calls except port buffers)
 

@@ -9,6 +9,8 @@
    (when configured) and the systemd watchdog as tasks of one ``TaskGroup``;
 4. on SIGTERM/SIGINT: note-off for every sounding note, CC64 = 0 and CC123 on all 16
    channels, waits until JACK has written them, finalises the session (.mid) and returns 0.
+   A stop that hangs logs every thread's stack, and once the session is written it is
+   bounded (:class:`StopWatchdog`).
    SIGUSR1 (and MQTT ``panic``) sends the same messages without stopping. An exception in
    any task takes the same path (and is re-raised).
 
@@ -108,6 +110,107 @@ def _set_priority(priority: int) -> str:
         return "nice-10"
     except OSError:
         return "normal"
+
+
+STOP_DUMP_S = 20.0
+"""A stop still running this long after the signal logs every thread's stack."""
+
+STOP_EXIT_S = 10.0
+"""Once the notes are off and the session is written, the process ends within this long."""
+
+STACKS_LOGGED = "thread stacks follow"
+"""The stop watchdog's words before the stacks (``musicgend bench soak`` looks for them)."""
+
+STOP_STUCK_EXIT_CODE = 70
+"""Exit status when the stop had to be forced (``EX_SOFTWARE``): the session was written and
+the notes released, but some part of the clean-up did not end (its stack is in the log)."""
+
+
+def native_threads() -> str:
+    """This process's kernel threads, one line each: id, name and what it waits in."""
+    lines = []
+    try:
+        tids = sorted(os.listdir("/proc/self/task"), key=int)
+    except OSError:
+        return "  (no /proc)"
+    for tid in tids:
+        fields = []
+        for name in ("comm", "wchan"):
+            try:
+                with open(f"/proc/self/task/{tid}/{name}", encoding="utf-8") as fh:
+                    fields.append(fh.read().strip() or "-")
+            except OSError:
+                fields.append("?")
+        lines.append(f"  {tid} {fields[0]} waiting in {fields[1]}")
+    return "\n".join(lines)
+
+
+class StopWatchdog:
+    """Bounds the daemon's stop, and says where it hangs when it does.
+
+    :meth:`stopping` (a stop began): if the process still runs :data:`STOP_DUMP_S` later,
+    every thread's stack is logged (Python's, by :mod:`faulthandler`, and the kernel's view of
+    each native thread). :meth:`finished` (notes released, session written, so nothing is
+    lost by ending): if the process still runs :data:`STOP_EXIT_S` later, the stacks are
+    logged and the process ends with :data:`STOP_STUCK_EXIT_CODE`. Before :meth:`finished`
+    nothing is forced: a long session is still being written (and systemd's
+    ``TimeoutStopSec=`` bounds that).
+
+    For a process that ends after the stop (``musicgend run``): its thread is a daemon thread
+    and is never disarmed, so a hang at interpreter exit (a thread join) is caught too.
+    """
+
+    def __init__(
+        self,
+        dump_after_s: float = STOP_DUMP_S,
+        exit_after_s: float = STOP_EXIT_S,
+        exit_code: int = STOP_STUCK_EXIT_CODE,
+    ) -> None:
+        self.dump_after_s = dump_after_s
+        self.exit_after_s = exit_after_s
+        self.exit_code = exit_code
+        self._stopping = threading.Event()
+        self._finished = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def stopping(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._watch, name="musicgend-stop-watchdog", daemon=True
+            )
+            self._thread.start()
+        self._stopping.set()
+
+    def finished(self) -> None:
+        self.stopping()
+        self._finished.set()
+
+    def _watch(self) -> None:
+        if not self._finished.wait(self.dump_after_s):
+            self._dump(f"still stopping {self.dump_after_s:g} s after the stop signal")
+        self._finished.wait()
+        time.sleep(self.exit_after_s)  # the process normally ends during this sleep
+        self._dump(
+            f"the notes are off and the session is written, but the process did not end "
+            f"within {self.exit_after_s:g} s; exiting with status {self.exit_code}"
+        )
+        os._exit(self.exit_code)
+
+    @staticmethod
+    def _dump(reason: str) -> None:
+        import faulthandler
+
+        log.error("%s; %s (most recent call first)", reason, STACKS_LOGGED)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        names = "\n".join(
+            f"  0x{t.ident or 0:016x} {t.name}{' (daemon)' if t.daemon else ''}"
+            for t in threading.enumerate()
+        )
+        print(f"Python threads:\n{names}", file=sys.stderr, flush=True)
+        print(f"native threads:\n{native_threads()}", file=sys.stderr, flush=True)
 
 
 class _Stop(Exception):
@@ -350,8 +453,12 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[DaemonInfo], None] | None = None,
+    watchdog: StopWatchdog | None = None,
 ) -> None:
-    """Run the daemon in the current loop until ``stop`` is set or SIGTERM/SIGINT."""
+    """Run the daemon in the current loop until ``stop`` is set or SIGTERM/SIGINT.
+
+    ``watchdog``: told when the stop begins and when the session is written (see
+    :class:`StopWatchdog`)."""
     from musicgend.io.midi import PortConfig, open_ports
     from musicgend.io.session import SessionRecorder
 
@@ -447,6 +554,8 @@ async def serve(
             log.info("stopping")
         finally:
             notifier.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.stopping()
             sent_before = ports.counters.sent + ports.counters.dropped_output
             engine_before = engine.messages_sent
             await engine.aclose()
@@ -461,20 +570,26 @@ async def serve(
             )
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)
+            if watchdog is not None:
+                watchdog.finished()
 
 
 def run_daemon(
-    settings: Settings, on_ready: Callable[[DaemonInfo], None] | None = None
+    settings: Settings,
+    on_ready: Callable[[DaemonInfo], None] | None = None,
+    watchdog: StopWatchdog | None = None,
 ) -> DaemonInfo:
     """``musicgend run``: start (with a private JACK server if needed), serve until a stop
-    signal, clean up. Returns what happened (ports, session files)."""
+    signal, clean up. Returns what happened (ports, session files). ``watchdog``: see
+    :func:`serve` (``musicgend run`` passes one; a caller that lives on after the daemon
+    should not, as it ends the process)."""
     info = DaemonInfo()
     # NumPy runs on one BLAS thread in the daemon (set_blas_threads); no idle pool either.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     one_malloc_arena()  # before any thread: model swaps then reuse freed memory
     try:
         with _backend(settings.midi.backend, info):
-            asyncio.run(serve(settings, info, on_ready=on_ready))
+            asyncio.run(serve(settings, info, on_ready=on_ready, watchdog=watchdog))
     except* MusicgendError as group:
         first = group.exceptions[0]
         while isinstance(first, BaseExceptionGroup):

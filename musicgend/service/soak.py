@@ -61,6 +61,7 @@ import numpy as np
 from musicgend.core.pianoroll import Track
 from musicgend.errors import MusicgendError
 from musicgend.service.bench import _pcts, frames_lost_by, slips_summary
+from musicgend.service.runtime import STACKS_LOGGED
 
 WINDOW_S = 300.0
 """Report window: 5 minutes."""
@@ -78,6 +79,9 @@ TEMPO_GUARD_S = 0.5
 LATE_ONSET_MS = 5.0
 """An onset this far off its grid counts as a late onset (seen by the player; the daemon's
 ``late_frames`` only counts frames without a result at the tick)."""
+LOG_TAIL_CHARS = 16_000
+"""How much of the daemon's log a report keeps when the daemon did not end cleanly (room for
+the stop watchdog's thread stacks)."""
 RATE_HZ = 48000
 PERIOD_FRAMES = 128
 PLAYER = "mgsoak"
@@ -1272,10 +1276,11 @@ def run_soak(
                 m.error = str(exc)
             finally:
                 _finish(m, daemon, player, tmp, log)
-            if m.error:
-                daemon_log.flush()
-                m.daemon_log_tail = (tmp / "daemon.log").read_text(errors="replace")[-4000:]
-                if not m.metrics:
+            daemon_log.flush()
+            log_text = (tmp / "daemon.log").read_text(errors="replace")
+            if m.error or STACKS_LOGGED in log_text:
+                m.daemon_log_tail = log_text[-LOG_TAIL_CHARS:]
+                if m.error and not m.metrics:
                     raise MusicgendError(f"{m.error}\ndaemon log:\n{m.daemon_log_tail[-2000:]}")
     report = build_report(m, minutes_requested=opts.minutes, window_s=opts.window_s)
     report.update(_context(model, cpu))

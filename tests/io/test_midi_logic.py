@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from musicgend.errors import MidiPortError
-from musicgend.io.midi import Check, EchoGuard, PortConfig, check_message
+from musicgend.io import midi
+from musicgend.io.midi import Check, EchoGuard, MidiPorts, PortConfig, check_message
 
 VALID = [
     b"\x90\x3c\x64",  # note-on
@@ -90,3 +94,46 @@ def test_port_config_rejects_bad_values() -> None:
         PortConfig(queue_size=0)
     with pytest.raises(MidiPortError, match="client name"):
         PortConfig(client_name="a:b")
+
+
+class _StuckSupervisorPorts(MidiPorts):
+    """Ports whose supervisor thread hangs in a backend call that ignores the stop."""
+
+    backend = "jack"
+
+    def __init__(self) -> None:
+        super().__init__(PortConfig(), asyncio.new_event_loop())
+        self.release = threading.Event()
+        self.backend_closed = False
+
+    def _open(self) -> None:
+        pass
+
+    def _close_backend(self) -> None:
+        self.backend_closed = True
+
+    def _send(self, data: bytes, t_ns: int) -> None:
+        pass
+
+    def _supervise(self) -> None:
+        self.release.wait()  # stands for a JACK client open that never answers
+
+    def _connections_now(self) -> dict[str, list[str]]:
+        return {"in": [], "out": []}
+
+
+def test_close_does_not_wait_forever_for_a_stuck_supervisor(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(midi, "CLOSE_WAIT_S", 0.2)
+    ports = _StuckSupervisorPorts()
+    try:
+        with ports:
+            pass
+        assert ports.backend_closed
+        assert "did not end within" in caplog.text
+        assert "in _supervise" in caplog.text  # where it hangs, from its stack
+        assert not ports.connected
+    finally:
+        ports.release.set()
+        ports._loop_arg.close()
