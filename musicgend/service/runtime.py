@@ -112,7 +112,7 @@ def _set_priority(priority: int) -> str:
         return "normal"
 
 
-STOP_DUMP_S = 20.0
+STOP_DUMP_S = 10.0
 """A stop still running this long after the signal logs every thread's stack."""
 
 STOP_EXIT_S = 10.0
