@@ -112,6 +112,11 @@ class JackPeer:
         self.in_port = f"{name}:in"
         self.out_port = f"{name}:out"
 
+    @property
+    def pid(self) -> int:
+        """The peer process's id (tests freeze it with SIGSTOP)."""
+        return self._proc.pid
+
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:

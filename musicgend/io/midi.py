@@ -304,6 +304,9 @@ class MidiPorts(ABC):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self.close_abandoned = False
+        """True when :meth:`close` left the backend's client to the end of the process (the
+        backend did not answer within :data:`CLOSE_WAIT_S`)."""
         # supervisor-thread counters
         self._connections = 0
         self._server_losses = 0
@@ -426,7 +429,8 @@ class MidiPorts(ABC):
         Bounded: a supervisor that does not end within :data:`CLOSE_WAIT_S` (stuck in a
         backend call, such as a JACK client opening against a server that never answers)
         is logged with its stack and left behind (a daemon thread: it does not hold up the
-        process's exit), and so is a backend whose lock that thread still holds."""
+        process's exit); so is a client whose closing the backend does not answer within
+        that time (:attr:`close_abandoned`)."""
         self._stop.set()
         self._wake.set()
         thread, self._thread = self._thread, None
@@ -466,7 +470,8 @@ class MidiPorts(ABC):
 
 
 CLOSE_WAIT_S = 5.0
-"""How long :meth:`MidiPorts.close` waits for its supervisor thread and the backend lock."""
+"""How long :meth:`MidiPorts.close` waits for its supervisor thread, and for the backend to
+close its client (JACK: the server's answer)."""
 
 
 def thread_stack(thread: threading.Thread) -> str:
@@ -584,22 +589,34 @@ class JackMidiPorts(MidiPorts):
         client, self._client = self._client, None
         if client is None:
             return
-        if not JACK_CLIENT_LOCK.acquire(timeout=CLOSE_WAIT_S):
-            log.error(
-                "JACK client %r not closed: another thread has held the JACK client lock "
-                "for %.0f s (the server closes the client when this process ends)",
-                self.config.client_name,
+        lost = self._lost.is_set()
+
+        def close_client() -> None:
+            with JACK_CLIENT_LOCK:
+                with contextlib.suppress(Exception):
+                    if not lost:
+                        client.deactivate()
+                with contextlib.suppress(Exception):
+                    client.close()
+
+        # jack_deactivate waits for the server's answer, and a server busy with another
+        # client can keep it waiting: seen once after an hour's soak, with a stop that never
+        # ended (the main thread in jack_deactivate, reading the server's socket). The stop
+        # must not depend on it.
+        closer = threading.Thread(target=close_client, name="jack-client-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_WAIT_S)
+        if closer.is_alive():
+            self.close_abandoned = True
+            log.warning(
+                "JACK server %r did not answer within %.0f s while client %r was closing; "
+                "left to the server, which drops the client when this process ends. "
+                "Where it waits:\n%s",
+                self._server,
                 CLOSE_WAIT_S,
+                self.config.client_name,
+                thread_stack(closer),
             )
-            return
-        try:
-            with contextlib.suppress(Exception):
-                if not self._lost.is_set():
-                    client.deactivate()
-            with contextlib.suppress(Exception):
-                client.close()
-        finally:
-            JACK_CLIENT_LOCK.release()
 
     # JACK callbacks (JACK threads: no JACK API calls except port buffers)
 

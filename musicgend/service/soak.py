@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -80,8 +81,9 @@ LATE_ONSET_MS = 5.0
 """An onset this far off its grid counts as a late onset (seen by the player; the daemon's
 ``late_frames`` only counts frames without a result at the tick)."""
 LOG_TAIL_CHARS = 16_000
-"""How much of the daemon's log a report keeps when the daemon did not end cleanly (room for
-the stop watchdog's thread stacks)."""
+"""How much of the daemon's log a report keeps when the daemon did not end cleanly or logged
+a warning (room for the stop watchdog's thread stacks)."""
+WARNED = re.compile(r"^(WARNING|ERROR) ", re.MULTILINE)
 RATE_HZ = 48000
 PERIOD_FRAMES = 128
 PLAYER = "mgsoak"
@@ -1278,7 +1280,7 @@ def run_soak(
                 _finish(m, daemon, player, tmp, log)
             daemon_log.flush()
             log_text = (tmp / "daemon.log").read_text(errors="replace")
-            if m.error or STACKS_LOGGED in log_text:
+            if m.error or STACKS_LOGGED in log_text or WARNED.search(log_text):
                 m.daemon_log_tail = log_text[-LOG_TAIL_CHARS:]
                 if m.error and not m.metrics:
                     raise MusicgendError(f"{m.error}\ndaemon log:\n{m.daemon_log_tail[-2000:]}")

@@ -249,3 +249,64 @@ def test_closing_leaves_no_threads_and_sends_nothing(jackd: Any) -> None:
             assert peer.received() == []
 
     run(main)
+
+
+_CLOSER = """
+import asyncio, logging, sys, time
+from musicgend.io import midi
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+midi.CLOSE_WAIT_S = 1.0
+async def main():
+    cfg = midi.PortConfig(client_name="mgfrozen", connect_in="^frozen:out$",
+                          connect_out="^frozen:in$")
+    with midi.open_ports(cfg) as ports:
+        while len(ports.connections()["in"]) + len(ports.connections()["out"]) < 2:
+            await asyncio.sleep(0.02)
+        print("connected", flush=True)
+        sys.stdin.readline()
+        t0 = time.monotonic()
+    print(f"closed {time.monotonic() - t0:.2f} {ports.close_abandoned}", flush=True)
+asyncio.run(main())
+"""
+
+
+def test_a_server_that_does_not_answer_the_close_does_not_hold_up_the_exit(jackd: Any) -> None:
+    """A connected client that stopped answering (SIGSTOP) makes the server slow to let our
+    client go (jack_deactivate waited ~4 s here; once, after an hour's soak, it never
+    returned). The ports give up after CLOSE_WAIT_S and the process still exits at once."""
+    import signal
+    import subprocess
+    import sys
+
+    with JackPeer("frozen") as peer:
+        closer = subprocess.Popen(
+            [sys.executable, "-c", _CLOSER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert closer.stdout is not None and closer.stdin is not None
+            assert closer.stdout.readline() == "connected\n"
+            os.kill(peer.pid, signal.SIGSTOP)
+            try:
+                time.sleep(0.3)
+                started = time.monotonic()
+                closer.stdin.write("\n")
+                closer.stdin.flush()
+                out, err = closer.communicate(timeout=30)
+                elapsed_s = time.monotonic() - started
+            finally:
+                os.kill(peer.pid, signal.SIGCONT)
+        finally:
+            if closer.poll() is None:
+                closer.kill()
+                closer.wait()
+        assert closer.returncode == 0, err
+        seconds, abandoned = out.split()[1:]
+        assert abandoned == "True", err
+        assert float(seconds) < 3.0
+        assert elapsed_s < 10.0  # closing (1 s) and the interpreter's exit
+        assert "did not answer within 1 s while client 'mgfrozen' was closing" in err
+        assert "in close_client" in err  # where it waited
