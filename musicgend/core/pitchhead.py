@@ -198,23 +198,36 @@ class PitchHead:
 
     # -- best guess ----------------------------------------------------------------------------
 
-    def best(self, params: np.ndarray, prev: np.ndarray) -> np.ndarray:
-        """The most likely chord per row ``(N, 128)`` bool, from two candidates: the previous
-        chord (with the copy gate's mass) and the NADE's greedy chord (the most likely
-        "next pitch or none" at every step). Exact for the copy expert; the NADE's own mode
-        is approximated by its greedy path."""
+    def greedy(self, params: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        """The NADE's greedy chord per row ``(N, 128)`` bool (the most likely "next pitch or
+        none" at every step), the copy gate left aside: the head's guess for a frame where
+        the chord changes."""
         base, stay, _ = self.split(params)
         before = np.asarray(prev, dtype=bool)
-        greedy = (
-            np.stack(
-                [
-                    self._nade_draw(base[i], stay[i] * before[i], _NO_RNG, _GREEDY)
-                    for i in range(len(base))
-                ]
-            )
-            if len(base)
-            else np.zeros((0, PITCHES), dtype=bool)
+        if not len(base):
+            return np.zeros((0, PITCHES), dtype=bool)
+        return np.stack(
+            [
+                self._nade_draw(base[i], stay[i] * before[i], _NO_RNG, _GREEDY)
+                for i in range(len(base))
+            ]
         )
+
+    def hold_prob(self, params: np.ndarray) -> np.ndarray:
+        """The copy gate's probability of holding the previous chord, per row (float64)."""
+        _, _, gate = self.split(params)
+        return np.asarray(_sigmoid(gate.astype(np.float64)))
+
+    def best(
+        self, params: np.ndarray, prev: np.ndarray, greedy: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The most likely chord per row ``(N, 128)`` bool, from two candidates: the previous
+        chord (with the copy gate's mass) and the NADE's greedy chord (:meth:`greedy`, or
+        ``greedy`` when already computed). Exact for the copy expert; the NADE's own mode
+        is approximated by its greedy path."""
+        before = np.asarray(prev, dtype=bool)
+        if greedy is None:
+            greedy = self.greedy(params, before)
         lp_prev = self.log_prob(params, before, before)
         lp_greedy = self.log_prob(params, before, greedy)
         return np.where((lp_prev >= lp_greedy)[:, None], before, greedy)

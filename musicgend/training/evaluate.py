@@ -13,7 +13,10 @@ The scoring rule (DESIGN.md §4, a contract):
   ``"e"`` (:func:`musicgend.core.window.training_windows`), each mapped to its vocabulary id
   with unknown chords → ``<unk>`` (as in training, :meth:`Vocab.ids`).
 * Top-1: a frame is right only when the argmax id is exactly its chord's token; an unknown
-  chord is never right (the argmax ``<unk>`` doesn't name a chord).
+  chord is never right (the argmax ``<unk>`` doesn't name a chord). The score's extras split
+  it between frames that hold the previous frame's chord and changes (``top1_holds``,
+  ``top1_changes``, ``change_share``); for a per-pitch model also into when and what
+  (:func:`_head_timing`).
 * A per-pitch model (``config.output = "pitch"``, :mod:`musicgend.core.pitchhead`) has no
   ``<unk>`` on its output: a chord's probability is the head's own, known to the vocabulary
   or not, and its top-1 guess is :meth:`~musicgend.core.pitchhead.PitchHead.best` (the more
@@ -229,7 +232,9 @@ def score_model(
     log_p = np.empty(frames, dtype=np.float64)
     correct = np.empty(frames, dtype=bool)
     width = vocab_size if head is None else head.params_width
-    prev_rows, chord_rows = _pitch_rows(pieces) if head is not None else (None, None)
+    prev_rows, chord_rows = _pitch_rows(pieces)
+    greedy_right = np.empty(frames, dtype=bool)
+    p_hold = np.empty(frames, dtype=np.float64)
     start = 0
     for x, y in _batches(pieces, window_frames, batch_size, predictor.pitch_input):
         probs = np.asarray(predictor.predict_batch(x))
@@ -239,10 +244,14 @@ def score_model(
                 f"expected ({len(x)}, {width})"
             )
         span = slice(start, start + len(y))
-        if head is not None and prev_rows is not None and chord_rows is not None:
-            lp = head.log_prob(probs, prev_rows[span], chord_rows[span])
+        if head is not None:
+            prev, chords = prev_rows[span], chord_rows[span]
+            lp = head.log_prob(probs, prev, chords)
             log_p[span] = np.maximum(lp, LOG_FLOOR)
-            correct[span] = np.all(head.best(probs, prev_rows[span]) == chord_rows[span], axis=1)
+            greedy = head.greedy(probs, prev)
+            correct[span] = np.all(head.best(probs, prev, greedy) == chords, axis=1)
+            greedy_right[span] = np.all(greedy == chords, axis=1)
+            p_hold[span] = head.hold_prob(probs)
         else:
             p = probs[np.arange(len(y)), y].astype(np.float64)
             with np.errstate(divide="ignore"):
@@ -252,9 +261,48 @@ def score_model(
         if on_batch is not None:
             on_batch()
     known = np.concatenate([p.known for p in pieces])
+    changes = np.any(prev_rows != chord_rows, axis=1)
+    extra = _top1_by_change(correct, changes)
     if head is not None:
-        return _score(log_p, correct, known)
-    return _score(log_p + log_spell, correct, known)
+        extra.update(_head_timing(greedy_right, p_hold, changes))
+        return _score(log_p, correct, known, extra=extra)
+    return _score(log_p + log_spell, correct, known, extra=extra)
+
+
+TOP1_EXTRAS = ("change_share", "top1_", "changes_")
+"""The score's extras that split top-1 (in ``evaluate --json`` beside ``top1``)."""
+
+
+def _share(mask: np.ndarray) -> float | None:
+    return float(mask.mean()) if mask.size else None
+
+
+def _top1_by_change(correct: np.ndarray, changes: np.ndarray) -> dict[str, float | None]:
+    """Where top-1 is won and lost: ``change_share`` (frames whose chord differs from the
+    previous frame's), top-1 on the frames that hold (``top1_holds``) and on the changes
+    (``top1_changes``)."""
+    return {
+        "change_share": _share(changes),
+        "top1_holds": _share(correct[~changes]),
+        "top1_changes": _share(correct[changes]),
+    }
+
+
+def _head_timing(
+    greedy_right: np.ndarray, p_hold: np.ndarray, changes: np.ndarray
+) -> dict[str, float | None]:
+    """A per-pitch model's changes, split into *when* and *what*: ``changes_hold_unlikely``
+    (its copy gate gives holding < 0.5 there: it expects a change), ``top1_changes_greedy``
+    (its greedy chord is the new chord: what top-1 on the changes would be if it knew when
+    the chord changes) and ``top1_timing_oracle`` (right on every hold and that share of the
+    changes)."""
+    on_changes = _share(greedy_right[changes])
+    share = float(changes.mean()) if changes.size else 0.0
+    return {
+        "changes_hold_unlikely": _share(p_hold[changes] < 0.5),
+        "top1_changes_greedy": on_changes,
+        "top1_timing_oracle": (1.0 - share) + share * (on_changes or 0.0),
+    }
 
 
 def _score(log_p: np.ndarray, correct: np.ndarray, known: np.ndarray, **kw: Any) -> Score:
@@ -529,6 +577,7 @@ class Report:
             "top1": self.score.top1,
             "nll_known": self.score.extra.get("nll_known"),
             "nll_unknown": self.score.extra.get("nll_unknown"),
+            **{k: v for k, v in self.score.extra.items() if k.startswith(TOP1_EXTRAS)},
             "baselines": {k: v.to_json() for k, v in self.baselines.items()},
             "nll_ratio_vs_kn5_repeat": self.nll_ratio,
             "baseline_data": self.baseline_info,
@@ -785,6 +834,10 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
 def _summary(report: Report) -> list[str]:
     lines = [
         f"model {report.model} ({report.runtime or 'default runtime'}), split: {report.split}",
@@ -800,6 +853,19 @@ def _summary(report: Report) -> list[str]:
     ratio = report.nll_ratio
     if ratio is not None:
         lines.append(f"model NLL / kn{KN_ORDER}_repeat NLL = {ratio:.3f}")
+    x = report.score.extra
+    if x.get("change_share") is not None:
+        holds, changes = x.get("top1_holds"), x.get("top1_changes")
+        lines.append(
+            f"top-1 on frames that hold the previous chord {_pct(holds)}, on changes "
+            f"{_pct(changes)} ({_pct(x['change_share'])} of frames change)"
+        )
+    if x.get("top1_changes_greedy") is not None:
+        lines.append(
+            f"the head expects {_pct(x['changes_hold_unlikely'])} of the changes (hold < 0.5); "
+            f"its greedy chord is the new one at {_pct(x['top1_changes_greedy'])} of them "
+            f"(top-1 if it knew when the chord changes: {_pct(x['top1_timing_oracle'])})"
+        )
     for c in report.comparisons:
         delta = report.score.nll_nats_per_frame - c.score.nll_nats_per_frame
         lines.append(

@@ -170,3 +170,18 @@ def test_bad_shapes_are_refused() -> None:
         head.split(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="128, units"):
         PitchHead(np.zeros((12, 4)), np.zeros((12, 4)), np.zeros(128))
+
+
+def test_greedy_chord_and_hold_probability_are_what_best_weighs() -> None:
+    head = make_head()
+    params = make_params(head, 6, seed=5)
+    prev = piano_roll([[60, 62]] * 6)
+    greedy = head.greedy(params, prev)
+    assert np.array_equal(head.best(params, prev, greedy), head.best(params, prev))
+    shut = StepBias(temperature=0.0, hold=0.0)
+    for row in range(6):
+        drawn = head.sample(params[row], prev[row], np.random.default_rng(0), shut)
+        assert np.array_equal(greedy[row], drawn)  # the greedy draw with the gate shut
+    _, _, gate = head.split(params)
+    np.testing.assert_allclose(head.hold_prob(params), 1 / (1 + np.exp(-gate.astype(float))))
+    assert head.greedy(params[:0], prev[:0]).shape == (0, PITCHES)

@@ -296,3 +296,32 @@ def test_evaluate_reports_every_readable_frame_and_skips_bad_files(tmp_path):
     nothing = Plan([tmp_path / "bad.mid"], "all", None, None)
     with pytest.raises(CorpusError, match="none of the 1 files"):
         evaluate("m", pred, vocab, prior, 50, 5, False, nothing)
+
+
+def test_top1_is_split_between_holds_and_changes():
+    """Argmax C on C, C, F, F: right at frame 0 (a change from silence) and frame 1 (a hold);
+    frame 2 changes to F (wrong), frame 3 holds F (wrong)."""
+    vocab, prior = make_vocab(), make_prior()
+    pred = FixedPredictor(np.array([0.1, 0.2, 0.4, 0.2, 0.1]))
+    score = score_model(pred, [encoded([C, C, F, F], vocab, prior)], len(vocab), 3)
+    assert score.top1 == 0.5
+    assert score.extra["change_share"] == 0.5
+    assert score.extra["top1_holds"] == 0.5
+    assert score.extra["top1_changes"] == 0.5
+    assert "top1_timing_oracle" not in score.extra  # only a per-pitch model has a gate
+    only_changes = score_model(pred, [encoded([C, F], vocab, prior)], len(vocab), 3)
+    assert only_changes.extra["top1_holds"] is None
+    assert only_changes.extra["top1_changes"] == 0.5
+
+
+def test_head_timing_splits_changes_into_when_and_what():
+    from musicgend.training.evaluate import _head_timing
+
+    out = _head_timing(
+        greedy_right=np.array([True, False, True, False]),
+        p_hold=np.array([0.9, 0.2, 0.4, 0.8]),
+        changes=np.array([False, True, True, True]),
+    )
+    assert out["changes_hold_unlikely"] == pytest.approx(2 / 3)  # 0.2 and 0.4
+    assert out["top1_changes_greedy"] == pytest.approx(1 / 3)  # frame 2
+    assert out["top1_timing_oracle"] == pytest.approx(0.25 + 0.75 / 3)
