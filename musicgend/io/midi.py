@@ -24,7 +24,9 @@ One client (default ``musicgend``) with a virtual input ``in`` and output ``out`
   whether an incoming message that matches is an echo.
 
 Closing sends nothing (the engine sends its note-offs before) and joins every thread it
-started.
+started, waiting at most :data:`CLOSE_WAIT_S` for each: a backend that does not answer (a
+JACK server that never confirms the client's deactivation) is logged and left to drop the
+client when the process ends, so that a stop never hangs on it.
 """
 
 from __future__ import annotations
