@@ -602,9 +602,9 @@ class JackMidiPorts(MidiPorts):
                     client.close()
 
         # jack_deactivate waits for the server's answer, and a server busy with another
-        # client can keep it waiting: seen once after an hour's soak, with a stop that never
-        # ended (the main thread in jack_deactivate, reading the server's socket). The stop
-        # must not depend on it.
+        # client can keep it waiting: two hour-long soaks ended with a stop that never did
+        # (in the second, the stop watchdog's stacks showed the main thread in
+        # jack_deactivate, reading the server's socket). The stop must not depend on it.
         closer = threading.Thread(target=close_client, name="jack-client-close", daemon=True)
         closer.start()
         closer.join(CLOSE_WAIT_S)

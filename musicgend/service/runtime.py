@@ -115,8 +115,9 @@ def _set_priority(priority: int) -> str:
 STOP_DUMP_S = 10.0
 """A stop still running this long after the signal logs every thread's stack."""
 
-STOP_EXIT_S = 10.0
-"""Once the notes are off and the session is written, the process ends within this long."""
+STOP_EXIT_S = 15.0
+"""Once the notes are off and the session is written, the process ends within this long
+(closing the ports may take up to twice :data:`musicgend.io.midi.CLOSE_WAIT_S`)."""
 
 STACKS_LOGGED = "thread stacks follow"
 """The stop watchdog's words before the stacks (``musicgend bench soak`` looks for them)."""
@@ -169,25 +170,25 @@ class StopWatchdog:
         self.dump_after_s = dump_after_s
         self.exit_after_s = exit_after_s
         self.exit_code = exit_code
-        self._stopping = threading.Event()
         self._finished = threading.Event()
         self._thread: threading.Thread | None = None
 
     def stopping(self) -> None:
+        """The stop began (a signal, or a task that failed). Idempotent."""
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name="musicgend-stop-watchdog", daemon=True
             )
             self._thread.start()
-        self._stopping.set()
 
     def finished(self) -> None:
+        """The notes are off and the session is written: from now on the exit is bounded."""
         self.stopping()
         self._finished.set()
 
     def _watch(self) -> None:
         if not self._finished.wait(self.dump_after_s):
-            self._dump(f"still stopping {self.dump_after_s:g} s after the stop signal")
+            self._dump(f"still stopping {self.dump_after_s:g} s after the stop began")
         self._finished.wait()
         time.sleep(self.exit_after_s)  # the process normally ends during this sleep
         self._dump(

@@ -38,7 +38,7 @@ def test_a_stop_that_hangs_after_the_session_is_written_ends_with_stacks_logged(
     )
     assert done.returncode == STOP_STUCK_EXIT_CODE, done.stderr
     assert "still here" in done.stdout  # the first dump did not end the process
-    assert "still stopping 0.3 s after the stop signal" in done.stderr
+    assert "still stopping 0.3 s after the stop began" in done.stderr
     assert "the process did not end within 0.5 s; exiting with status 70" in done.stderr
     assert "in stuck_cleanup" in done.stderr  # faulthandler's stack of the main thread
     assert "MainThread" in done.stderr and "musicgend-stop-watchdog (daemon)" in done.stderr
