@@ -436,7 +436,6 @@ class MidiPorts(ABC):
         self._stop.set()
         self._wake.set()
         thread, self._thread = self._thread, None
-        self._ready.clear()
         if thread is not None:
             thread.join(CLOSE_WAIT_S)
             if thread.is_alive():
@@ -446,6 +445,7 @@ class MidiPorts(ABC):
                     CLOSE_WAIT_S,
                     thread_stack(thread),
                 )
+        self._ready.clear()  # after the supervisor: a re-open it just made no longer counts
         self._close_backend()
 
     # backend hooks
