@@ -119,9 +119,6 @@ STOP_EXIT_S = 15.0
 """Once the notes are off and the session is written, the process ends within this long
 (closing the ports may take up to twice :data:`musicgend.io.midi.CLOSE_WAIT_S`)."""
 
-STACKS_LOGGED = "thread stacks follow"
-"""The stop watchdog's words before the stacks (``musicgend bench soak`` looks for them)."""
-
 STOP_STUCK_EXIT_CODE = 70
 """Exit status when the stop had to be forced (``EX_SOFTWARE``): the session was written and
 the notes released, but some part of the clean-up did not end (its stack is in the log)."""
@@ -201,7 +198,7 @@ class StopWatchdog:
     def _dump(reason: str) -> None:
         import faulthandler
 
-        log.error("%s; %s (most recent call first)", reason, STACKS_LOGGED)
+        log.error("%s; thread stacks follow (most recent call first)", reason)
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()

@@ -269,10 +269,6 @@ def score_model(
     return _score(log_p + log_spell, correct, known, extra=extra)
 
 
-TOP1_EXTRAS = ("change_share", "top1_", "changes_")
-"""The score's extras that split top-1 (in ``evaluate --json`` beside ``top1``)."""
-
-
 def _share(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if mask.size else None
 
@@ -297,7 +293,7 @@ def _head_timing(
     the chord changes) and ``top1_timing_oracle`` (right on every hold and that share of the
     changes)."""
     on_changes = _share(greedy_right[changes])
-    share = float(changes.mean()) if changes.size else 0.0
+    share = _share(changes) or 0.0
     return {
         "changes_hold_unlikely": _share(p_hold[changes] < 0.5),
         "top1_changes_greedy": on_changes,
@@ -575,9 +571,7 @@ class Report:
             "oov_rate": self.oov_rate,
             "nll_nats_per_frame": self.score.nll_nats_per_frame,
             "top1": self.score.top1,
-            "nll_known": self.score.extra.get("nll_known"),
-            "nll_unknown": self.score.extra.get("nll_unknown"),
-            **{k: v for k, v in self.score.extra.items() if k.startswith(TOP1_EXTRAS)},
+            **self.score.extra,  # nll_known, nll_unknown and top-1's split
             "baselines": {k: v.to_json() for k, v in self.baselines.items()},
             "nll_ratio_vs_kn5_repeat": self.nll_ratio,
             "baseline_data": self.baseline_info,
