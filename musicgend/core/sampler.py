@@ -53,6 +53,9 @@ _THRESHOLDS = (1e-3, 1e-5)
 """Before that, top-p tries the tokens above these shares of the nucleus mass: one
 comparison over the vocabulary instead of a partition (V = 20,000: ~30 µs instead of ~150)."""
 _TABLE_CACHE_SIZE = 4
+MAX_BIAS = 1e5
+"""The largest hold/silence factor: the daemon's log-scale hold bias goes up to 10 (e^10 ≈
+22,026)."""
 
 
 class _HasTokens(Protocol):
@@ -173,8 +176,8 @@ class SamplerParams(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass; 1 = all")
-    hold_bias: float = Field(DEFAULT_HOLD_BIAS, ge=0.0, le=1000.0)
-    silence_bias: float = Field(1.0, ge=0.0, le=1000.0)
+    hold_bias: float = Field(DEFAULT_HOLD_BIAS, ge=0.0, le=MAX_BIAS)
+    silence_bias: float = Field(1.0, ge=0.0, le=MAX_BIAS)
     min_hold_frames: int = Field(1, ge=1, le=100)
     short_note_penalty: float = Field(
         DEFAULT_SHORT_NOTE_PENALTY,

@@ -7,8 +7,9 @@ Topics under the prefix (default ``musicgend/<instance>``):
   ``hold_bias``, ``scale_penalty``, ``short_note_penalty``, and ``bpm`` for the internal
   clock); ``load_model`` takes ``path``. Every command may carry an
   ``id`` (string or integer) that errors echo. Zero-length payloads (clearing a retained
-  message) are ignored; retained commands are refused (they would run again on every
-  reconnect).
+  message) are ignored; retained commands the broker replays at (re)subscription are refused
+  (they would run again on every reconnect; a retained command published while connected is
+  delivered live, without the flag, and runs once).
 - ``…/status`` (retained JSON out): ``online``, ``mode``, ``model``, ``params``, ``clock``
   (``source``, ``state``: running/stopped/lost, ``bpm``, ``frame_ms``), ``session`` —
   whatever the engine's ``status()`` returns plus ``online``. The last will and a clean exit both
@@ -82,7 +83,7 @@ class EngineControl(Protocol):
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     id: StrictStr | StrictInt | None = None
 
@@ -113,7 +114,8 @@ class SetCommand(_Command):
     bpm: float | None = Field(None, ge=20, le=300)
 
     def params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"action", "id"}, exclude_none=True)
+        """The fields the command gave; ``seed`` may be None (back to an unseeded draw)."""
+        return self.model_dump(exclude={"action", "id"}, exclude_unset=True)
 
 
 class LoadModelCommand(_Command):
@@ -121,6 +123,7 @@ class LoadModelCommand(_Command):
     path: str = Field(min_length=1, max_length=4096)
 
 
+SET_FIELDS = tuple(name for name in SetCommand.model_fields if name not in ("action", "id"))
 Command = StartCommand | StopCommand | PanicCommand | SetCommand | LoadModelCommand
 ACTIONS = ("start", "stop", "panic", "set", "load_model")
 _COMMAND = TypeAdapter[Command](Annotated[Command, Field(discriminator="action")])
@@ -170,6 +173,10 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError(
             f"payload is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise CommandError("payload is not usable JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise CommandError(f"payload is not usable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise CommandError(f"command must be a JSON object, got {type(data).__name__}")
     action = data.get("action")
@@ -184,13 +191,19 @@ def parse_command(payload: bytes) -> Command:
         cmd = _COMMAND.validate_python(data)
     except PydanticValidationError as exc:
         raise CommandError(_describe_validation(exc), action=action, id=cmd_id) from None
-    if isinstance(cmd, SetCommand) and not cmd.params():
-        raise CommandError(
-            "'set' needs at least one of mode, temperature, top_p, density, seed, top_k, "
-            "hold_bias, scale_penalty, short_note_penalty, bpm",
-            action="set",
-            id=cmd_id,
-        )
+    if isinstance(cmd, SetCommand):
+        params = cmd.params()
+        if not params:
+            raise CommandError(
+                f"'set' needs at least one of {', '.join(SET_FIELDS)}", action="set", id=cmd_id
+            )
+        nulls = [name for name, value in params.items() if value is None and name != "seed"]
+        if nulls:
+            raise CommandError(
+                f"{nulls[0]} = None: expected a value (only seed may be null: an unseeded draw)",
+                action="set",
+                id=cmd_id,
+            )
     return cmd
 
 
@@ -398,7 +411,9 @@ class MqttControl:
                         was_up = True
                         try:
                             await self._serve(client)
-                        except asyncio.CancelledError:
+                        except aiomqtt.MqttError:
+                            raise  # the connection is gone: nothing to publish on
+                        except BaseException:  # cancelled, or failed: say offline first
                             await self._go_offline(client)
                             raise
                         await self._go_offline(client)
@@ -500,7 +515,12 @@ class MqttControl:
                 continue
             raw = message.payload
             payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
-            await self._handle(client, payload, retained=message.retain)
+            try:
+                await self._handle(client, payload, retained=message.retain)
+            except aiomqtt.MqttError:
+                raise  # the connection: run() reconnects
+            except Exception:  # a bug here must not take the daemon down
+                log.exception("mqtt: handling a command failed: %s", _excerpt(payload))
 
     async def _handle(self, client: aiomqtt.Client, payload: bytes, *, retained: bool) -> None:
         if not payload:
@@ -520,7 +540,7 @@ class MqttControl:
             await self._reject(client, exc, payload)
             return
         try:
-            self._dispatch(cmd)
+            self._dispatch(cmd, payload)
         except CommandError as exc:
             await self._reject(client, exc, payload)
             return
@@ -535,7 +555,7 @@ class MqttControl:
             return
         await self._publish_status(client)
 
-    def _dispatch(self, cmd: Command) -> None:
+    def _dispatch(self, cmd: Command, payload: bytes) -> None:
         match cmd:
             case StartCommand():
                 self.engine.start()
@@ -550,9 +570,11 @@ class MqttControl:
                     raise CommandError(
                         "a model load is already in progress", action=cmd.action, id=cmd.id
                     )
-                self._load_task = asyncio.create_task(self._load(cmd), name="mqtt-load-model")
+                self._load_task = asyncio.create_task(
+                    self._load(cmd, payload), name="mqtt-load-model"
+                )
 
-    async def _load(self, cmd: LoadModelCommand) -> None:
+    async def _load(self, cmd: LoadModelCommand, payload: bytes) -> None:
         try:
             await self.engine.load_model(Path(cmd.path))
         except asyncio.CancelledError:
@@ -565,7 +587,6 @@ class MqttControl:
             if client is None:
                 log.warning("mqtt: %s (not reported: disconnected)", reason)
                 return
-            payload = cmd.model_dump_json().encode()
             await self._reject(client, CommandError(reason, action=cmd.action, id=cmd.id), payload)
             return
         self.notify_status()

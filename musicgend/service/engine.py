@@ -40,6 +40,7 @@ import collections
 import contextlib
 import gc
 import logging
+import math
 import os
 import random
 import threading
@@ -73,6 +74,7 @@ from musicgend.core.tokens import PitchSet, pitches_from_token
 from musicgend.core.vocab import SILENCE_ID, UNK_ID, Vocab
 from musicgend.core.voicing import MidiBytes, Voicer, VoicingSettings
 from musicgend.core.window import WINDOW_FRAMES, WindowReader
+from musicgend.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from musicgend.core.pitchhead import PitchHead
@@ -137,6 +139,12 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reader", WindowReader(self.vocab, self.pitch_input))
+
+    @property
+    def window_frames(self) -> int | None:
+        """The frames of context the model reads (None where its predictor doesn't say)."""
+        frames = getattr(self.predictor, "window_frames", None)
+        return frames if isinstance(frames, int) else None
 
     def warm_up(self, window_frames: int = WINDOW_FRAMES) -> None:
         """One inference, the vocabulary's nearest-chord table and the sampler's tables for
@@ -225,7 +233,9 @@ class EngineParams:
 def _number(name: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if kind is int and float(value) != int(value):
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return kind(value)
 
@@ -543,11 +553,6 @@ class FrameCore:
     def set_params(self, **changes: Any) -> list[MidiBytes]:
         """Apply parameter changes (checked); returns note-offs if the mode changed."""
         params = self.params.updated(**changes)
-        messages: list[MidiBytes] = []
-        if params.mode != self.params.mode and self.modes.set_mode(params.mode):
-            messages = self.voicer.release()
-        if params.density != self.params.density:
-            self.voicer.configure(replace(self.voicer.settings, density=params.density))
         sampler_keys = (
             "temperature",
             "top_p",
@@ -558,8 +563,15 @@ class FrameCore:
             "short_note_penalty",
         )
         if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
-            self.sampler = self._sampler_factory(params)
-            self.pitch_sampler = pitch_sampler(self.model, params)
+            # built before anything changes: a refused setting leaves everything as it was
+            sampler = self._sampler_factory(params)
+            pitch = pitch_sampler(self.model, params)
+            self.sampler, self.pitch_sampler = sampler, pitch
+        messages: list[MidiBytes] = []
+        if params.mode != self.params.mode and self.modes.set_mode(params.mode):
+            messages = self.voicer.release()
+        if params.density != self.params.density:
+            self.voicer.configure(replace(self.voicer.settings, density=params.density))
         if params.seed != self.params.seed and params.seed is not None:
             self._rng = random.Random(params.seed)
         self.params = params
@@ -857,7 +869,8 @@ class Engine:
         """Set: frames follow incoming MIDI clock; None: the internal clock (``core.grid``)."""
         self.ticks_per_frame = ticks_per_frame
         self.on_status = on_status
-        """Called in the loop thread when the status changed on its own (clock lost/back)."""
+        """Called in the loop thread when the status changed on its own (clock lost/back, a
+        model swapped in)."""
         # MIDI clock: frames to commit, (frame, sound at ns, decided after the tick at ns)
         self._commits: collections.deque[tuple[int, int, int]] = collections.deque()
         self._commit_cv = threading.Condition()
@@ -1202,6 +1215,13 @@ class Engine:
         if self.loader is None:
             raise ValueError("this engine has no model loader")
         model = await asyncio.to_thread(self.loader, Path(path))
+        frames = model.window_frames
+        if frames is not None and frames != self.core.window_frames:
+            raise ModelError(
+                f"{path}: the model reads {frames} frames of context, the one playing "
+                f"{self.core.window_frames}; a model with another window needs a restart "
+                "(musicgend run --model)"
+            )
         await asyncio.to_thread(model.warm_up, self.core.window_frames)
         if not model.pitch_input:
             # the swap maps the recent chords into the new vocabulary at a tick: look them
@@ -1211,7 +1231,7 @@ class Engine:
             await asyncio.to_thread(lambda: [model.vocab.nearest(chord) for chord in recent])
         with self.lock:
             self.core.pending_model = model
-        self._trim(self._trim_after_swap(model))
+        self._trim(self._after_swap(model))
 
     def _trim(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a memory trim in the background, referenced until it ends (a swap may start
@@ -1231,15 +1251,19 @@ class Engine:
             await asyncio.sleep(frame_s)
         await asyncio.to_thread(return_freed_memory)
 
-    async def _trim_after_swap(self, model: LoadedModel) -> None:
-        """Once ``model`` is swapped in and the old one is out of every in-flight job, hand
-        its memory back to the OS (glibc keeps freed arenas otherwise: 40-60 MB more RSS
-        after a swap, measured)."""
+    async def _after_swap(self, model: LoadedModel) -> None:
+        """Once ``model`` is swapped in (at a tick): report the new status, and once the old
+        model is out of every in-flight job, hand its memory back to the OS (glibc keeps
+        freed arenas otherwise: 40-60 MB more RSS after a swap, measured)."""
         frame_s = self.core.grid.frame_ns / NS_PER_S
-        for _ in range(int(10 / frame_s)):
-            if self.core.model is model or self._stop.is_set():
+        loop = asyncio.get_running_loop()
+        give_up_s = loop.time() + 10.0
+        while self.core.model is not model and not self._stop.is_set():
+            if loop.time() > give_up_s:
                 break
-            await asyncio.sleep(frame_s)
+            await asyncio.sleep(frame_s / 4)
+        if self.core.model is model and self.on_status is not None:
+            self.on_status()
         await asyncio.sleep(2 * frame_s)
         await asyncio.to_thread(return_freed_memory)
 

@@ -316,10 +316,9 @@ def build_timeline(settings: Settings, t0_ns: int) -> FrameGrid | MidiClockFollo
 
 def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:
     """The engine's frame logic configured from the settings."""
+    from musicgend.core.window import WINDOW_FRAMES
     from musicgend.service.engine import FrameCore, default_sampler
 
-    window_frames = getattr(getattr(model.predictor, "artifact", None), "config", None)
-    size = window_frames.window_frames if window_frames is not None else 50
     return FrameCore(
         model,
         build_timeline(settings, t0_ns),
@@ -328,7 +327,7 @@ def build_core(settings: Settings, model: LoadedModel, t0_ns: int) -> FrameCore:
         voicing=voicing_from(settings),
         call=call_from(settings),
         cc_bindings={number: name for name, number in settings.engine.cc.items()},
-        window_frames=size,
+        window_frames=model.window_frames or WINDOW_FRAMES,
     )
 
 

@@ -59,6 +59,11 @@ def test_parse_valid_commands() -> None:
     assert isinstance(load, LoadModelCommand) and load.path == "/m"
     tempo = parse_command(b'{"action": "set", "bpm": 132.5}')
     assert isinstance(tempo, SetCommand) and tempo.params() == {"bpm": 132.5}
+    unseed = parse_command(b'{"action": "set", "seed": null}')
+    assert isinstance(unseed, SetCommand) and unseed.params() == {"seed": None}
+    big = parse_command(b'{"action": "set", "seed": 9223372036854775807, "hold_bias": 10}')
+    assert isinstance(big, SetCommand)
+    assert big.params() == {"seed": 2**63 - 1, "hold_bias": 10.0}
 
 
 BAD_PAYLOADS: list[tuple[bytes, str]] = [
@@ -79,6 +84,10 @@ BAD_PAYLOADS: list[tuple[bytes, str]] = [
     (b'{"action": "load_model"}', "missing field 'path'"),
     (b'{"action": "load_model", "path": ["a"]}', "path = ['a']"),
     (b'{"action": "stop", "id": {"x": 1}}', "id"),
+    (b'{"action": "set", "temperature": NaN}', "temperature = nan: expected a finite number"),
+    (b'{"action": "set", "top_p": null}', "top_p = None: expected a value (only seed"),
+    (b"[" * 50_000, "payload is not usable JSON (nested too deeply)"),
+    (b'{"action": "set", "seed": ' + b"9" * 5000 + b"}", "payload is not usable JSON"),
     (b"\xff\xfe{}", "payload is not UTF-8 text"),
     (b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", f"payload too large: {MAX_PAYLOAD_BYTES + 2} bytes"),
 ]
@@ -274,9 +283,11 @@ def test_load_model_routed_and_refusals_reported(mosquitto: Broker, tmp_path: Pa
             await obs.publish(cmd, json.dumps({"action": "load_model", "path": str(good)}))
             await obs.wait(is_status(control, model="bach"), what="model bach")
             missing = tmp_path / "missing"
-            await obs.publish(cmd, json.dumps({"action": "load_model", "path": str(missing)}))
+            sent = json.dumps({"action": "load_model", "path": str(missing)})
+            await obs.publish(cmd, sent)
             err = await obs.wait(topic_is(control.topics.error), what="refused load")
             assert err.json()["error"].startswith("load_model refused:")
+            assert sent.startswith(err.json()["payload"].removesuffix("…"))  # what was sent
             assert "missing: no model.json" in err.json()["error"]
             assert engine.model == "bach"  # the old model stays
             # One load at a time; the command loop isn't blocked while a load runs.
@@ -312,6 +323,25 @@ def test_clean_exit_publishes_offline(mosquitto: Broker, how: str) -> None:  # n
             offline = await obs.wait(is_status(control, online=False), what="offline")
             assert offline.json() == {"online": False}
         # Retained: a late subscriber sees offline too.
+        async with Observer(mosquitto, control.topics.status) as late:
+            msg = await late.wait(topic_is(control.topics.status), what="retained offline")
+            assert msg.retain and msg.json() == {"online": False}
+
+    asyncio.run(body())
+
+
+@pytest.mark.mqtt
+def test_a_failure_inside_the_client_still_publishes_offline(mosquitto: Broker) -> None:  # noqa: F811
+    async def body() -> None:
+        control = MqttControl(settings_for(mosquitto), FakeEngine())
+
+        async def broken_metrics(client: aiomqtt.Client) -> None:
+            raise RuntimeError("a bug in the metrics")
+
+        control._publish_metrics = broken_metrics  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="a bug in the metrics"):
+            await asyncio.wait_for(control.run(), 10)
+        # Not the last will (the client said goodbye properly): the daemon's own offline.
         async with Observer(mosquitto, control.topics.status) as late:
             msg = await late.wait(topic_is(control.topics.status), what="retained offline")
             assert msg.retain and msg.json() == {"online": False}

@@ -11,6 +11,7 @@ import pytest
 
 from musicgend.core.clock import FrameGrid
 from musicgend.core.voicing import note_off, note_on
+from musicgend.errors import ModelError
 from musicgend.service.engine import Engine, FrameCore
 from tests.service.fakes import ArgmaxSampler, RecordingOut, StepClock, model
 
@@ -84,8 +85,13 @@ def test_engine_control_interface() -> None:
         clock = StepClock(start_ns=F // 2)
         core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler)
         out = RecordingOut()
-        new, _ = model([G], name="new")
-        engine = Engine(core, out, clock=clock, loader=lambda path: new)
+        new, new_predictor = model([G], name="new")
+        changes: list[str] = []
+
+        def loader(path: object) -> object:
+            return new
+
+        engine = Engine(core, out, clock=clock, loader=loader, on_status=lambda: changes.append(1))
         task = asyncio.create_task(engine.run())
         assert await asyncio.to_thread(clock.wait_waiting, F)
         await _wait(lambda: core.result is not None)
@@ -99,11 +105,19 @@ def test_engine_control_interface() -> None:
         engine.stop()
         assert engine.status()["playing"] is False
         engine.start()
+        # a model reading another window length is refused before anything changes
+        new_predictor.window_frames = 12  # type: ignore[attr-defined]
+        with pytest.raises(ModelError, match="reads 12 frames of context, the one playing 50"):
+            await engine.load_model("/short")
+        assert core.pending_model is None
+        del new_predictor.window_frames  # type: ignore[attr-defined]
         await engine.load_model("/anywhere")
         await _wait(lambda: core.result is not None)
+        assert changes == []
         clock.release_until(2 * F)
         assert await asyncio.to_thread(clock.wait_waiting, 3 * F)
         assert engine.status()["model"] == "new"
+        await _wait(lambda: changes == [1])  # the swap is announced (MQTT republishes status)
         task.cancel()
         clock.stop()
         with contextlib.suppress(asyncio.CancelledError):

@@ -173,6 +173,42 @@ def test_set_params_checks_values() -> None:
     assert core.sampler.params.top_p == 0.5  # type: ignore[attr-defined]
 
 
+def test_a_refused_setting_changes_nothing() -> None:
+    def picky(params: EngineParams) -> ArgmaxSampler:
+        if params.temperature > 5:
+            raise ValueError("too hot for this sampler")
+        return ArgmaxSampler(params)
+
+    core, _ = make_core([C])
+    core._sampler_factory = picky
+    frame(core)
+    before = (core.params, core.voicer.settings, core.modes.mode, core.sampler)
+    with pytest.raises(ValueError, match="too hot"):
+        core.set_params(mode="solo", density=0.0, temperature=6)
+    assert (core.params, core.voicer.settings, core.modes.mode, core.sampler) == before
+    core.set_params(density=0.5)  # and the next setting applies as usual
+    assert core.voicer.settings.density == 0.5
+
+
+def test_parameters_take_their_whole_documented_range() -> None:
+    from musicgend.service.engine import default_sampler, pitch_sampler
+    from tests.service.fakes import pitch_model
+
+    params = EngineParams()
+    for hold_bias in (-10.0, 10.0):  # the config's, MQTT's and the CC's bounds
+        bias = params.updated(hold_bias=hold_bias)
+        default_sampler(bias)
+        pitch_sampler(pitch_model([{60}])[0], bias)
+    assert params.updated(seed=2**63 - 1).seed == 2**63 - 1  # exact, not through a float
+    assert params.updated(top_k=10**30).top_k == 10**30
+    assert params.updated(seed=3).updated(seed=None).seed is None
+    assert params.updated(top_k=4.0).top_k == 4
+    with pytest.raises(ValueError, match="must be an integer"):
+        params.updated(top_k=4.5)
+    with pytest.raises(ValueError, match="finite"):
+        params.updated(temperature=float("nan"))
+
+
 def test_model_swap_happens_at_a_frame_boundary_with_note_offs() -> None:
     core, _ = make_core([C])
     frame(core)
