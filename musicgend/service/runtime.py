@@ -567,6 +567,7 @@ async def serve(
             )
             if recorder is not None:
                 info.session_midi = await asyncio.to_thread(recorder.close)
+                log.info("session written to %s", info.session_midi)
             if watchdog is not None:
                 watchdog.finished()
 
