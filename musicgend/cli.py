@@ -30,6 +30,10 @@ class _App(typer.Typer):
         except MusicgendError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
+        except OSError as exc:  # the system refused (disk full, permissions): no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            sys.exit(1)
 
 
 app = _App(
@@ -38,6 +42,7 @@ app = _App(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: option names never cut, MIDI_DIR-style placeholders
 )
 data_app = typer.Typer(help="Fetch training data.", no_args_is_help=True)
 vocab_app = typer.Typer(help="Build and inspect chord vocabularies.", no_args_is_help=True)
@@ -45,6 +50,10 @@ app.add_typer(data_app, name="data")
 app.add_typer(vocab_app, name="vocab")
 config_app = typer.Typer(help="Inspect the daemon's configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+
+
+MAX_GENERATE_S = 86_400.0
+"""``generate --seconds`` at most: a day of music (~10 minutes of work on one core)."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -73,7 +82,9 @@ def _root(
 
 @data_app.command("bach")
 def data_bach(
-    out_dir: Annotated[Path, typer.Argument(help="Directory for the .mid files (created).")],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Directory for the .mid files (created).")
+    ],
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Re-export existing files.")] = False,
     limit: Annotated[
@@ -114,7 +125,10 @@ def data_bach(
 @vocab_app.command("build")
 def vocab_build(
     midi_dirs: Annotated[
-        list[Path], typer.Argument(help="Directories (searched recursively) or .mid files.")
+        list[Path],
+        typer.Argument(
+            metavar="MIDI_DIR", help="Directories (searched recursively) or .mid files."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Vocabulary JSON to write.")],
     fs: Annotated[int, typer.Option("--fs", min=1, help="Frames per second.")] = 5,
@@ -133,6 +147,7 @@ def vocab_build(
     Every unusable path gets one line on stderr; the exit code is 1 only when no piece
     could be read.
     """
+    from musicgend.outputs import check_output_file
     from musicgend.progress import progress
     from musicgend.training.corpus import (
         build_vocab,
@@ -144,6 +159,7 @@ def vocab_build(
 
     check_vocab_target(output)
     listing = list_corpus(midi_dirs)
+    check_output_file(output, inputs=listing.midi, what="vocabulary")
     with progress(len(listing.midi), "read", plain_every=100) as bar:
         vocab, summary = build_vocab(
             listing,
@@ -214,8 +230,10 @@ def train_cmd(
 
     With --from BASE_MODEL: fine-tune BASE_MODEL on the corpus instead.
     """
+    from musicgend.outputs import ensure_dir
     from musicgend.training.train import cli_train
 
+    ensure_dir(out.absolute().parent, "parent directory of --out")
     given = {
         "data_dir": data,
         "epochs": epochs,
@@ -260,8 +278,12 @@ def config_show(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    midi_dir: Annotated[Path, typer.Argument(help="MIDI file or directory to score.")],
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    midi_dir: Annotated[
+        Path, typer.Argument(metavar="MIDI_DIR", help="MIDI file or directory to score.")
+    ],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model directory (default: bundled).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     split: Annotated[
         str | None,
@@ -297,6 +319,7 @@ def evaluate_cmd(
     ] = None,
 ) -> None:
     """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
+    from musicgend.config import BUNDLED_MODEL_DIR
     from musicgend.progress import is_tty, progress
     from musicgend.training.evaluate import dumps, render_report, run_evaluation
 
@@ -304,7 +327,7 @@ def evaluate_cmd(
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
     report = run_evaluation(
-        model,
+        model or BUNDLED_MODEL_DIR,
         midi_dir,
         split=split,
         train_data=train_data,
@@ -327,10 +350,14 @@ def evaluate_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="The .mid file to write.")],
-    seconds: Annotated[float, typer.Option(help="Seconds of music to generate.")] = 60.0,
-    seed: Annotated[int, typer.Option(help="Random seed (prime token and sampling).")] = 0,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model directory (default: bundled).")
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option(max=MAX_GENERATE_S, help="Seconds of music to generate (≤ 1 day).")
+    ] = 60.0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (prime token and sampling).")] = 0,
     prime: Annotated[
         Path | None, typer.Option(help="Prime with this file's first 50 frames.")
     ] = None,
@@ -365,7 +392,9 @@ def generate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Generate music with a model and write a .mid; print its statistics."""
+    from musicgend.config import BUNDLED_MODEL_DIR
     from musicgend.core.musicstats import format_comparison
+    from musicgend.outputs import check_output_file
     from musicgend.training.generate import generate_file, generation_report, sampler_params
 
     params = sampler_params(
@@ -379,8 +408,9 @@ def generate_cmd(
         scale_penalty=scale_penalty,
         short_note_penalty=short_note_penalty,
     )
+    check_output_file(out, inputs=[prime] if prime else [], what="MIDI file")
     gen = generate_file(
-        model,
+        model or BUNDLED_MODEL_DIR,
         out,
         seconds=seconds,
         seed=seed,
@@ -400,14 +430,19 @@ def generate_cmd(
 
 @app.command("plot")
 def plot_cmd(
-    midi: Annotated[Path, typer.Argument(help="The .mid file to draw.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="The .png file to write.")],
+    midi: Annotated[Path, typer.Argument(metavar="FILE.mid", help="The .mid file to draw.")],
+    out: Annotated[
+        Path,
+        typer.Option("-o", "--out", help="The picture to write (.png; also .svg, .pdf, …)."),
+    ],
     title: Annotated[str | None, typer.Option(help="Title (default: file, notes, length).")] = None,
 ) -> None:
     """Draw a piano roll of a MIDI file (time in seconds, pitch names)."""
-    from musicgend.plot import plot_midi
+    from musicgend.outputs import check_output_file
+    from musicgend.plot import picture_path, plot_midi
 
-    print(f"wrote {plot_midi(midi, out, title)}")
+    target = check_output_file(picture_path(out), inputs=[midi], what="picture")
+    print(f"wrote {plot_midi(midi, target, title)}")
 
 
 # -- model directories ------------------------------------------------------------------------
@@ -418,7 +453,9 @@ app.add_typer(model_app, name="model")
 
 @model_app.command("export-litert")
 def model_export_litert(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (rewritten in place).")],
+    model_dir: Annotated[
+        Path, typer.Argument(metavar="MODEL_DIR", help="Model directory (rewritten in place).")
+    ],
     quantize: Annotated[
         str,
         typer.Option(help="none (float32) or int8 (dynamic-range: int8 weights, float maths)."),
@@ -434,7 +471,9 @@ def model_export_litert(
 
 @model_app.command("compact")
 def model_compact(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (rewritten in place).")],
+    model_dir: Annotated[
+        Path, typer.Argument(metavar="MODEL_DIR", help="Model directory (rewritten in place).")
+    ],
     float16: Annotated[
         bool, typer.Option("--float16", help="Store the weights as float16 (half the size).")
     ] = False,
@@ -475,7 +514,9 @@ def ports_cmd(
 
 @session_app.command("recover")
 def session_recover(
-    session_dir: Annotated[Path, typer.Argument(help="Session directory (holds journal.jsonl).")],
+    session_dir: Annotated[
+        Path, typer.Argument(metavar="SESSION_DIR", help="Session directory (holds journal.jsonl).")
+    ],
 ) -> None:
     """Rebuild session.mid (human + machine tracks) from the journal of a killed session."""
     from musicgend.io.session import recover_session
@@ -493,7 +534,10 @@ def session_recover(
 def session_export(
     session_dirs: Annotated[
         list[Path],
-        typer.Argument(help="Session directories, or directories holding them (session root)."),
+        typer.Argument(
+            metavar="SESSION_DIR",
+            help="Session directories, or directories holding them (session root).",
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("-o", "--out", help="Corpus directory (created).")],
     track: Annotated[
@@ -573,6 +617,10 @@ def run_cmd(
 
     from musicgend.service.runtime import DaemonInfo, StopWatchdog, raise_priority, run_daemon
 
+    if metrics_out is not None:
+        from musicgend.outputs import check_output_file
+
+        check_output_file(metrics_out, what="metrics file")
     raise_priority()  # first: a busy core doesn't hold up the start-up imports and the ports
     from musicgend.config import load_config
 
@@ -661,8 +709,10 @@ def bench_cmd(
     import json
 
     from musicgend.config import BUNDLED_MODEL_DIR
+    from musicgend.outputs import ensure_dir
     from musicgend.service.bench import format_summary, run_bench, save_result
 
+    ensure_dir(out_dir, "results directory")
     result = run_bench(model or BUNDLED_MODEL_DIR, frames)
     path = save_result(result, out_dir)
     print(json.dumps(result, indent=1) if as_json else format_summary(result))
@@ -689,8 +739,10 @@ def bench_soak_cmd(
     import json
 
     from musicgend.config import BUNDLED_MODEL_DIR
+    from musicgend.outputs import ensure_dir
     from musicgend.service.soak import SoakOptions, format_summary, soak
 
+    ensure_dir(out_dir, "results directory")
     report, path = soak(SoakOptions(model or BUNDLED_MODEL_DIR, minutes), out_dir)
     print(json.dumps(report, indent=1) if as_json else format_summary(report))
     print(f"saved {path} and {path.with_suffix('.png').name}", file=sys.stderr)

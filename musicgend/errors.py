@@ -47,3 +47,7 @@ class SessionError(MusicgendError):
 
 class TrainingError(MusicgendError):
     """A training run can't start, continue, or resume (bad options, state, or data)."""
+
+
+class OutputError(MusicgendError):
+    """An output path can't be written, or writing it would replace an input."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from musicgend.errors import MidiFileError
+from musicgend.errors import MidiFileError, OutputError
 from musicgend.io.midifile import read_tracks
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -13,6 +13,24 @@ NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 def pitch_name(pitch: int) -> str:
     """Scientific pitch name of a MIDI note number (60 → ``"C4"``)."""
     return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def picture_path(path: str | Path) -> Path:
+    """Where a picture asked for as ``path`` goes: ``.png`` is added when it has no
+    extension; an extension matplotlib can't write is refused."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if path.is_dir():
+        return path  # check_output_file names the problem
+    suffix = path.suffix.lower().removeprefix(".")
+    if not suffix:
+        return path.with_name(path.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        known = ", ".join(f".{ext}" for ext in sorted(formats))
+        raise OutputError(f"{path}: can't draw a .{suffix} picture (use one of {known})")
+    return path
 
 
 def plot_midi(midi_path: str | Path, png_path: str | Path, title: str | None = None) -> Path:

@@ -118,3 +118,44 @@ def test_cli_errors_are_one_line(tmp_path):
         plot.stderr.strip() == f"error: {tmp_path / 'junk.mid'}: not a MIDI file (no 'MThd' header)"
     )
     assert not (tmp_path / "x.mid").exists() and not (tmp_path / "j.png").exists()
+
+
+def test_cli_outputs_are_checked_before_the_work(tiny_model, tmp_path):
+    prime = tmp_path / "prime.mid"
+    write_midi([frozenset({60, 64, 67})] * 10, prime, 5)
+    before = prime.read_bytes()
+    over = musicgend("generate", "--model", tiny_model, "--prime", prime, "-o", prime)
+    assert over.returncode == 1
+    assert over.stderr.strip() == (
+        f"error: {prime}: is also an input of this command; choose another MIDI file"
+    )
+    assert prime.read_bytes() == before
+    through = musicgend("generate", "--model", tiny_model, "-o", prime / "x.mid")
+    assert through.returncode == 1
+    assert "is a file, not a directory" in through.stderr
+    for option, value in (("--seconds", "inf"), ("--seed", "-1")):
+        usage = musicgend(
+            "generate", "--model", tiny_model, "-o", tmp_path / "x.mid", option, value
+        )
+        assert usage.returncode == 2, (option, usage.stderr)
+        assert option in usage.stderr
+    hold = musicgend("generate", "--model", tiny_model, "-o", tmp_path / "x.mid", "--min-hold", "0")
+    assert hold.stderr.strip() == "error: --min-hold: Input should be greater than or equal to 1"
+    nan = musicgend("generate", "--model", tiny_model, "-o", tmp_path / "x.mid", "--top-p", "nan")
+    assert nan.stderr.strip() == "error: --top-p: Input should be a finite number"
+    # plot: .png added when -o has no extension, the file written is the one named
+    plotted = musicgend("plot", prime, "-o", tmp_path / "roll")
+    assert plotted.returncode == 0, plotted.stderr
+    assert plotted.stdout.strip() == f"wrote {tmp_path / 'roll.png'}"
+    assert (tmp_path / "roll.png").read_bytes()[:4] == b"\x89PNG"
+    svg = musicgend("plot", prime, "-o", tmp_path / "roll.svg")
+    assert svg.returncode == 0 and b"<svg" in (tmp_path / "roll.svg").read_bytes()[:400]
+    for bad in (tmp_path / "roll.txt", prime):
+        refused = musicgend("plot", prime, "-o", bad)
+        assert refused.returncode == 1
+        assert f"can't draw a {bad.suffix} picture" in refused.stderr
+    assert prime.read_bytes() == before and not (tmp_path / "roll.txt").exists()
+    # vocab build never writes over one of the pieces it reads
+    vocab = musicgend("vocab", "build", tmp_path, "-o", prime)
+    assert vocab.returncode == 1 and "is also an input" in vocab.stderr
+    assert prime.read_bytes() == before

@@ -171,7 +171,7 @@ class SamplerParams(BaseModel):
     copy gate holds more often than Bach: ``hold_bias`` 0.3 suits it, ``--grid notes``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = all")

@@ -264,6 +264,10 @@ def generate_file(
     )
 
 
+_OPTION_NAMES = {"min_hold_frames": "min-hold"}
+"""Sampler fields whose ``generate`` option has another name."""
+
+
 def sampler_params(seed_sampling: bool = False, **overrides: float | int | None) -> SamplerParams:
     """Sampler settings from CLI values (``None`` = default); clear error on bad values."""
     from pydantic import ValidationError
@@ -276,7 +280,8 @@ def sampler_params(seed_sampling: bool = False, **overrides: float | int | None)
         return SamplerParams.model_validate({**base.model_dump(), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "sampling"
+        field = str(first["loc"][0]) if first["loc"] else ""
+        name = "--" + _OPTION_NAMES.get(field, field.replace("_", "-")) if field else "sampling"
         raise ConfigError(f"{name}: {first['msg']}") from None
 
 
