@@ -523,6 +523,9 @@ def session_recover(
 
     s = recover_session(session_dir)
     tail = " (torn last line skipped)" if s.torn_tail else ""
+    if s.bad_lines:
+        tail += f" ({s.bad_lines_summary()})"
+        print("\n".join(s.bad_line_notes()), file=sys.stderr)
     ended = "clean stop" if s.clean_end else "no clean stop"
     print(
         f"{s.midi_path}: {s.human_events} human + {s.machine_events} machine events, "

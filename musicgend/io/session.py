@@ -15,7 +15,9 @@ platform's user data dir). It holds:
   time; track 1 is ``human``, track 2 ``machine``. System common/real-time messages stay in
   the journal only (a .mid can't hold them). Notes still sounding at the end are closed at
   the last event's time.
-- ``session.json``: the same metadata plus counts, written atomically next to the .mid.
+- ``session.json``: the same metadata plus counts, ``torn_tail`` and ``bad_lines`` (how many
+  unreadable lines were skipped, the first ten with line number and reason), written
+  atomically next to the .mid.
 
 **Flush policy.** :meth:`SessionRecorder.record` only puts the event on an in-memory queue
 (the event loop never waits for the disk). A writer thread takes everything queued, writes
@@ -23,7 +25,9 @@ it, and ``flush()``es it to the OS before it waits again, so a SIGKILL of the da
 only events recorded in the last moments that the writer had not yet taken (normally none:
 the writer wakes on each event). ``os.fsync`` runs at most every ``fsync_interval_s``
 (default 1 s) while events arrive, and at stop: a power cut loses at most the last
-``fsync_interval_s`` of events. A torn last line is skipped by :func:`read_journal`.
+``fsync_interval_s`` of events. :func:`read_journal` keeps every readable line: a torn last
+line is skipped and flagged, and an unreadable line elsewhere (a damaged disk block) is
+skipped and listed with its line number and reason.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +58,7 @@ TICKS_PER_BEAT = 960
 TEMPO_US_PER_BEAT = 500_000  # 120 BPM
 NS_PER_TICK = TEMPO_US_PER_BEAT * 1000 / TICKS_PER_BEAT
 TEXT_PREFIX = "musicgend-session "
+BAD_LINES_KEPT = 10  # unreadable journal lines listed (number, reason) in session.json
 
 Direction = Literal["human", "machine"]
 _CODE: dict[str, Direction] = {"h": "human", "m": "machine"}
@@ -80,6 +85,8 @@ class Journal:
     events: list[JournalEvent] = field(default_factory=list)
     clean_end: bool = False  # the "end" line was written (clean stop)
     torn_tail: bool = False  # the last line was incomplete and was skipped
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    """Other lines that could not be read and were skipped: (line number, reason)."""
 
 
 def default_session_root() -> Path:
@@ -310,7 +317,10 @@ class SessionRecorder:
             raise SessionError(f"session journal {self.journal_path}: {self._error}")
         if self.directory is None:
             return None
-        self.midi_path = finalize_session(self.directory)
+        summary = _finalize(self.directory, recovered=False)
+        if summary.bad_lines:
+            log.warning("session journal %s: %s", self.journal_path, summary.bad_lines_summary())
+        self.midi_path = summary.midi_path
         return self.midi_path
 
     def __enter__(self) -> SessionRecorder:
@@ -329,9 +339,41 @@ class SessionRecorder:
 # -- reading and writing ------------------------------------------------------------------
 
 
+def _parse_line(line: bytes) -> JournalEvent | dict[str, Any] | None:
+    """One journal line: an event, a metadata update (a dict) or ``None`` (the end line).
+    Raises :class:`ValueError` (or ``KeyError``, ``TypeError``, ``OverflowError``) with the
+    reason for a line that is not a valid entry."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a JSON object but {type(obj).__name__}")
+    if "b" in obj:
+        code = obj.get("d")
+        if not isinstance(code, str) or code not in _CODE:
+            raise ValueError(f"unknown direction {str(code)[:20]!r}")
+        return JournalEvent(int(obj["t"]), _CODE[code], bytes.fromhex(obj["b"]))
+    if "meta" in obj:
+        if not isinstance(obj["meta"], dict):
+            raise ValueError("'meta' is not a JSON object")
+        return obj["meta"]
+    if obj.get("end"):
+        return None
+    raise ValueError("unknown entry")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def read_journal(path: Path | str) -> Journal:
-    """Read a journal. A torn (incomplete) last line is skipped and flagged; any other bad
-    line raises :class:`~musicgend.errors.SessionError` naming the file and line."""
+    """Read a journal. Every readable line is kept. A torn (incomplete) last line is
+    skipped and flagged (``torn_tail``); any other unreadable line is skipped and listed in
+    ``bad_lines`` with its number and reason. A missing or bad header raises
+    :class:`~musicgend.errors.SessionError` (without it there is no start time)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -354,29 +396,27 @@ def read_journal(path: Path | str) -> Journal:
             metadata=dict(header.get("metadata") or {}),
             torn_tail=torn,
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SessionError(f"{path}:1: bad header: {exc}") from exc
+        _utc(journal.start_unix_ns)  # a start time a date can hold
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        raise SessionError(f"{path}:1: bad header: {_reason(exc)}") from exc
     for lineno, line in enumerate(complete[1:], start=2):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            if "b" in obj:
-                journal.events.append(
-                    JournalEvent(int(obj["t"]), _CODE[obj["d"]], bytes.fromhex(obj["b"]))
-                )
-            elif "meta" in obj:
-                journal.metadata.update(obj["meta"])
-            elif obj.get("end"):
-                journal.clean_end = True
-            else:
-                raise ValueError("unknown entry")
-        except (ValueError, KeyError, TypeError) as exc:
+            entry = _parse_line(line)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             if lineno == len(complete) and not torn:
                 # the last line is damaged (e.g. zero-filled after a power cut): torn tail
                 journal.torn_tail = True
                 break
-            raise SessionError(f"{path}:{lineno}: bad journal line: {exc}") from exc
+            journal.bad_lines.append((lineno, _reason(exc)))
+            continue
+        if isinstance(entry, JournalEvent):
+            journal.events.append(entry)
+        elif entry is not None:
+            journal.metadata.update(entry)
+        else:
+            journal.clean_end = True
     return journal
 
 
@@ -489,6 +529,29 @@ class SessionSummary:
     clean_end: bool
     torn_tail: bool
     duration_s: float
+    bad_lines: tuple[tuple[int, str], ...] = ()
+    """Unreadable journal lines that were skipped (not the torn last line): (number, reason)."""
+
+    def bad_lines_summary(self, first: int = 5) -> str:
+        """``"2 unreadable journal lines skipped (lines 4, 9)"``: the count, the first few."""
+        return bad_lines_summary(self.bad_lines, first)
+
+    def bad_line_notes(self, first: int = 5) -> list[str]:
+        """One line per skipped journal line (the first ``first``, then how many more)."""
+        notes = [
+            f"skipped {self.directory / JOURNAL_NAME}:{n}: {reason}"
+            for n, reason in self.bad_lines[:first]
+        ]
+        if len(self.bad_lines) > first:
+            notes.append(f"... and {len(self.bad_lines) - first} more unreadable lines")
+        return notes
+
+
+def bad_lines_summary(bad: Sequence[tuple[int, str]], first: int = 5) -> str:
+    """How many unreadable journal lines were skipped, and the numbers of the first few."""
+    numbers = ", ".join(str(n) for n, _ in bad[:first]) + (", ..." if len(bad) > first else "")
+    plural = "s" if len(bad) != 1 else ""
+    return f"{len(bad)} unreadable journal line{plural} skipped (line{plural} {numbers})"
 
 
 def _finalize(directory: Path, recovered: bool) -> SessionSummary:
@@ -505,6 +568,12 @@ def _finalize(directory: Path, recovered: bool) -> SessionSummary:
         "clean_end": journal.clean_end,
         "recovered": recovered,
         "torn_tail": journal.torn_tail,
+        "bad_lines": {
+            "count": len(journal.bad_lines),
+            "first": [
+                {"line": n, "reason": reason} for n, reason in journal.bad_lines[:BAD_LINES_KEPT]
+            ],
+        },
     }
     payload = json.dumps(sidecar, indent=2, default=str, sort_keys=True) + "\n"
     _atomic_write(directory / META_NAME, payload.encode())
@@ -517,6 +586,7 @@ def _finalize(directory: Path, recovered: bool) -> SessionSummary:
         journal.clean_end,
         journal.torn_tail,
         duration_s,
+        tuple(journal.bad_lines),
     )
 
 
@@ -527,8 +597,8 @@ def finalize_session(directory: Path | str) -> Path:
 
 def recover_session(directory: Path | str) -> SessionSummary:
     """Rebuild ``session.mid`` + ``session.json`` from the journal of a session that was
-    killed (or any session). Every complete journal line is kept; a torn last line is
-    skipped."""
+    killed (or any session). Every readable journal line is kept; a torn last line and
+    unreadable lines elsewhere are skipped and reported in the summary and the sidecar."""
     directory = Path(directory)
     if not (directory / JOURNAL_NAME).is_file():
         raise SessionError(f"{directory}: no {JOURNAL_NAME} (not a session directory?)")

@@ -40,6 +40,7 @@ from musicgend.io.midifile import _pretty_midi, tracks_from_pretty_midi
 from musicgend.io.session import (
     JOURNAL_NAME,
     MIDI_NAME,
+    bad_lines_summary,
     read_journal,
     session_midi_bytes,
 )
@@ -124,12 +125,16 @@ def find_sessions(paths: Sequence[str | Path]) -> list[SessionSource]:
     return found
 
 
-def load_session_midi(source: SessionSource) -> Any:
-    """The session as a ``pretty_midi.PrettyMIDI`` (from its .mid, or its journal)."""
+def load_session_midi(source: SessionSource, on_note: Callable[[str], None] | None = None) -> Any:
+    """The session as a ``pretty_midi.PrettyMIDI`` (from its .mid, or its journal; unreadable
+    journal lines that were skipped are passed to ``on_note``)."""
     pretty_midi = _pretty_midi()
     if source.from_journal:
-        payload, _ = session_midi_bytes(read_journal(source.directory / JOURNAL_NAME))
         where = source.directory / JOURNAL_NAME
+        journal = read_journal(where)
+        if journal.bad_lines and on_note is not None:
+            on_note(f"note: {where}: {bad_lines_summary(journal.bad_lines)}")
+        payload, _ = session_midi_bytes(journal)
     else:
         where = source.directory / MIDI_NAME
         try:
@@ -267,7 +272,7 @@ def export_session(
 ) -> None:
     """Export one session's chosen track(s) into ``out_dir``, recording what happened."""
     note = on_note or (lambda _line: None)
-    pm = load_session_midi(source)
+    pm = load_session_midi(source, on_note)
     names = ("human", "machine") if track == "both" else (track,)
     chosen = [inst for inst in pm.instruments if inst.name in names]
     if not any(inst.notes for inst in chosen):

@@ -84,7 +84,7 @@ def test_journal_to_mid_round_trip(tmp_path: Path) -> None:
     assert sidecar["clean_end"] is True and sidecar["recovered"] is False
 
 
-def test_torn_last_line_is_skipped_and_a_bad_middle_line_is_named(tmp_path: Path) -> None:
+def test_torn_last_line_is_skipped_and_flagged(tmp_path: Path) -> None:
     with SessionRecorder(directory=tmp_path / "s") as rec:
         rec.human(bytes([0x90, 60, 100]), rec.start_ns + 1000)
         rec.human(bytes([0x80, 60, 0]), rec.start_ns + 2000)
@@ -93,11 +93,98 @@ def test_torn_last_line_is_skipped_and_a_bad_middle_line_is_named(tmp_path: Path
     journal_path.write_text("".join(lines) + '{"t":3000,"d":"h","b":"90')  # torn
     summary = recover_session(tmp_path / "s")
     assert summary.torn_tail and not summary.clean_end
-    assert summary.human_events == 2
+    assert summary.human_events == 2 and summary.bad_lines == ()
 
-    journal_path.write_text("".join(lines[:2]) + "garbage\n" + "".join(lines[2:]))
-    with pytest.raises(SessionError, match=r"journal.jsonl:3: bad journal line"):
-        recover_session(tmp_path / "s")
+
+def record_numbered(directory: Path, n: int) -> list[str]:
+    """A real session of ``n`` human note-ons (note 30 + k at k ms) and a machine answer to
+    each; returns its journal lines."""
+    with SessionRecorder(directory=directory, metadata={"model": "m1"}) as rec:
+        for k in range(n):
+            rec.human(bytes([0x90, 30 + k, 100]), rec.start_ns + k * 1_000_000)
+            rec.machine(bytes([0x91, 30 + k, 80]), rec.start_ns + k * 1_000_000 + 500_000)
+    return (directory / JOURNAL_NAME).read_text().splitlines(keepends=True)
+
+
+def test_unreadable_middle_lines_are_skipped_and_everything_else_is_recovered(
+    tmp_path: Path,
+) -> None:
+    session = tmp_path / "s"
+    lines = record_numbered(session, 20)
+    # header, 40 events, end line; damage events 3 and 9 and insert garbage after event 30
+    assert len(lines) == 42
+    bad = list(lines)
+    bad[3] = '{"t":1,"d":"h",\n'  # a cut-off line: a JSON syntax error
+    bad[9] = '{"t":8,"d":"x","b":"9030"}\n'  # valid JSON, not a valid entry
+    bad.insert(31, "\x00\x00\x00garbage\n")
+    (session / JOURNAL_NAME).write_text("".join(bad))
+    kept = [json.loads(line) for k, line in enumerate(lines) if 0 < k < 41 and k not in (3, 9)]
+
+    summary = recover_session(session)
+
+    assert [n for n, _ in summary.bad_lines] == [4, 10, 32]  # 1-based line numbers
+    assert "Expecting" in summary.bad_lines[0][1]
+    assert "unknown direction 'x'" in summary.bad_lines[1][1]
+    assert summary.clean_end and not summary.torn_tail
+    assert summary.bad_lines_summary() == "3 unreadable journal lines skipped (lines 4, 10, 32)"
+    # every other event is in the .mid, in order
+    for name, code in (("human", "h"), ("machine", "m")):
+        got = [d for _, d in track_events(session / MIDI_NAME, name) if d[0] & 0xF0 == 0x90]
+        want = [bytes.fromhex(e["b"]) for e in kept if e["d"] == code]
+        assert got == want
+    assert summary.human_events + summary.machine_events == 38
+    sidecar = json.loads((session / META_NAME).read_text())
+    assert sidecar["recovered"] is True
+    assert sidecar["bad_lines"]["count"] == 3
+    assert [b["line"] for b in sidecar["bad_lines"]["first"]] == [4, 10, 32]
+    assert all(b["reason"] for b in sidecar["bad_lines"]["first"])
+    assert sidecar["events"] == {"human": 18, "machine": 20, "skipped": 0}  # lines 4, 10: h
+
+
+def test_many_bad_lines_are_counted_and_the_first_few_listed(tmp_path: Path) -> None:
+    session = tmp_path / "s"
+    lines = record_numbered(session, 30)
+    bad = [
+        line if k in (0, len(lines) - 1) or k % 2 else "[1, 2]\n" for k, line in enumerate(lines)
+    ]
+    (session / JOURNAL_NAME).write_text("".join(bad))
+    summary = recover_session(session)
+    assert len(summary.bad_lines) == 30
+    assert summary.human_events == 30 and summary.machine_events == 0  # odd lines are human
+    assert all(reason == "not a JSON object but list" for _, reason in summary.bad_lines)
+    notes = summary.bad_line_notes()
+    assert notes[0] == f"skipped {session / JOURNAL_NAME}:3: not a JSON object but list"
+    assert notes[-1] == "... and 25 more unreadable lines" and len(notes) == 6
+    sidecar = json.loads((session / META_NAME).read_text())
+    assert sidecar["bad_lines"]["count"] == 30 and len(sidecar["bad_lines"]["first"]) == 10
+
+
+def test_cli_recover_reports_the_skipped_lines(tmp_path: Path) -> None:
+    session = tmp_path / "s"
+    lines = record_numbered(session, 3)
+    bad = [*lines[:3], "{not json\n", *lines[3:-1]]  # and no end line: killed
+    (session / JOURNAL_NAME).write_text("".join(bad))
+    result = subprocess.run(
+        [*MUSICGEND, "session", "recover", str(session)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(
+        "no clean stop (1 unreadable journal line skipped (line 4))"
+    )
+    assert "3 human + 3 machine events" in result.stdout
+    assert result.stderr.startswith(f"skipped {session / JOURNAL_NAME}:4: Expecting")
+    assert json.loads((session / META_NAME).read_text())["bad_lines"]["count"] == 1
+
+
+def test_a_bad_header_is_still_refused(tmp_path: Path) -> None:
+    session = tmp_path / "s"
+    lines = record_numbered(session, 2)
+    (session / JOURNAL_NAME).write_text("garbage\n" + "".join(lines[1:]))
+    with pytest.raises(SessionError, match=r"journal.jsonl:1: bad header"):
+        recover_session(session)
 
 
 def test_recover_refuses_a_directory_without_journal(tmp_path: Path) -> None:

@@ -80,6 +80,22 @@ def test_a_killed_session_is_read_from_its_journal_without_touching_it(tmp_path:
     assert any("musicgend session recover" in n for n in notes)
 
 
+def test_a_journal_with_an_unreadable_line_is_exported_with_a_note(tmp_path: Path) -> None:
+    session = record_session(tmp_path / "killed")
+    (session / MIDI_NAME).unlink()
+    (session / META_NAME).unlink()
+    journal = session / JOURNAL_NAME
+    lines = journal.read_text().splitlines(keepends=True)[:-1]
+    lines.insert(len(lines) - 1, "garbage\n")  # among the machine events
+    journal.write_text("".join(lines))
+    notes: list[str] = []
+    report = export_sessions([session], tmp_path / "corpus", on_note=notes.append)
+    assert frames_of(report.written[0]) == chord_frames(HUMAN)
+    bad_line = len(lines) - 1
+    expected = f"note: {journal}: 1 unreadable journal line skipped (line {bad_line})"
+    assert expected in notes
+
+
 def test_long_silences_cut_pieces_and_leading_silence_is_dropped(tmp_path: Path) -> None:
     first: Chords = [({60, 64, 67}, 5)]
     second: Chords = [({57, 60, 64}, 4)]
