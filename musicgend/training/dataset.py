@@ -1,7 +1,10 @@
 """Corpus → split by piece → vocabulary → token ids → tf.data of (window → next id) pairs.
 
 The split is by file, 80/10/10, reproducible: the file names (relative to the corpus
-directory) are sorted, then shuffled with the seed. The vocabulary and the pitch prior
+directory) are sorted, then shuffled with the seed; the unreadable files are taken out of
+that order and the readable ones are cut 80/10/10, so a file that can't be read takes no
+place in any part (and with every file readable the split is that of the names alone,
+:func:`split_names`). The vocabulary and the pitch prior
 come from the training split only; the optional transposition augmentation (all 12 keys,
 :mod:`musicgend.core.augment`) touches the training split only, and the vocabulary is
 counted over the augmented copies so that it knows the chords the model is trained on.
@@ -93,28 +96,49 @@ class Split:
             raise CorpusError(f"malformed split: {exc}") from None
 
 
-def split_names(names: Iterable[str], seed: int, max_pieces: int | None = None) -> Split:
-    """Split file names by piece: sort, shuffle with ``seed``, cut 80/10/10.
-
-    ``max_pieces`` keeps only the first N names of the shuffled order (for quick runs).
-    Validation and test get at least one piece each.
-    """
+def shuffled_names(names: Iterable[str], seed: int) -> list[str]:
+    """The distinct names sorted, then shuffled with ``seed``: the order the split cuts."""
     ordered = sorted(set(names))
     rng = np.random.default_rng(seed)
-    shuffled = [ordered[i] for i in rng.permutation(len(ordered))]
-    if max_pieces is not None:
-        if max_pieces < 3:
-            raise CorpusError(f"--max-pieces must be at least 3 (train/val/test), got {max_pieces}")
-        shuffled = shuffled[:max_pieces]
+    return [ordered[i] for i in rng.permutation(len(ordered))]
+
+
+def _check_max_pieces(max_pieces: int | None) -> None:
+    if max_pieces is not None and max_pieces < 3:
+        raise CorpusError(f"--max-pieces must be at least 3 (train/val/test), got {max_pieces}")
+
+
+def cut_split(shuffled: Sequence[str], seed: int, unreadable: int | None = None) -> Split:
+    """Cut names in shuffled order 80/10/10: test first, then validation, the rest training.
+    Validation and test get at least one name each. ``unreadable``: how many files were left
+    out as unreadable (for the error message)."""
     n = len(shuffled)
     if n < 3:
-        raise CorpusError(f"need at least 3 MIDI files to split train/val/test, found {n}")
+        what = "MIDI files" if unreadable is None else "readable MIDI files"
+        raise CorpusError(
+            f"need at least 3 {what} to split train/val/test, found {n}"
+            + (f" ({unreadable} unreadable skipped)" if unreadable else "")
+        )
     n_test = max(1, round(n * SPLIT_FRACTIONS[2]))
     n_val = max(1, round(n * SPLIT_FRACTIONS[1]))
     test = shuffled[:n_test]
     val = shuffled[n_test : n_test + n_val]
     train = shuffled[n_test + n_val :]
     return Split(seed, tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
+
+
+def split_names(names: Iterable[str], seed: int, max_pieces: int | None = None) -> Split:
+    """Split file names by piece: sort, shuffle with ``seed``, cut 80/10/10.
+
+    ``max_pieces`` keeps only the first N names of the shuffled order (for quick runs).
+    Validation and test get at least one piece each. :func:`load_corpus` does the same
+    over the readable files only.
+    """
+    _check_max_pieces(max_pieces)
+    shuffled = shuffled_names(names, seed)
+    if max_pieces is not None:
+        shuffled = shuffled[:max_pieces]
+    return cut_split(shuffled, seed)
 
 
 # -- corpus --------------------------------------------------------------------------------
@@ -142,37 +166,70 @@ def load_corpus(
     split: Split | None = None,
     stream: TextIO | None = None,
 ) -> Corpus:
-    """Read the training and validation pieces of ``data_dir`` (the test files stay unread).
+    """Read the training and validation pieces of ``data_dir``.
 
-    ``split`` (from a model being resumed) replaces the computed one. Unreadable files are
-    reported on ``stream`` and skipped; an empty training or validation part is an error.
+    Without ``split``, the split is computed over the readable files only: every file is
+    read in the shuffled order of :func:`shuffled_names` (up to ``max_pieces`` readable
+    ones), an unreadable one is reported on ``stream`` and skipped, and the readable ones are
+    cut 80/10/10 (the test pieces are read only to know they are readable). ``split`` (from
+    a model being resumed) replaces the computed one; then only its training and validation
+    files are read, and an unreadable one is skipped, an empty training or validation part
+    being an error.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise CorpusError(f"{root}: not a directory of MIDI files")
     names = [p.relative_to(root).as_posix() for p in find_midi_files([root])]
-    if split is None:
-        split = split_names(names, seed, max_pieces)
-    else:
-        missing = sorted(set(split.train + split.val + split.test) - set(names))
-        if missing:
-            raise CorpusError(
-                f"{root}: {len(missing)} file(s) of the saved split are gone, e.g. {missing[0]}"
-            )
     stream = stream or sys.stderr
     skipped: dict[str, str] = {}
+
+    def read(name: str) -> Piece | None:
+        try:
+            return read_piece(root / name, fs, first_track_only)
+        except MidiFileError as exc:
+            skipped[name] = exc.reason
+            print(f"warning: skipping {exc}", file=stream)
+            return None
+
+    if split is None:
+        _check_max_pieces(max_pieces)
+        order = shuffled_names(names, seed)
+        wanted = len(order) if max_pieces is None else min(max_pieces, len(order))
+        pieces: dict[str, Piece] = {}
+        with progress(wanted, "reading MIDI", stream, plain_every=max(1, wanted)) as bar:
+            for name in order:
+                if len(pieces) == wanted:
+                    break
+                piece = read(name)
+                if piece is not None:
+                    pieces[name] = piece
+                # with --max-pieces the bar counts the readable pieces it still needs
+                if piece is not None or max_pieces is None:
+                    bar.advance()
+        split = cut_split(list(pieces), seed, unreadable=len(skipped))
+        return Corpus(
+            root,
+            split,
+            [pieces[n] for n in split.train],
+            [pieces[n] for n in split.val],
+            skipped,
+        )
+
+    missing = sorted(set(split.train + split.val + split.test) - set(names))
+    if missing:
+        raise CorpusError(
+            f"{root}: {len(missing)} file(s) of the saved split are gone, e.g. {missing[0]}"
+        )
     parts: dict[str, list[Piece]] = {"train": [], "val": []}
     todo = [(part, name) for part in parts for name in getattr(split, part)]
     with progress(len(todo), "reading MIDI", stream, plain_every=max(1, len(todo))) as bar:
         for part, name in todo:
-            try:
-                parts[part].append(read_piece(root / name, fs, first_track_only))
-            except MidiFileError as exc:
-                skipped[name] = exc.reason
-                print(f"warning: skipping {exc}", file=stream)
+            piece = read(name)
+            if piece is not None:
+                parts[part].append(piece)
             bar.advance()
-    for part, pieces in parts.items():
-        if not pieces:
+    for part, part_pieces in parts.items():
+        if not part_pieces:
             raise CorpusError(f"{root}: no readable piece in the {part} split")
     return Corpus(root, split, parts["train"], parts["val"], skipped)
 

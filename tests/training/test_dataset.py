@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,16 @@ from musicgend.training.dataset import (
     RandomTranspose,
     Split,
     WindowIndex,
+    cut_split,
     load_corpus,
     prepare,
+    shuffled_names,
     split_names,
     window_dataset,
 )
-from tests.conftest import write_chords, write_not_midi
+from tests.conftest import write_chords, write_not_midi, write_truncated
+
+REPO = Path(__file__).resolve().parents[2]
 
 NAMES = [f"piece{i:02d}.mid" for i in range(20)]
 
@@ -148,11 +153,60 @@ def test_unreadable_files_are_skipped_and_named(tmp_path: Path, capsys) -> None:
     root = _corpus(tmp_path / "c")
     write_not_midi(root / "zz_bad.mid")
     corpus = load_corpus(root, seed=0)
-    if "zz_bad.mid" in corpus.split.test:
-        assert corpus.skipped == {}  # the test part is not read here
-    else:
-        assert "not a MIDI file" in corpus.skipped["zz_bad.mid"]
-        assert "zz_bad.mid" in capsys.readouterr().err
+    assert "not a MIDI file" in corpus.skipped["zz_bad.mid"]
+    assert "zz_bad.mid" in capsys.readouterr().err
+
+
+def test_the_split_is_made_over_the_readable_files_only(tmp_path: Path) -> None:
+    good = _corpus(tmp_path / "good")
+    names = sorted(p.name for p in good.iterdir())
+    mixed = _corpus(tmp_path / "mixed")
+    write_not_midi(mixed / "a_text.mid")
+    write_truncated(mixed / "p3x.mid", mixed / "p3.mid", keep=0.6)
+    write_chords(mixed / "silent.mid", [(set(), 4)])  # a MIDI file without notes
+    bad = {"a_text.mid", "p3x.mid", "silent.mid"}
+    for seed in range(4):
+        corpus = load_corpus(mixed, seed=seed)
+        assert set(corpus.skipped) == bad
+        parts = corpus.split.train + corpus.split.val + corpus.split.test
+        assert sorted(parts) == names  # every readable piece has a place, no broken one
+        assert (len(corpus.split.train), len(corpus.split.val), len(corpus.split.test)) == (8, 1, 1)
+        # the broken files' names take no place: the split of the readable pieces alone
+        order = [n for n in shuffled_names([*names, *bad], seed) if n not in bad]
+        assert corpus.split == cut_split(order, seed)
+        assert [p.path.name for p in corpus.train] == list(corpus.split.train)
+        assert [p.path.name for p in corpus.val] == list(corpus.split.val)
+    small = load_corpus(mixed, seed=1, max_pieces=4)
+    assert sum(map(len, (small.split.train, small.split.val, small.split.test))) == 4
+    assert not set(small.split.train + small.split.val + small.split.test) & bad
+
+
+def test_with_every_file_readable_the_split_is_that_of_the_names(tmp_path: Path) -> None:
+    root = _corpus(tmp_path / "c")
+    names = [p.name for p in root.iterdir()]
+    for seed in range(3):
+        assert load_corpus(root, seed=seed).split == split_names(names, seed)
+        assert load_corpus(root, seed=seed, max_pieces=5).split == split_names(names, seed, 5)
+
+
+def test_the_bundled_models_split_is_still_computed_from_its_names() -> None:
+    """The bundled model was trained on 410 readable chorales with seed 0: its saved split
+    is :func:`split_names` of them (and so what ``load_corpus`` computes for that corpus)."""
+    meta = json.loads((REPO / "models" / "default" / "metadata.json").read_text())
+    saved = meta["training"]["split"]
+    assert meta["training"]["data"]["skipped_files"] == {}
+    names = saved["train"] + saved["val"] + saved["test"]
+    assert len(names) == len(set(names)) == 410
+    assert split_names(names, seed=saved["seed"]).to_json() == saved
+
+
+def test_too_few_readable_files_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    write_chords(root / "a.mid", [({60}, 3)])
+    write_chords(root / "b.mid", [({62}, 3)])
+    write_not_midi(root / "c.mid")
+    with pytest.raises(CorpusError, match=r"at least 3 readable MIDI files .*found 2 \(1 unr"):
+        load_corpus(root, seed=0)
 
 
 def test_corpus_errors(tmp_path: Path) -> None:

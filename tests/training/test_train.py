@@ -4,7 +4,9 @@ across processes with one seed), and clear errors."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +18,9 @@ import pytest
 from musicgend.errors import TrainingError
 from musicgend.model.artifact import load_artifact
 from musicgend.model.config import ModelConfig
-from musicgend.training.dataset import Split, load_corpus, prepare
+from musicgend.training.dataset import Split, cut_split, load_corpus, prepare, shuffled_names
 from musicgend.training.train import Loop, TrainOptions, cli_train, state_dir_for, train
-from tests.conftest import run_musicgend
+from tests.conftest import run_musicgend, write_not_midi, write_truncated
 
 from .conftest import TINY_CONFIG
 
@@ -193,6 +195,39 @@ def test_clear_errors(bach_dir: Path, tmp_path: Path) -> None:
     proc = cli("train", "--data", bach_dir, "--out", tmp_path / "m", "--config", "huge")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model config 'huge'")
+
+
+def test_broken_files_take_no_place_in_the_split(
+    bach_dir: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
+    """4 real chorales and 3 broken files: the broken ones are skipped before the split, the
+    saved split holds the 4 chorales only, and evaluate finds its test piece."""
+    data = tmp_path / "data"
+    data.mkdir()
+    good = sorted(bach_dir.glob("*.mid"))[:4]
+    for path in good:
+        shutil.copy(path, data / path.name)
+    write_not_midi(data / "notes.mid")
+    write_truncated(data / "cut.mid", good[0], keep=0.3)
+    (data / "empty.mid").write_bytes(b"")
+    broken = {"notes.mid", "cut.mid", "empty.mid"}
+    out = tmp_path / "model"
+    args = ["--epochs", "1", "--batch-size", "16", "--seed", "0"]
+    proc = cli("train", "--data", data, "--out", out, "--config", tiny_config_file, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"{data / name}:" in proc.stderr for name in broken)
+    meta = load_artifact(out).training
+    split = Split.from_json(meta["split"])
+    assert sorted(split.train + split.val + split.test) == sorted(p.name for p in good)
+    assert (len(split.train), len(split.val), len(split.test)) == (2, 1, 1)
+    assert set(meta["data"]["skipped_files"]) == broken
+    order = [n for n in shuffled_names([p.name for p in data.iterdir()], 0) if n not in broken]
+    assert split == cut_split(order, 0)
+
+    ev = cli("evaluate", data, "--model", out, "--json", "--no-baselines")
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["split"] == "test" and report["pieces"] == 1 and report["skipped"] == []
 
 
 def test_random_key_augmentation_trains_resumes_and_retraces(
