@@ -93,8 +93,9 @@ def data_bach(
 ) -> None:
     """Export the music21 Bach chorales as OUT_DIR/bwv<number>.mid, one file per chorale.
 
-    Files already there are kept unless --force. A chorale that fails is reported and
-    skipped; the exit code is 1 only when no file at all is usable.
+    Files already there are kept unless --force; one that can't be read as MIDI is reported
+    and exported again. A chorale that fails is reported and skipped; the exit code is 1
+    only when no file at all is usable.
     """
     from musicgend.errors import CorpusError
     from musicgend.progress import progress
@@ -108,12 +109,17 @@ def data_bach(
         def on_result(source: ScoreSource, status: str, reason: str) -> None:
             if status == "failed":
                 print(f"failed {source.name} ({source.path.name}): {reason}", file=sys.stderr)
+            elif status == "replaced":
+                print(
+                    f"re-exported {source.filename}: it was unreadable: {reason}", file=sys.stderr
+                )
             bar.advance(f"{source.filename} {status}")
 
         report = export_scores(sources, out_dir, jobs=jobs, force=force, on_result=on_result)
+    replaced = f" ({len(report.replaced)} over unreadable files)" if report.replaced else ""
     print(
-        f"exported {len(report.exported)}, skipped {len(report.existing)} (already there), "
-        f"failed {len(report.failed)} -> {out_dir}"
+        f"exported {len(report.exported)}{replaced}, skipped {len(report.existing)} "
+        f"(already there), failed {len(report.failed)} -> {out_dir}"
     )
     if report.usable == 0:
         raise typer.Exit(1)

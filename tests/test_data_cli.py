@@ -8,7 +8,7 @@ import pytest
 
 from musicgend.io.midifile import read_piece
 from musicgend.training.corpus import ScoreSource, bach_chorale_sources, export_scores
-from tests.conftest import run_musicgend
+from tests.conftest import run_musicgend, write_chords, write_not_midi, write_truncated
 
 
 def musicgend(*args: object) -> subprocess.CompletedProcess[str]:
@@ -82,6 +82,53 @@ def test_cli_exports_with_plain_progress_lines_and_skips_existing(tmp_path):
     second = musicgend("data", "bach", out, "--limit", "2")
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == f"exported 0, skipped 2 (already there), failed 0 -> {out}"
+
+
+def test_an_unreadable_existing_file_is_not_taken_for_an_export(tmp_path):
+    """Checked with the MIDI reader: a good file is kept; a bad one is exported again, and
+    where that fails too it is reported and left as it was."""
+    out = tmp_path / "out"
+    write_chords(out / "good.mid", [({60, 64, 67}, 3)])
+    write_chords(out / "silent.mid", [(set(), 3)])  # MIDI, but no notes
+    write_not_midi(out / "text.mid")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    gone = tmp_path / "gone.krn"  # the sources can't be exported
+    seen: list[tuple[str, str, str]] = []
+    report = export_scores(
+        [ScoreSource(name, gone) for name in ("good", "silent", "text")],
+        out,
+        jobs=1,
+        on_result=lambda s, st, r: seen.append((s.name, st, r)),
+    )
+    assert report.existing == ["good"] and report.exported == [] and report.replaced == []
+    assert [(name, status) for name, status, _ in seen] == [
+        ("good", "exists"),
+        ("silent", "failed"),
+        ("text", "failed"),
+    ]
+    reasons = dict(report.failed)
+    assert reasons["silent"].endswith("(the file there, left as it was, is unreadable: no notes)")
+    assert "is unreadable: not a MIDI file" in reasons["text"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost
+
+
+@pytest.mark.slow
+def test_cli_re_exports_a_truncated_chorale(tmp_path):
+    out = tmp_path / "bach"
+    sources = bach_chorale_sources()[:2]
+    assert export_scores(sources, out, jobs=1).exported == [s.name for s in sources]
+    target = out / sources[0].filename
+    original = target.read_bytes()
+    write_truncated(target, target, keep=0.5)  # same name, half the bytes
+
+    result = musicgend("data", "bach", out, "--limit", "2", "--jobs", "1")
+
+    assert result.returncode == 0, result.stderr
+    assert f"re-exported {target.name}: it was unreadable: corrupt or truncated" in result.stderr
+    assert result.stdout.strip() == (
+        f"exported 1 (1 over unreadable files), skipped 1 (already there), failed 0 -> {out}"
+    )
+    assert target.read_bytes() == original
 
 
 def test_cli_refuses_a_file_as_output_directory(tmp_path):

@@ -73,6 +73,18 @@ def _natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def unusable_export(path: str | Path) -> str | None:
+    """Why an exported .mid can't be used (``None`` if it can): it must read as MIDI
+    (:func:`~musicgend.io.midifile.read_tracks`) and hold notes, as every export does."""
+    try:
+        tracks = read_tracks(path)
+    except MidiFileError as exc:
+        return exc.reason
+    if not any(t.notes for t in tracks):
+        return "no notes"
+    return None
+
+
 def export_score(source: str | Path, target: str | Path) -> None:
     """Parse one score with music21 and write it as .mid (atomically: a temporary file in
     the target's directory, then a rename). Raises on any failure."""
@@ -112,13 +124,16 @@ class ExportReport:
     exported: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[str, str]] = field(default_factory=list)
+    """Exported again over a file that was there but unreadable: (name, what was wrong with
+    it). These names are in ``exported`` too."""
 
     @property
     def usable(self) -> int:
         return len(self.exported) + len(self.existing)
 
 
-ExportStatus = Literal["exported", "exists", "failed"]
+ExportStatus = Literal["exported", "exists", "replaced", "failed"]
 
 
 def export_scores(
@@ -130,8 +145,11 @@ def export_scores(
 ) -> ExportReport:
     """Export every source to ``out_dir/<name>.mid`` with ``jobs`` worker processes.
 
-    Idempotent: an existing file is kept (status ``"exists"``) unless ``force``.
-    ``on_result(source, status, reason)`` is called once per source, in completion order.
+    Idempotent: an existing file is kept (status ``"exists"``) unless ``force``, if it reads
+    as MIDI with notes (:func:`unusable_export`); one that doesn't (e.g. truncated) is
+    exported again (status ``"replaced"``, reason: what was wrong with it), or, if that
+    fails, left as it was (status ``"failed"``). ``on_result(source, status, reason)`` is
+    called once per source, in completion order.
     """
     if jobs < 1:
         raise CorpusError(f"--jobs must be >= 1, got {jobs}")
@@ -144,25 +162,38 @@ def export_scores(
         raise CorpusError(f"{out}: can't create directory ({exc.strerror or exc})") from None
     report = ExportReport()
 
+    unreadable: dict[str, str] = {}  # name -> what is wrong with the file already there
+
     def record(source: ScoreSource, error: str | None) -> None:
         status: ExportStatus
+        reason = error or ""
+        bad = unreadable.get(source.name)
         if error is None:
             report.exported.append(source.name)
             status = "exported"
+            if bad is not None:
+                report.replaced.append((source.name, bad))
+                status, reason = "replaced", bad
         else:
-            report.failed.append((source.name, error))
+            if bad is not None:
+                reason = f"{error} (the file there, left as it was, is unreadable: {bad})"
+            report.failed.append((source.name, reason))
             status = "failed"
         if on_result is not None:
-            on_result(source, status, error or "")
+            on_result(source, status, reason)
 
     todo: list[ScoreSource] = []
     for source in sources:
-        if not force and (out / source.filename).is_file():
-            report.existing.append(source.name)
-            if on_result is not None:
-                on_result(source, "exists", "")
-        else:
-            todo.append(source)
+        target = out / source.filename
+        if not force and target.is_file():
+            problem = unusable_export(target)
+            if problem is None:
+                report.existing.append(source.name)
+                if on_result is not None:
+                    on_result(source, "exists", "")
+                continue
+            unreadable[source.name] = problem
+        todo.append(source)
     if jobs == 1 or len(todo) <= 1:
         for source in todo:
             record(source, _export_worker(str(source.path), str(out / source.filename)))
