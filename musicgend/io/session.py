@@ -533,7 +533,7 @@ class SessionSummary:
     """Unreadable journal lines that were skipped (not the torn last line): (number, reason)."""
 
     def bad_lines_summary(self, first: int = 5) -> str:
-        """``"2 unreadable journal lines skipped (lines 4, 9)"``: the count, the first few."""
+        """``"2 unreadable journal lines skipped: lines 4, 9"``: the count, the first few."""
         return bad_lines_summary(self.bad_lines, first)
 
     def bad_line_notes(self, first: int = 5) -> list[str]:
@@ -551,7 +551,7 @@ def bad_lines_summary(bad: Sequence[tuple[int, str]], first: int = 5) -> str:
     """How many unreadable journal lines were skipped, and the numbers of the first few."""
     numbers = ", ".join(str(n) for n, _ in bad[:first]) + (", ..." if len(bad) > first else "")
     plural = "s" if len(bad) != 1 else ""
-    return f"{len(bad)} unreadable journal line{plural} skipped (line{plural} {numbers})"
+    return f"{len(bad)} unreadable journal line{plural} skipped: line{plural} {numbers}"
 
 
 def _finalize(directory: Path, recovered: bool) -> SessionSummary:

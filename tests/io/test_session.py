@@ -126,7 +126,7 @@ def test_unreadable_middle_lines_are_skipped_and_everything_else_is_recovered(
     assert "Expecting" in summary.bad_lines[0][1]
     assert "unknown direction 'x'" in summary.bad_lines[1][1]
     assert summary.clean_end and not summary.torn_tail
-    assert summary.bad_lines_summary() == "3 unreadable journal lines skipped (lines 4, 10, 32)"
+    assert summary.bad_lines_summary() == "3 unreadable journal lines skipped: lines 4, 10, 32"
     # every other event is in the .mid, in order
     for name, code in (("human", "h"), ("machine", "m")):
         got = [d for _, d in track_events(session / MIDI_NAME, name) if d[0] & 0xF0 == 0x90]
@@ -172,7 +172,7 @@ def test_cli_recover_reports_the_skipped_lines(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(
-        "no clean stop (1 unreadable journal line skipped (line 4))"
+        "no clean stop (1 unreadable journal line skipped: line 4)"
     )
     assert "3 human + 3 machine events" in result.stdout
     assert result.stderr.startswith(f"skipped {session / JOURNAL_NAME}:4: Expecting")

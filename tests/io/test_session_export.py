@@ -92,7 +92,7 @@ def test_a_journal_with_an_unreadable_line_is_exported_with_a_note(tmp_path: Pat
     report = export_sessions([session], tmp_path / "corpus", on_note=notes.append)
     assert frames_of(report.written[0]) == chord_frames(HUMAN)
     bad_line = len(lines) - 1
-    expected = f"note: {journal}: 1 unreadable journal line skipped (line {bad_line})"
+    expected = f"note: {journal}: 1 unreadable journal line skipped: line {bad_line}"
     assert expected in notes
 
 
