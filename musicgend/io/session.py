@@ -600,6 +600,10 @@ def recover_session(directory: Path | str) -> SessionSummary:
     killed (or any session). Every readable journal line is kept; a torn last line and
     unreadable lines elsewhere are skipped and reported in the summary and the sidecar."""
     directory = Path(directory)
+    if not directory.exists():
+        raise SessionError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise SessionError(f"{directory}: not a directory (give the session's directory)")
     if not (directory / JOURNAL_NAME).is_file():
         raise SessionError(f"{directory}: no {JOURNAL_NAME} (not a session directory?)")
     return _finalize(directory, recovered=True)

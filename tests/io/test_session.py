@@ -197,6 +197,11 @@ def test_recover_refuses_a_directory_without_journal(tmp_path: Path) -> None:
     assert result.returncode == 1
     expected = f"error: {tmp_path}: no journal.jsonl (not a session directory?)"
     assert result.stderr.strip() == expected
+    with pytest.raises(SessionError, match=r"/gone: no such directory$"):
+        recover_session(tmp_path / "gone")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SessionError, match=r"/file: not a directory"):
+        recover_session(tmp_path / "file")
 
 
 def test_session_dirs_are_named_by_start_time_and_never_reused(tmp_path: Path) -> None:
