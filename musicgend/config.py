@@ -55,7 +55,7 @@ CcParam = Literal["temperature", "top_p", "top_k", "density", "hold_bias", "mode
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _check_pattern(value: str | None) -> str | None:

@@ -143,6 +143,57 @@ def test_cross_field_checks(tmp_path: Path) -> None:
     assert (settings.clock.ticks_per_frame, settings.clock.loss_timeout_s) == (12, 0.5)
 
 
+def _float_keys() -> list[str]:
+    """Every float setting, as a dotted key (found by walking the models)."""
+    from pydantic import BaseModel
+
+    from musicgend.config import Settings
+
+    keys = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            elif ann in (float, float | None):
+                keys.append(prefix + name)
+
+    walk(Settings, "")
+    return keys
+
+
+def test_float_keys_found() -> None:
+    assert {"clock.bpm", "engine.call_response.silence_s", "mqtt.reconnect_max_s"} <= set(
+        _float_keys()
+    )
+
+
+@pytest.mark.parametrize("key", _float_keys())
+def test_non_finite_floats_refused(key: str) -> None:
+    for value in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, {key: value})
+        assert str(info.value).splitlines()[1:] == [
+            f"  {key} = {value!r} (command line): expected a finite number"
+        ]
+
+
+def test_non_finite_floats_refused_from_file_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[clock]\nbpm = nan\n[engine]\ntemperature = inf\n")
+    monkeypatch.setenv("MUSICGEND_MQTT__METRICS_INTERVAL_S", "NaN")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert sorted(str(info.value).splitlines()[1:]) == [
+        f"  clock.bpm = nan ({path}): expected a finite number",
+        f"  engine.temperature = inf ({path}): expected a finite number",
+        "  mqtt.metrics_interval_s = 'NaN' (environment MUSICGEND_MQTT__METRICS_INTERVAL_S): "
+        "expected a finite number",
+    ]
+
+
 def test_password_file_and_masking(tmp_path: Path) -> None:
     secret = write(tmp_path, "s3cret\n", "pw")
     cfg = load_config(None, {"mqtt.username": "u", "mqtt.password_file": str(secret)})
