@@ -2,22 +2,25 @@
 command-line flags (later sources win), validated once at start.
 
 Environment variables name nested keys with ``__``: ``MUSICGEND_MQTT__URL``,
-``MUSICGEND_ENGINE__CALL_RESPONSE__SILENCE_S``. ``MUSICGEND_CONFIG`` names the TOML file when
-``--config`` isn't given. Every section forbids unknown keys, so a typo is an error rather than a
-silently ignored setting. :func:`load_config` turns every validation problem into one line of a
-:class:`~musicgend.errors.ConfigError` naming the key, where it came from, the value and what was
-expected.
+``MUSICGEND_ENGINE__CALL_RESPONSE__SILENCE_S``; a section or table takes a JSON object
+(``MUSICGEND_ENGINE__CC='{"temperature": 21}'``). ``MUSICGEND_CONFIG`` names the TOML file when
+``--config`` isn't given. Every section forbids unknown keys, and every other ``MUSICGEND_*``
+variable is an error too, so a typo is an error rather than a silently ignored setting.
+:func:`load_config` turns every problem into one line of a :class:`~musicgend.errors.ConfigError`
+naming the key, where it came from, the value and what was expected.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -31,7 +34,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from musicgend.core.sampling_defaults import (
     DEFAULT_SCALE_PENALTY,
@@ -43,6 +51,8 @@ from musicgend.errors import ConfigError
 ENV_PREFIX = "MUSICGEND_"
 CONFIG_ENV = "MUSICGEND_CONFIG"
 """Environment variable naming the TOML file when no ``--config`` is given."""
+OTHER_ENV = frozenset({CONFIG_ENV, "MUSICGEND_TOOLS"})
+"""``MUSICGEND_*`` variables that aren't settings (``MUSICGEND_TOOLS``: scripts/bootstrap.sh)."""
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 """The model ``run`` uses when none is configured."""
@@ -344,6 +354,14 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+class _EnvSource(EnvSettingsSource):
+    """The ``MUSICGEND_*`` variables :func:`load_config` checked (the bad ones it reports)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_config`."""
 
@@ -371,7 +389,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: command-line flags, then the environment, then the file.
-        return init_settings, env_settings, _TomlSource(settings_cls, _FILE_DATA.get())
+        return (
+            init_settings,
+            _EnvSource(settings_cls, _INPUTS.environ),
+            _TomlSource(settings_cls, _INPUTS.file),
+        )
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration as JSON-able data, secrets masked."""
@@ -381,20 +403,16 @@ class Settings(BaseSettings):
         return data
 
 
-class _FileData:
-    """Hands the parsed TOML to :meth:`Settings.settings_customise_sources` (a classmethod)."""
+class _Inputs:
+    """Hands the parsed TOML and the checked environment variables to
+    :meth:`Settings.settings_customise_sources` (a classmethod)."""
 
     def __init__(self) -> None:
-        self._data: dict[str, Any] = {}
-
-    def get(self) -> dict[str, Any]:
-        return self._data
-
-    def set(self, data: dict[str, Any]) -> None:
-        self._data = data
+        self.file: dict[str, Any] = {}
+        self.environ: dict[str, str] = {}
 
 
-_FILE_DATA = _FileData()
+_INPUTS = _Inputs()
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -439,18 +457,109 @@ def _env_name(loc: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
 
 
-def _check_env_sections(environ: Mapping[str, str]) -> None:
-    sections = set(Settings.model_fields)
-    for name in environ:
+def _settings_env() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Every variable that names a setting: its name -> (key path, whether it takes JSON)."""
+    names: dict[str, tuple[tuple[str, ...], bool]] = {}
+
+    def walk(model: type[BaseModel], parent: tuple[str, ...]) -> None:
+        for field_name, info in model.model_fields.items():
+            path = (*parent, field_name)
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names[_env_name(path)] = (path, True)
+                walk(annotation, path)
+            elif get_origin(annotation) is dict:
+                # pydantic-settings also reads one entry per variable: MUSICGEND_ENGINE__CC__TOP_P.
+                names[_env_name(path)] = (path, True)
+                for key in get_args(get_args(annotation)[0]):
+                    names[_env_name((*path, key))] = ((*path, key), False)
+            else:
+                names[_env_name(path)] = (path, False)
+
+    walk(Settings, ())
+    return names
+
+
+_SECRETS = (("mqtt", "password"),)
+
+
+def _holds_secret(path: tuple[str | int, ...]) -> bool:
+    return any(secret[: len(path)] == path for secret in _SECRETS)
+
+
+@dataclass(frozen=True)
+class _EnvVar:
+    name: str
+    """As set (pydantic-settings reads the names case-insensitively)."""
+    path: tuple[str, ...]
+    value: Any
+    """Decoded JSON for a section or table, else the text."""
+
+
+def _suggest(suffix: str, known: Mapping[str, tuple[tuple[str, ...], bool]]) -> str:
+    """'; did you mean …?' for an unknown variable (``suffix``: its name after the prefix)."""
+    candidates = {name[len(ENV_PREFIX) :]: name for name in [*known, CONFIG_ENV]}
+    close = difflib.get_close_matches(suffix, candidates, n=1, cutoff=0.75)
+    matches = [candidates[c] for c in close]
+    if not matches:  # MUSICGEND_BPM: the key without its section
+        matches = sorted(name for name, (path, _) in known.items() if path[-1] == suffix.lower())
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
+
+
+def _check_env(environ: Mapping[str, str]) -> tuple[list[_EnvVar], list[str]]:
+    """The ``MUSICGEND_*`` variables that name settings, and one problem line for each other
+    one (outside :data:`OTHER_ENV`) and for each section or table that isn't valid JSON."""
+    known = _settings_env()
+    usable: list[_EnvVar] = []
+    problems: list[str] = []
+    for name, text in sorted(environ.items()):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or "__" not in upper:
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV:
             continue
-        section = upper[len(ENV_PREFIX) :].split("__", 1)[0].lower()
-        if section not in sections:
-            raise ConfigError(
-                f"environment variable {name}: unknown section {section!r}; "
-                f"expected one of {', '.join(sorted(sections))}"
-            )
+        suffix = upper[len(ENV_PREFIX) :]
+        key = ".".join(suffix.lower().split("__"))
+        if upper not in known:
+            problems.append(f"{key} (environment {name}): unknown key{_suggest(suffix, known)}")
+            continue
+        path, takes_json = known[upper]
+        value: Any = text
+        if takes_json:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                reason = (
+                    f"{exc.msg} at character {exc.pos + 1}"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else str(exc)
+                )
+            except RecursionError:
+                reason = "nested too deeply"
+            else:
+                reason = ""
+            if reason:
+                shown = MASK if _holds_secret(path) else text
+                problems.append(
+                    f"{key} = {shown!r} (environment {name}): "
+                    f"expected a JSON object (not valid JSON: {reason})"
+                )
+                continue
+        usable.append(_EnvVar(name, path, value))
+    return usable, problems
+
+
+def _env_origin(loc: tuple[str | int, ...], env: list[_EnvVar]) -> str | None:
+    """The variable(s) a value at ``loc`` came from: the most specific one holding it (a JSON
+    value holds its keys), else every one inside ``loc`` (a check across a section's keys)."""
+    holding = [
+        var
+        for var in env
+        if loc[: len(var.path)] == var.path
+        and (len(loc) == len(var.path) or _lookup(var.value, loc[len(var.path) :]))
+    ]
+    if holding:
+        return max(holding, key=lambda var: len(var.path)).name
+    inside = [var.name for var in env if var.path[: len(loc)] == loc]
+    return ", ".join(inside) or None
 
 
 def _describe(
@@ -458,17 +567,17 @@ def _describe(
     file: Path | None,
     file_data: Mapping[str, Any],
     flags: Mapping[str, Any],
-    environ: Mapping[str, str],
-) -> str:
-    env_upper = {k.upper() for k in environ}
+    env: list[_EnvVar],
+) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        loc = tuple(p for p in err["loc"] if p not in ("function-after", "[key]"))
         key = ".".join(str(p) for p in loc) or "(top level)"
+        env_origin = _env_origin(loc, env) if loc else None
         if _lookup(flags, loc):
             origin = "command line"
-        elif loc and _env_name(loc) in env_upper:
-            origin = f"environment {_env_name(loc)}"
+        elif env_origin is not None:
+            origin = f"environment {env_origin}"
         elif file is not None and (_lookup(file_data, loc) or _lookup(file_data, loc[:-1])):
             origin = str(file)
         else:
@@ -488,7 +597,7 @@ def _describe(
             shown = MASK if loc[-1] == "password" else err["input"]
             value = f" = {shown!r}"
         lines.append(f"{key}{value} ({origin}): {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
 def config_path(path: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -514,14 +623,18 @@ def load_config(
     file = config_path(path, environ)
     file_data = read_toml(file) if file is not None else {}
     flags = _nest(overrides or {})
-    _check_env_sections(environ)
-    _FILE_DATA.set(file_data)
+    env, problems = _check_env(environ)
+    _INPUTS.file = file_data
+    _INPUTS.environ = {var.name: environ[var.name] for var in env}
     try:
-        return Settings(**flags)
+        settings = Settings(**flags)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, file, file_data, flags, environ)) from None
+        problems += _describe(exc, file, file_data, flags, env)
     finally:
-        _FILE_DATA.set({})
+        _INPUTS.file, _INPUTS.environ = {}, {}
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return settings
 
 
 def to_toml(data: Mapping[str, Any]) -> str:

@@ -116,10 +116,94 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_unknown_env_section(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_env_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEND_MQTT_URL", "mqtt://x")  # one underscore: no setting
     monkeypatch.setenv("MUSICGEND_MIDDI__CHANNEL", "3")
-    with pytest.raises(ConfigError, match="MUSICGEND_MIDDI__CHANNEL: unknown section 'middi'"):
+    monkeypatch.setenv("musicgend_midi__chanel", "3")  # read case-insensitively, so checked too
+    monkeypatch.setenv("MUSICGEND_MIDI__CHANNEL__LOW", "3")  # below a plain value
+    monkeypatch.setenv("MUSICGEND_BPM", "120")
+    monkeypatch.setenv("MUSICGEND_FOO", "1")
+    monkeypatch.setenv("MUSICGEND_CLOCK__BPM", "120")  # a real one is still checked and used
+    with pytest.raises(ConfigError) as info:
         load_config()
+    assert str(info.value).splitlines() == [
+        "invalid configuration:",
+        "  bpm (environment MUSICGEND_BPM): unknown key; did you mean MUSICGEND_CLOCK__BPM?",
+        "  foo (environment MUSICGEND_FOO): unknown key",
+        "  middi.channel (environment MUSICGEND_MIDDI__CHANNEL): unknown key; "
+        "did you mean MUSICGEND_MIDI__CHANNEL?",
+        "  midi.channel.low (environment MUSICGEND_MIDI__CHANNEL__LOW): unknown key; "
+        "did you mean MUSICGEND_MIDI__CHANNEL?",
+        "  mqtt_url (environment MUSICGEND_MQTT_URL): unknown key; "
+        "did you mean MUSICGEND_MQTT__URL?",
+        "  midi.chanel (environment musicgend_midi__chanel): unknown key; "
+        "did you mean MUSICGEND_MIDI__CHANNEL?",
+    ]
+
+
+def test_env_variables_that_are_not_settings_are_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MUSICGEND_CONFIG", str(write(tmp_path, "[midi]\nchannel = 2\n")))
+    monkeypatch.setenv("MUSICGEND_TOOLS", str(tmp_path))  # scripts/bootstrap.sh
+    monkeypatch.setenv("MUSICGEND_ENGINE__CC__TOP_P", "22")  # one entry of a table
+    monkeypatch.setenv("MUSICGEND_MQTT__TLS", '{"insecure": true}')
+    cfg = load_config()
+    assert (cfg.midi.channel, cfg.engine.cc, cfg.mqtt.tls.insecure) == (2, {"top_p": 22}, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("MUSICGEND_MIDI", "midi"),
+        ("MUSICGEND_ENGINE__CC", "engine.cc"),
+        ("MUSICGEND_ENGINE__CALL_RESPONSE", "engine.call_response"),
+    ],
+)
+def test_env_json_not_valid(name: str, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "{bad")
+    monkeypatch.setenv("MUSICGEND_MIDI__VELOCITY", "0")  # the other problems are listed too
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).splitlines() == [
+        "invalid configuration:",
+        f"  {key} = '{{bad' (environment {name}): expected a JSON object (not valid JSON: "
+        "Expecting property name enclosed in double quotes at character 2)",
+        "  midi.velocity = '0' (environment MUSICGEND_MIDI__VELOCITY): "
+        "expected greater than or equal to 1",
+    ]
+
+
+def test_env_json_empty_too_deep_or_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEND_CLOCK", "")
+    monkeypatch.setenv("MUSICGEND_ENGINE", "[" * 10_000)
+    monkeypatch.setenv("MUSICGEND_MQTT", '{"password": "s3cret"')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).splitlines()[1:] == [
+        "  clock = '' (environment MUSICGEND_CLOCK): expected a JSON object "
+        "(not valid JSON: Expecting value at character 1)",
+        f"  engine = '{'[' * 10_000}' (environment MUSICGEND_ENGINE): expected a JSON object "
+        "(not valid JSON: nested too deeply)",
+        f"  mqtt = '{MASK}' (environment MUSICGEND_MQTT): expected a JSON object "
+        "(not valid JSON: Expecting ',' delimiter at character 22)",
+    ]
+
+
+def test_env_json_values_name_their_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEND_MIDI", '{"channel": 99, "chanel": 3, "velocity": 100}')
+    monkeypatch.setenv("MUSICGEND_MIDI__VELOCITY", "0")  # the more specific variable wins
+    monkeypatch.setenv("MUSICGEND_ENGINE", '{"call_response": {"silence_s": 0}}')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert sorted(str(info.value).splitlines()[1:]) == [
+        "  engine.call_response.silence_s = 0 (environment MUSICGEND_ENGINE): "
+        "expected greater than 0",
+        "  midi.chanel (environment MUSICGEND_MIDI): unknown key",
+        "  midi.channel = 99 (environment MUSICGEND_MIDI): expected less than or equal to 16",
+        "  midi.velocity = '0' (environment MUSICGEND_MIDI__VELOCITY): "
+        "expected greater than or equal to 1",
+    ]
 
 
 def test_cross_field_checks(tmp_path: Path) -> None:
@@ -260,6 +344,20 @@ def test_cli_config_show_error(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: invalid configuration:")
     assert "midi.channel = 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_config_show_env_errors() -> None:
+    done = run_cli(
+        "config", "show", env={"MUSICGEND_ENGINE__CC": "{bad", "MUSICGEND_MQTT_URL": "x"}
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: invalid configuration:",
+        "  engine.cc = '{bad' (environment MUSICGEND_ENGINE__CC): expected a JSON object "
+        "(not valid JSON: Expecting property name enclosed in double quotes at character 2)",
+        "  mqtt_url (environment MUSICGEND_MQTT_URL): unknown key; "
+        "did you mean MUSICGEND_MQTT__URL?",
+    ]
 
 
 def test_runtime_choices_match_the_model_runtimes() -> None:
