@@ -548,18 +548,23 @@ def _check_env(environ: Mapping[str, str]) -> tuple[list[_EnvVar], list[str]]:
 
 
 def _env_origin(loc: tuple[str | int, ...], env: list[_EnvVar]) -> str | None:
-    """The variable(s) a value at ``loc`` came from: the most specific one holding it (a JSON
-    value holds its keys), else every one inside ``loc`` (a check across a section's keys)."""
+    """The variable(s) a value at ``loc`` came from: those naming ``loc`` or a key inside it
+    (a check across a section's keys), else the most specific JSON value holding it."""
+    inside = [var.name for var in env if var.path[: len(loc)] == loc]
+    if inside:
+        return ", ".join(inside)
     holding = [
         var
         for var in env
-        if loc[: len(var.path)] == var.path
-        and (len(loc) == len(var.path) or _lookup(var.value, loc[len(var.path) :]))
+        if loc[: len(var.path)] == var.path and _lookup(var.value, loc[len(var.path) :])
     ]
-    if holding:
-        return max(holding, key=lambda var: len(var.path)).name
-    inside = [var.name for var in env if var.path[: len(loc)] == loc]
-    return ", ".join(inside) or None
+    return max(holding, key=lambda var: len(var.path)).name if holding else None
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: MASK if k == "password" else _masked(v) for k, v in value.items()}
+    return value
 
 
 def _describe(
@@ -594,7 +599,7 @@ def _describe(
         if err["type"] in ("extra_forbidden", "missing") or not loc:
             value = ""
         else:
-            shown = MASK if loc[-1] == "password" else err["input"]
+            shown = MASK if loc[-1] == "password" else _masked(err["input"])
             value = f" = {shown!r}"
         lines.append(f"{key}{value} ({origin}): {message}")
     return lines

@@ -293,6 +293,24 @@ def test_password_file_and_masking(tmp_path: Path) -> None:
         load_config(None, {"mqtt.password": "a", "mqtt.password_file": str(secret)})
 
 
+def test_errors_across_a_section_mask_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICGEND_MQTT__PASSWORD", "s3cret")
+    monkeypatch.setenv("MUSICGEND_MQTT__RECONNECT_MIN_S", "100")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).splitlines()[1:] == [
+        f"  mqtt = {{'password': '{MASK}', 'reconnect_min_s': '100'}} (environment "
+        "MUSICGEND_MQTT__PASSWORD, MUSICGEND_MQTT__RECONNECT_MIN_S): "
+        "expected reconnect_min_s (100.0) <= reconnect_max_s (30.0)"
+    ]
+    monkeypatch.setenv("MUSICGEND_MQTT", '{"password": "s3cret", "reconnect_min_s": 100}')
+    monkeypatch.delenv("MUSICGEND_MQTT__PASSWORD")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "s3cret" not in str(info.value)
+    assert "(environment MUSICGEND_MQTT, MUSICGEND_MQTT__RECONNECT_MIN_S)" in str(info.value)
+
+
 def test_toml_rendering_round_trips() -> None:
     cfg = load_config(EXAMPLE)
     import tomllib
