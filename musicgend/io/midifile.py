@@ -6,6 +6,7 @@ reason, so a corpus run can report it and go on with the other files.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,17 +42,32 @@ def read_tracks(path: str | Path) -> list[Track]:
     if not path.is_file():
         raise MidiFileError(path, "not a regular file")
     try:
-        head = path.read_bytes()[:4]
+        data = path.read_bytes()
     except OSError as exc:
         raise MidiFileError(path, f"can't read: {exc.strerror or exc}") from None
-    if head != b"MThd":
+    if not data:
+        raise MidiFileError(path, "empty file (0 bytes)")
+    if data[:4] != b"MThd":
         raise MidiFileError(path, "not a MIDI file (no 'MThd' header)")
     pretty_midi = _pretty_midi()
+    import mido
+
+    try:
+        # latin1 as pretty_midi reads text events when given a file name
+        mid = mido.MidiFile(file=io.BytesIO(data), charset="latin1")
+    except Exception as exc:  # mido raises many types on corrupt data
+        reason = str(exc) or type(exc).__name__
+        raise MidiFileError(path, f"corrupt or truncated MIDI data ({reason})") from None
+    if not mid.tracks:
+        raise MidiFileError(path, "no tracks (the 'MThd' header says 0)")
+    empty = [i for i, track in enumerate(mid.tracks) if not track]
+    if empty:
+        raise MidiFileError(path, f"track {empty[0] + 1} of {len(mid.tracks)} has no events")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pm = pretty_midi.PrettyMIDI(str(path))
-    except Exception as exc:  # pretty_midi/mido raise many types on corrupt data
+            pm = pretty_midi.PrettyMIDI(mido_object=mid)
+    except Exception as exc:  # pretty_midi raises many types on corrupt data
         reason = str(exc) or type(exc).__name__
         raise MidiFileError(path, f"corrupt or truncated MIDI data ({reason})") from None
     return tracks_from_pretty_midi(pm)
