@@ -632,14 +632,45 @@ def _check_files(path: Path, files: Mapping[str, str]) -> None:
             raise ModelError(f"{file}: checksum mismatch (file corrupt or replaced)")
 
 
+def read_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array in an ``.npz`` archive, never unpickling anything.
+
+    Raises :class:`OSError` when the file can't be opened and :class:`ValueError` with a plain
+    reason when it is not an intact ``.npz`` archive of arrays (NumPy's own texts for random bytes
+    talk about pickles; a bare ``.npy`` or a non-array member would slip through).
+    """
+    with file.open("rb") as f:
+        if not zipfile.is_zipfile(f):
+            size = f.seek(0, os.SEEK_END)
+            raise ValueError("empty file (0 bytes)" if size == 0 else "not an .npz archive")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                arrays = {}
+                for name in data.files:
+                    try:
+                        value = data[name]
+                    except ValueError as exc:  # e.g. an array of Python objects
+                        raise ValueError(f"{name!r}: {exc}") from None
+                    if not isinstance(value, np.ndarray):
+                        raise ValueError(f"{name!r} is not a NumPy array")
+                    arrays[name] = value
+        except ValueError:
+            raise
+        except Exception as exc:  # zipfile, zlib and the .npy reader raise many types
+            raise ValueError(f"corrupt archive ({str(exc) or type(exc).__name__})") from None
+    return arrays
+
+
 def _load_npz(
     file: Path, config: ModelConfig, vocab_size: int, weights_dtype: str
 ) -> dict[str, np.ndarray]:
     try:
-        with np.load(file, allow_pickle=False) as data:
-            raw = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelError(f"{file}: can't load weights ({exc})") from None
+        raw = read_npz(file)
+    except OSError as exc:
+        raise ModelError(f"{file}: can't read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ModelError(f"{file}: not a readable weights file ({exc})") from None
     for name, value in raw.items():
         if value.dtype != np.dtype(weights_dtype):
             raise ModelError(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -246,12 +249,51 @@ def test_npz_dtype_must_match_the_metadata(tiny_artifacts, tmp_path):
         load_artifact(path)
 
 
-def test_corrupt_npz_with_matching_checksum(tiny_artifacts, tmp_path):
+def _npy_bytes(value: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, value)
+    return buf.getvalue()
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _flip_last_byte_of_first_member(data: bytes) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        info = z.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    end = start + info.compress_size - 1
+    return data[:end] + bytes([data[end] ^ 0xFF]) + data[end + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda good: np.random.default_rng(0).bytes(4000), r"not an \.npz archive"),
+        (lambda good: b"PK\x03\x04 not really a zip", r"not an \.npz archive"),
+        (lambda good: b"", r"empty file \(0 bytes\)"),
+        (lambda good: good[: len(good) // 2], r"not an \.npz archive"),
+        (lambda good: _npy_bytes(np.zeros(3, np.float32)), r"not an \.npz archive"),
+        (lambda good: _zip_bytes({"embedding.npy": b"hello"}), r"'embedding' is not a NumPy"),
+        (lambda good: _zip_bytes({"x.npy": _npy_bytes(np.array([{}]))}), r"'x': Object arrays"),
+        (_flip_last_byte_of_first_member, r"corrupt archive \(Bad CRC-32"),
+    ],
+    ids=["random", "zip-magic", "empty", "half", "bare-npy", "not-array", "objects", "bad-crc"],
+)
+def test_corrupt_npz_with_matching_checksum(tiny_artifacts, tmp_path, make, reason):
+    """Past the checksum, a weights file that is no intact npz of arrays says so plainly."""
     path = _copy(tiny_artifacts[False], tmp_path)
-    (path / WEIGHTS_NPZ).write_bytes(b"PK\x03\x04 not really a zip")
+    (path / WEIGHTS_NPZ).write_bytes(make((path / WEIGHTS_NPZ).read_bytes()))
     _rehash(path, WEIGHTS_NPZ)
-    with pytest.raises(ModelError, match=rf"{WEIGHTS_NPZ}: can't load weights"):
+    with pytest.raises(ModelError, match=rf"{WEIGHTS_NPZ}: not a readable weights file") as info:
         load_artifact(path)
+    assert re.search(reason, str(info.value)), str(info.value)
+    assert "pickled" not in str(info.value)
 
 
 def test_corrupt_config_json(tiny_artifacts, tmp_path):
