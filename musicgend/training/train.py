@@ -213,13 +213,24 @@ def read_state(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[np.nd
         info = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
             raise TrainingError(f"{path}: not a musicgend training state of this version")
-        with np.load(path / "model.npz") as z:
-            model_vars = [z[f"arr_{i}"] for i in range(len(z.files))]
-        with np.load(path / "optimizer.npz") as z:
-            opt_vars = [z[f"arr_{i}"] for i in range(len(z.files))]
+        model_vars = _state_arrays(path / "model.npz")
+        opt_vars = _state_arrays(path / "optimizer.npz")
     except (OSError, ValueError, KeyError) as exc:
         raise TrainingError(f"{path}: training state is unreadable ({exc})") from None
     return info, model_vars, opt_vars
+
+
+def _state_arrays(file: Path) -> list[np.ndarray]:
+    from musicgend.model.artifact import read_npz
+
+    try:
+        arrays = read_npz(file)
+    except ValueError as exc:
+        raise ValueError(f"{file.name}: {exc}") from None
+    try:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays))]
+    except KeyError as exc:
+        raise ValueError(f"{file.name}: no array {exc}") from None
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -19,7 +19,17 @@ from musicgend.errors import TrainingError
 from musicgend.model.artifact import load_artifact
 from musicgend.model.config import ModelConfig
 from musicgend.training.dataset import Split, cut_split, load_corpus, prepare, shuffled_names
-from musicgend.training.train import Loop, TrainOptions, cli_train, state_dir_for, train
+from musicgend.training.train import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    Loop,
+    TrainOptions,
+    cli_train,
+    read_state,
+    state_dir_for,
+    train,
+    write_state,
+)
 from tests.conftest import run_musicgend, write_not_midi, write_truncated
 
 from .conftest import TINY_CONFIG
@@ -280,3 +290,26 @@ def test_states_saved_before_the_augment_modes_resume_as_expand(tmp_path: Path) 
     assert TrainOptions.from_json(saved).augment_mode == "expand"
     with pytest.raises(TrainingError, match="--augment-mode must be one of random, expand"):
         TrainOptions(tmp_path, tmp_path / "m", augment_mode="shuffle")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x93NUMPY" + bytes(range(200)), "model.npz: not an .npz archive"),
+        (b"PK\x03\x04" + bytes(100), "model.npz: not an .npz archive"),
+        (b"", "model.npz: empty file (0 bytes)"),
+    ],
+    ids=["npy-magic", "zip-magic", "empty"],
+)
+def test_a_damaged_training_state_is_unreadable_with_its_reason(
+    tmp_path: Path, data: bytes, reason: str
+) -> None:
+    """Past state.json, a damaged model.npz names itself; no NumPy or zipfile error escapes."""
+    state = tmp_path / "state"
+    write_state(state, {"format": STATE_FORMAT, "version": STATE_VERSION}, [np.ones(2)], [])
+    _, model_vars, opt_vars = read_state(state)
+    assert [v.tolist() for v in model_vars] == [[1.0, 1.0]] and opt_vars == []
+    (state / "model.npz").write_bytes(data)
+    with pytest.raises(TrainingError) as exc:
+        read_state(state)
+    assert str(exc.value) == f"{state}: training state is unreadable ({reason})"
