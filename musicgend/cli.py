@@ -343,6 +343,7 @@ def evaluate_cmd(
         transposed_baseline=transposed_baseline,
         compare=compare or (),
         on_skip=skip,
+        on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
         progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
     )
     if as_json:

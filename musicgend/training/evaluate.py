@@ -40,7 +40,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -394,6 +394,9 @@ class Plan:
     train_files: list[Path] | None
     val_files: list[Path] | None
     baseline_problem: str | None = None
+    seen: Mapping[str, str] = field(default_factory=dict)
+    """File name → ``train`` or ``val``: the names in the model's saved split that the
+    model (and the baselines) were fit or tuned on."""
 
 
 def _training_info(artifact: Artifact) -> tuple[Path | None, dict[str, list[str]] | None]:
@@ -478,8 +481,9 @@ def plan(
         if not files:
             raise CorpusError(f"the saved {split} split is empty")
 
+    seen = {Path(n).name: part for part in ("val", "train") for n in (saved or {}).get(part, [])}
     if not baselines:
-        return Plan(files, split, None, None)
+        return Plan(files, split, None, None, seen=seen)
     problem: str | None = None
     root = train_data if train_data is not None else data_dir
     train_files = val_files = None
@@ -501,7 +505,7 @@ def plan(
             f"can't fit the baselines: {problem}; pass --train-data DIR (the directory the "
             "model was trained on) or --no-baselines"
         )
-    return Plan(files, split, train_files, val_files, problem)
+    return Plan(files, split, train_files, val_files, problem, seen)
 
 
 # -- the whole evaluation ------------------------------------------------------------------------
@@ -547,6 +551,26 @@ class Report:
     seconds: dict[str, float]
     runtime: str
     comparisons: list[Comparison] = field(default_factory=list)
+    seen: dict[str, list[Path]] = field(default_factory=dict)
+    """Scored pieces whose file name is in the model's ``train`` or ``val`` split."""
+
+    def seen_warning(self) -> str | None:
+        """Why the scores may be optimistic, when scored pieces share a name with the model's
+        training or validation split (unless that split is what was asked for)."""
+        train, val = self.seen.get("train", []), self.seen.get("val", [])
+        if self.split in ("train", "val") or not (train or val):
+            return None
+        n = len(train) + len(val)
+        if n == self.pieces:
+            who = "the scored piece shares" if n == 1 else f"all {n} scored pieces share"
+        else:
+            who = f"{n} of the {self.pieces} scored pieces {'shares' if n == 1 else 'share'}"
+        fit = "the model and its baselines were" if self.baselines else "the model was"
+        return (
+            f"{who} a file name with pieces the model was trained on ({len(train)}) or "
+            f"validated on ({len(val)}), e.g. {(train or val)[0]}: {fit} fit or tuned on "
+            "them, so these scores are optimistic"
+        )
 
     @property
     def nll_ratio(self) -> float | None:
@@ -576,6 +600,8 @@ class Report:
             "nll_ratio_vs_kn5_repeat": self.nll_ratio,
             "baseline_data": self.baseline_info,
             "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+            "in_training_split": len(self.seen.get("train", [])),
+            "in_validation_split": len(self.seen.get("val", [])),
             "seconds": self.seconds,
         }
 
@@ -596,10 +622,12 @@ def evaluate(
     progress_factory: Callable[[int], Any] | None = None,
     transposed_baseline: bool = False,
     head: PitchHead | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Report:
     """Read the plan's pieces, score the model and (if the plan has them) the baselines.
 
     ``head``: the model's per-pitch head, if it has one (see :func:`score_model`).
+    ``on_warning`` gets :meth:`Report.seen_warning` when there is one.
 
     ``transposed_baseline`` adds ``kn5_repeat_transposed``: the n-gram fit on the training
     pieces in every key (as a model trained with ``--augment-transpose`` sees them).
@@ -655,7 +683,12 @@ def evaluate(
             baselines[f"kn{KN_ORDER}_repeat_transposed"] = kn_t
             info["transposed_train_frames"] = fitted_t.train_frames
             seconds["transposed_baseline"] = time.perf_counter() - t0
-    return Report(
+    seen: dict[str, list[Path]] = {"train": [], "val": []}
+    for piece in target.pieces:
+        part = plan_.seen.get(piece.path.name)
+        if part is not None:
+            seen[part].append(piece.path)
+    report = Report(
         model_name,
         plan_.split,
         score,
@@ -666,7 +699,12 @@ def evaluate(
         info,
         seconds,
         runtime,
+        seen=seen,
     )
+    warning = report.seen_warning()
+    if warning is not None and on_warning is not None:
+        on_warning(warning)
+    return report
 
 
 def scoring_runtime(artifact: Artifact) -> str:
@@ -704,6 +742,7 @@ def run_evaluation(
     progress_factory: Callable[[int], Any] | None = None,
     transposed_baseline: bool = False,
     compare: Sequence[str | Path] = (),
+    on_warning: Callable[[str], None] | None = None,
 ) -> Report:
     """``musicgend evaluate``: load the model, pick the files, score model and baselines,
     and every ``compare`` model on the same files (:class:`Comparison`).
@@ -757,6 +796,7 @@ def run_evaluation(
             progress_factory=progress_factory,
             transposed_baseline=transposed_baseline,
             head=pitch_head(artifact),
+            on_warning=on_warning,
         )
     finally:
         _close(predictor)

@@ -298,6 +298,53 @@ def test_evaluate_reports_every_readable_frame_and_skips_bad_files(tmp_path):
         evaluate("m", pred, vocab, prior, 50, 5, False, nothing)
 
 
+def test_pieces_named_like_the_models_training_pieces_are_counted_and_warned_about(tmp_path):
+    data = tmp_path / "data"
+    touch(data, "a.mid", "c.mid", "d.mid")
+    split = {"train": ["a.mid", "sub/b.mid"], "val": ["c.mid"], "test": ["d.mid"]}
+    art = fake_artifact(tmp_path, data, split)
+    assert plan(art, data).seen == {"a.mid": "train", "b.mid": "train", "c.mid": "val"}
+    assert plan(art, data, baselines=False).seen == plan(art, data).seen
+    assert plan(fake_artifact(tmp_path, data, None), data, "all", baselines=False).seen == {}
+
+    vocab, prior = make_vocab(), make_prior()
+    pred = FixedPredictor(np.array([0.1, 0.2, 0.4, 0.2, 0.1]))
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("a.mid", "b.mid", "c.mid", "x.mid"):
+        write_midi(other / name, [(C, 2), (F, 2)])
+    warnings: list[str] = []
+
+    def run(names: list[str], split_name: str = "all") -> dict:
+        the_plan = Plan(
+            [other / n for n in names], split_name, None, None, seen=plan(art, data).seen
+        )
+        report = evaluate(
+            "m", pred, vocab, prior, 50, 5, False, the_plan, on_warning=warnings.append
+        )
+        return report.to_json()
+
+    out = run(["a.mid", "b.mid", "c.mid", "x.mid"])
+    assert (out["in_training_split"], out["in_validation_split"]) == (2, 1)
+    assert warnings == [
+        f"3 of the 4 scored pieces share a file name with pieces the model was trained on (2) "
+        f"or validated on (1), e.g. {other / 'a.mid'}: the model was fit or tuned on them, so "
+        "these scores are optimistic"
+    ]
+    warnings.clear()
+    out = run(["x.mid"])
+    assert (out["in_training_split"], out["in_validation_split"]) == (0, 0) and warnings == []
+    run(["c.mid"])
+    assert warnings[0].startswith("the scored piece shares a file name with pieces the model")
+    assert "trained on (0) or validated on (1)" in warnings[0]
+    warnings.clear()
+    run(["a.mid", "c.mid"])
+    assert warnings[0].startswith("all 2 scored pieces share ")
+    warnings.clear()
+    # asking for the training (or validation) split itself is no surprise: counted, not warned
+    assert run(["a.mid"], "train")["in_training_split"] == 1 and warnings == []
+
+
 def test_top1_is_split_between_holds_and_changes():
     """Argmax C on C, C, F, F: right at frame 0 (a change from silence) and frame 1 (a hold);
     frame 2 changes to F (wrong), frame 3 holds F (wrong)."""

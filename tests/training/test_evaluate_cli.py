@@ -133,6 +133,32 @@ def test_evaluate_table_other_dir_bad_files_and_missing_training_data(trained, t
         moved.rename(data)
 
 
+def test_evaluate_warns_when_pieces_share_names_with_the_training_split(trained, tmp_path):
+    model, data = trained
+    other = tmp_path / "copies"
+    other.mkdir()
+    for name in ("p0.mid", "p1.mid", "p4.mid", "p5.mid"):  # train, train, val, test
+        (other / name).write_bytes((data / name).read_bytes())
+    run = cli("evaluate", "--model", model, other, "--json", "--runtime", "numpy")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["split"] == "all" and report["pieces"] == 4
+    assert (report["in_training_split"], report["in_validation_split"]) == (2, 1)
+    warning = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning == [
+        "warning: 3 of the 4 scored pieces share a file name with pieces the model was trained "
+        f"on (2) or validated on (1), e.g. {other / 'p0.mid'}: the model and its baselines were "
+        "fit or tuned on them, so these scores are optimistic"
+    ]
+    # the training data itself: its test split, nothing seen, no warning
+    run = cli("evaluate", "--model", model, data, "--json", "--runtime", "numpy")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["split"] == "test"
+    assert (report["in_training_split"], report["in_validation_split"]) == (0, 0)
+    assert "warning" not in run.stderr
+
+
 def test_evaluate_broken_model_gives_the_artifacts_error(trained, tmp_path):
     _, data = trained
     run = cli("evaluate", "--model", tmp_path / "nope", data, "--json")
