@@ -158,7 +158,9 @@ def main() -> None:
     predictor = load_predictor(artifact, args.runtime)
     fs = artifact.config.fs
     t0 = time.perf_counter()
-    corpus = reference_stats(args.data, fs)
+    corpus = reference_stats(
+        args.data, fs, lambda path, reason: print(f"skipped {path}: {reason}", file=sys.stderr)
+    )
     print(
         f"corpus: {corpus.pieces} pieces, {corpus.seconds:.0f} s "
         f"({time.perf_counter() - t0:.1f} s to read)",

@@ -425,6 +425,7 @@ def generate_cmd(
         params=params,
         runtime=runtime,
         stats_against=stats_against or (),
+        on_skip=lambda path, reason: print(f"skipped {path}: {reason}", file=sys.stderr),
     )
     if as_json:
         print(json.dumps(generation_report(gen, params), indent=1))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from musicgend.core.pianoroll import Note
+from musicgend.errors import CorpusError
 from musicgend.io.midifile import read_piece
 from musicgend.training.generate import (
     generate_file,
@@ -15,7 +17,7 @@ from musicgend.training.generate import (
     seed_prime_ids,
     write_midi,
 )
-from tests.conftest import run_musicgend
+from tests.conftest import run_musicgend, write_not_midi, write_truncated
 from tests.model.conftest import build_tiny, tiny_prior, tiny_vocab
 
 
@@ -102,6 +104,49 @@ def test_cli_generate_with_stats_against_a_corpus_and_plot(tiny_model, tmp_path)
     plotted = musicgend("plot", out, "-o", png)
     assert plotted.returncode == 0, plotted.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.tf
+def test_stats_against_reports_every_file_it_skips(tiny_model, tmp_path):
+    corpus = tmp_path / "corpus"
+    write_midi([frozenset({60, 64, 67})] * 10, corpus / "a.mid", 5)
+    (corpus / "empty.mid").write_bytes(b"")
+    write_not_midi(corpus / "notes.mid")
+    write_truncated(corpus / "cut.mid", corpus / "a.mid", 0.6)
+    out = tmp_path / "g.mid"
+    args = ["generate", "--model", tiny_model, "-o", out, "--seconds", "2", "--json"]
+    result = musicgend(*args, "--stats-against", corpus)
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert skipped == [
+        f"skipped {corpus / 'cut.mid'}: corrupt or truncated MIDI data (EOFError)",
+        f"skipped {corpus / 'empty.mid'}: empty file (0 bytes)",
+        f"skipped {corpus / 'notes.mid'}: not a MIDI file (no 'MThd' header)",
+    ]
+    report = json.loads(result.stdout)
+    assert report["corpus"]["pieces"] == 1
+    assert [s["path"] for s in report["corpus_skipped"]] == [
+        str(corpus / n) for n in ("cut.mid", "empty.mid", "notes.mid")
+    ]
+
+    # nothing readable: an error naming the count and the first reason, no file written
+    (corpus / "a.mid").unlink()
+    seen: list[tuple[Path, str]] = []
+    out = tmp_path / "never.mid"
+    with pytest.raises(CorpusError) as exc:
+        generate_file(
+            tiny_model, out, seconds=2, stats_against=[corpus], on_skip=lambda *a: seen.append(a)
+        )
+    assert str(exc.value) == (
+        f"none of the 3 MIDI files under {corpus} could be read "
+        f"(first: {corpus / 'cut.mid'}: corrupt or truncated MIDI data (EOFError))"
+    )
+    assert [p.name for p, _ in seen] == ["cut.mid", "empty.mid", "notes.mid"]
+    assert not out.exists()
+    (corpus / "cut.mid").unlink()
+    (corpus / "notes.mid").unlink()
+    with pytest.raises(CorpusError, match=r"^the only MIDI file under .* can't be read \("):
+        generate_file(tiny_model, out, seconds=2, stats_against=[corpus])
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -64,6 +64,8 @@ class Generation:
     runtime: str
     elapsed_s: float
     corpus: MusicStats | None = field(default=None)
+    corpus_skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """``--stats-against`` files that could not be read, with the reasons."""
 
 
 def seed_prime_ids(vocab: Vocab, window_frames: int, seed: int) -> list[int]:
@@ -165,13 +167,33 @@ def write_midi(frames: Sequence[PitchSet], path: str | Path, fs: int, name: str 
     return path
 
 
-def reference_stats(midi_dirs: Sequence[str | Path], fs: int) -> MusicStats:
-    """Pooled statistics of every readable MIDI file under ``midi_dirs``."""
-    pieces = [
-        p for p in iter_pieces(find_midi_files(midi_dirs), fs) if not isinstance(p, Exception)
-    ]
+def reference_stats(
+    midi_dirs: Sequence[str | Path],
+    fs: int,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> MusicStats:
+    """Pooled statistics of every readable MIDI file under ``midi_dirs``; ``on_skip`` gets
+    each file that can't be read, with the reason."""
+    files = find_midi_files(midi_dirs)
+    pieces = []
+    skipped: list[tuple[Path, str]] = []
+    for p in iter_pieces(files, fs):
+        if isinstance(p, MidiFileError):
+            path = Path(str(p.path))
+            skipped.append((path, p.reason))
+            if on_skip is not None:
+                on_skip(path, p.reason)
+        else:
+            pieces.append(p)
     if not pieces:
-        raise CorpusError(f"no readable MIDI file under {', '.join(map(str, midi_dirs))}")
+        path, reason = skipped[0]
+        where = ", ".join(map(str, midi_dirs))
+        if len(files) == 1:
+            raise CorpusError(f"the only MIDI file under {where} can't be read ({path}: {reason})")
+        raise CorpusError(
+            f"none of the {len(files)} MIDI files under {where} could be read "
+            f"(first: {path}: {reason})"
+        )
     return corpus_stats((p.frames for p in pieces), fs)
 
 
@@ -232,15 +254,25 @@ def generate_file(
     params: SamplerParams | None = None,
     runtime: str = "auto",
     stats_against: Sequence[str | Path] = (),
+    on_skip: Callable[[Path, str], None] | None = None,
 ) -> Generation:
-    """Generate ``seconds`` of music with a model artifact and write it to ``out``."""
+    """Generate ``seconds`` of music with a model artifact and write it to ``out``.
+
+    ``on_skip`` gets each ``stats_against`` file that can't be read, with the reason."""
     from musicgend.model.runtime import load_predictor
 
     if not seconds > 0:
         raise ModelError(f"--seconds must be positive, got {seconds}")
     artifact = model if isinstance(model, Artifact) else load_artifact(model)
     cfg = artifact.config
-    corpus = reference_stats(stats_against, cfg.fs) if stats_against else None
+    corpus_skipped: list[tuple[Path, str]] = []
+
+    def skip(path: Path, reason: str) -> None:
+        corpus_skipped.append((path, reason))
+        if on_skip is not None:
+            on_skip(path, reason)
+
+    corpus = reference_stats(stats_against, cfg.fs, skip) if stats_against else None
     predictor = load_predictor(artifact, runtime)
     n_frames = max(1, round(seconds * cfg.fs))
 
@@ -261,6 +293,7 @@ def generate_file(
         runtime=predictor.runtime,
         elapsed_s=elapsed_s,
         corpus=corpus,
+        corpus_skipped=corpus_skipped,
     )
 
 
@@ -300,6 +333,7 @@ def generation_report(gen: Generation, params: SamplerParams) -> dict[str, objec
     }
     if gen.corpus is not None:
         report["corpus"] = gen.corpus.to_dict()
+        report["corpus_skipped"] = [{"path": str(p), "reason": r} for p, r in gen.corpus_skipped]
         report["ratios"] = ratios(gen.stats, gen.corpus)
         report["goals"] = goals(gen.stats, gen.corpus)
     return report
