@@ -33,6 +33,7 @@ from musicgend.core.musicstats import (  # noqa: E402
 from musicgend.core.sampler import SamplerParams  # noqa: E402
 from musicgend.model.artifact import load_artifact  # noqa: E402
 from musicgend.model.runtime import load_predictor  # noqa: E402
+from musicgend.text import count  # noqa: E402
 from musicgend.training.generate import generate_frames, reference_stats  # noqa: E402
 
 
@@ -162,7 +163,7 @@ def main() -> None:
         args.data, fs, lambda path, reason: print(f"skipped {path}: {reason}", file=sys.stderr)
     )
     print(
-        f"corpus: {corpus.pieces} pieces, {corpus.seconds:.0f} s "
+        f"corpus: {count(corpus.pieces, 'piece')}, {corpus.seconds:.0f} s "
         f"({time.perf_counter() - t0:.1f} s to read)",
         flush=True,
     )

@@ -74,3 +74,8 @@ def test_ratios_goals_and_table():
     table = format_comparison(scattered, corpus)
     assert "short_note_share" in table and "MISS" in table and "corpus: 2 pieces" in table
     assert "corpus" not in format_comparison(scattered).splitlines()[0]
+    one = format_comparison(frame_stats([{60}] * 5), corpus_stats([[{60}] * 5]))
+    assert one.splitlines()[-2:] == [
+        "generated: 1.0 s, 1 note, C major / A minor",
+        "corpus: 1 piece, 1 s, 1 note",
+    ]

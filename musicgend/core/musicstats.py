@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from musicgend.text import count
+
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 PITCH_CLASS_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 SCALES = np.array(
@@ -224,9 +226,12 @@ def format_comparison(generated: MusicStats, reference: MusicStats | None = None
         rows = [row[:2] for row in rows]  # type: ignore[misc]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append(f"generated: {generated.seconds:.1f} s, {generated.notes} notes, {generated.key}")
+    lines.append(
+        f"generated: {generated.seconds:.1f} s, {count(generated.notes, 'note')}, {generated.key}"
+    )
     if reference is not None:
         lines.append(
-            f"corpus: {reference.pieces} pieces, {reference.seconds:.0f} s, {reference.notes} notes"
+            f"corpus: {count(reference.pieces, 'piece')}, {reference.seconds:.0f} s, "
+            f"{count(reference.notes, 'note')}"
         )
     return "\n".join(line.rstrip() for line in lines)

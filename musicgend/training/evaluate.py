@@ -56,6 +56,7 @@ from musicgend.core.vocab import UNK_ID, Vocab
 from musicgend.core.window import pitch_windows, training_windows
 from musicgend.errors import CorpusError, MidiFileError, ModelError
 from musicgend.io.midifile import Piece, find_midi_files, iter_pieces
+from musicgend.text import count, none_could_be_read
 from musicgend.training.ngram import (
     FrameStats,
     KneserNey,
@@ -429,10 +430,12 @@ def _split_files(root: Path, names: Iterable[str], what: str) -> list[Path]:
     files = [root / n for n in names]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise CorpusError(
-            f"{len(missing)} of the {len(files)} {what} files are missing under {root} "
-            f"(first: {missing[0]})"
-        )
+        n, k = len(files), len(missing)
+        if k == n:
+            which = f"the {what} file is" if n == 1 else f"all {n} {what} files are"
+        else:
+            which = f"{k} of the {n} {what} files {'is' if k == 1 else 'are'}"
+        raise CorpusError(f"{which} missing under {root} (first: {missing[0]})")
     return files
 
 
@@ -637,10 +640,8 @@ def evaluate(
     target = read_pieces(plan_.files, vocab, prior, fs, first_track_only, on_skip)
     seconds["read"] = time.perf_counter() - t0
     if not target.pieces:
-        raise CorpusError(
-            f"none of the {len(plan_.files)} files could be read "
-            f"(first: {target.skipped[0][0]}: {target.skipped[0][1]})"
-        )
+        path, reason = target.skipped[0]
+        raise CorpusError(none_could_be_read(len(plan_.files), f"{path}: {reason}"))
     frames = target.frames
     oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / frames
 
@@ -827,7 +828,10 @@ def score_other(
     cfg = artifact.config
     target = read_pieces(files, artifact.vocab, artifact.pitch_prior, cfg.fs, cfg.first_track_only)
     if not target.pieces:
-        raise CorpusError(f"none of the {len(files)} files could be read")
+        path, reason = target.skipped[0]
+        raise CorpusError(
+            f"--compare {name}: {none_could_be_read(len(files), f'{path}: {reason}')}"
+        )
     predictor = load_predictor(
         artifact, scoring_runtime(artifact) if runtime == "auto" else runtime
     )
@@ -875,14 +879,16 @@ def _pct(share: float | None) -> str:
 def _summary(report: Report) -> list[str]:
     lines = [
         f"model {report.model} ({report.runtime or 'default runtime'}), split: {report.split}",
-        f"{report.pieces} pieces, {report.score.frames} frames, "
-        f"{100 * report.oov_rate:.1f} % unknown chords, {len(report.skipped)} files skipped",
+        f"{count(report.pieces, 'piece')}, {count(report.score.frames, 'frame')}, "
+        f"{100 * report.oov_rate:.1f} % unknown chords, {count(len(report.skipped), 'file')} "
+        "skipped",
     ]
     if report.baseline_info:
         b = report.baseline_info
         lines.append(
-            f"baselines fit on {b['train_pieces']} training pieces ({b['train_frames']} frames), "
-            f"lambda tuned on {b['val_pieces']} validation pieces ({b['val_frames']} frames)"
+            f"baselines fit on {count(b['train_pieces'], 'training piece')} "
+            f"({count(b['train_frames'], 'frame')}), lambda tuned on "
+            f"{count(b['val_pieces'], 'validation piece')} ({count(b['val_frames'], 'frame')})"
         )
     ratio = report.nll_ratio
     if ratio is not None:

@@ -51,6 +51,7 @@ from musicgend.core.spelling import PitchPrior
 from musicgend.core.vocab import SILENCE_ID, UNK, UNK_ID, Vocab
 from musicgend.errors import ModelError, VocabError
 from musicgend.model.config import ModelConfig
+from musicgend.text import count
 
 if TYPE_CHECKING:  # pragma: no cover
     from musicgend.model.artifact import Artifact
@@ -234,10 +235,12 @@ def model_card(meta: Mapping[str, Any]) -> str:
         f"- Created by musicgend on {meta.get('started', '?')}, {meta.get('device', '?')}",
         "",
         "## Vocabulary",
-        f"The base's {ft['base_vocab_size']} tokens keep their ids; {ft['added_tokens']} chords "
-        f"seen at least {ft['new_token_min_count']} times in the training pieces were added "
-        f"({ft['vocab_size']} tokens), their rows initialised from `<unk>`"
-        + (f": {shown}." if added else "."),
+        f"The base's {ft['base_vocab_size']} tokens keep their ids; "
+        f"{count(ft['added_tokens'], 'chord')} seen at least "
+        f"{count(ft['new_token_min_count'], 'time')} in the training pieces "
+        f"{'was' if ft['added_tokens'] == 1 else 'were'} added "
+        f"({ft['vocab_size']} tokens), {'its row' if ft['added_tokens'] == 1 else 'their rows'} "
+        "initialised from `<unk>`" + (f": {shown}." if added else "."),
         f"Pitch prior (spelling of unknown chords): {ft['pitch_prior']}.",
         "",
         "## Training",

@@ -37,6 +37,7 @@ from musicgend.core.window import RollingWindow, WindowReader
 from musicgend.errors import CorpusError, MidiFileError, ModelError
 from musicgend.io.midifile import find_midi_files, iter_pieces, read_piece
 from musicgend.model.artifact import Artifact, load_artifact
+from musicgend.text import none_could_be_read
 
 if TYPE_CHECKING:  # pragma: no cover
     from musicgend.model.runtime import Predictor
@@ -187,13 +188,8 @@ def reference_stats(
             pieces.append(p)
     if not pieces:
         path, reason = skipped[0]
-        where = ", ".join(map(str, midi_dirs))
-        if len(files) == 1:
-            raise CorpusError(f"the only MIDI file under {where} can't be read ({path}: {reason})")
-        raise CorpusError(
-            f"none of the {len(files)} MIDI files under {where} could be read "
-            f"(first: {path}: {reason})"
-        )
+        where = f" under {', '.join(map(str, midi_dirs))}"
+        raise CorpusError(none_could_be_read(len(files), f"{path}: {reason}", "MIDI file", where))
     return corpus_stats((p.frames for p in pieces), fs)
 
 

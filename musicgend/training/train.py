@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from musicgend.errors import ConfigError, CorpusError, TrainingError
 from musicgend.model.config import ModelConfig, preset
 from musicgend.progress import is_tty, progress
+from musicgend.text import count
 from musicgend.training.dataset import (
     AUGMENT_MODES,
     Split,
@@ -630,7 +631,7 @@ def train(
             lineage = finetune.lineage(options.data_dir, command)
             lineage["val_nll_before"], lineage["val_top1_before"] = loop.evaluate(data.val)
             print(
-                f"fine-tuning {finetune.base.path}: {len(finetune.added)} chords added "
+                f"fine-tuning {finetune.base.path}: {count(len(finetune.added), 'chord')} added "
                 f"to its {len(finetune.base.vocab)} tokens; validation NLL before "
                 f"{lineage['val_nll_before']:.4f}",
                 file=stream,
@@ -771,7 +772,7 @@ def train(
 
         if stopped_early:
             print(
-                f"early stop: validation NLL has not improved for {bad_epochs} epochs",
+                f"early stop: validation NLL has not improved for {count(bad_epochs, 'epoch')}",
                 file=stream,
                 flush=True,
             )
@@ -862,7 +863,8 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
     if result.fine_tune is not None:
         ft = result.fine_tune
         where = (
-            f"{where} (fine-tuned from {ft['base_model']}, {ft['added_tokens']} chords added; "
+            f"{where} (fine-tuned from {ft['base_model']}, "
+            f"{count(ft['added_tokens'], 'chord')} added; "
             f"val NLL before {ft['val_nll_before']:.4f})"
         )
     return (

@@ -224,7 +224,20 @@ def test_plan_names_what_the_baselines_miss(tmp_path):
     partial = tmp_path / "partial"
     touch(partial, "a.mid")
     problem = plan(gone, other, train_data=partial).baseline_problem
-    assert problem is not None and "validation-split" in problem and "c.mid" in problem
+    assert problem is not None
+    assert f"the validation-split file is missing under {partial} (first: {partial / 'c.mid'})" in (
+        problem
+    )
+    split3 = {"train": ["a.mid", "b.mid", "e.mid"], "val": ["c.mid"], "test": ["d.mid"]}
+    problem = plan(fake_artifact(tmp_path, partial, split3), other).baseline_problem or ""
+    assert "2 of the 3 training-split files are missing" in problem
+    touch(partial, "b.mid")
+    problem = plan(fake_artifact(tmp_path, partial, split3), other).baseline_problem or ""
+    assert "1 of the 3 training-split files is missing" in problem
+    bare = tmp_path / "bare"
+    touch(bare, "c.mid")
+    problem = plan(fake_artifact(tmp_path, bare, split3), other).baseline_problem or ""
+    assert "all 3 training-split files are missing" in problem
     nosplit = fake_artifact(tmp_path, copy, None)
     assert "no saved train/val split" in (plan(nosplit, other).baseline_problem or "")
     with pytest.raises(CorpusError, match="no saved train/val/test split"):
@@ -294,8 +307,18 @@ def test_evaluate_reports_every_readable_frame_and_skips_bad_files(tmp_path):
     assert more.baseline_info["transposed_train_frames"] == 12 * 10  # 12 keys × 10 frames
     assert more.baselines["kn5_repeat"] == report.baselines["kn5_repeat"]
     nothing = Plan([tmp_path / "bad.mid"], "all", None, None)
-    with pytest.raises(CorpusError, match="none of the 1 files"):
+    with pytest.raises(CorpusError) as exc:
         evaluate("m", pred, vocab, prior, 50, 5, False, nothing)
+    assert (
+        str(exc.value) == f"the only file can't be read ({tmp_path / 'bad.mid'}: {skipped[0][1]})"
+    )
+    nothing = Plan([tmp_path / "bad.mid", tmp_path / "text.mid"], "all", None, None)
+    with pytest.raises(CorpusError, match=r"^none of the 2 files could be read \(first: .*bad.mid"):
+        evaluate("m", pred, vocab, prior, 50, 5, False, nothing)
+    one = Plan([tmp_path / "b.mid"], "all", None, None)
+    out = io.StringIO()
+    render_report(evaluate("m", pred, vocab, prior, 50, 5, False, one), out)
+    assert "1 piece, 6 frames, 0.0 % unknown chords, 0 files skipped" in out.getvalue()
 
 
 def test_pieces_named_like_the_models_training_pieces_are_counted_and_warned_about(tmp_path):

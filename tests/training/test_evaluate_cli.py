@@ -106,7 +106,7 @@ def test_evaluate_table_other_dir_bad_files_and_missing_training_data(trained, t
     assert run.returncode == 0, run.stderr
     assert "skipped" in run.stderr and "broken.mid" in run.stderr
     assert "kn5_repeat" in run.stdout and "split: all" in run.stdout
-    assert "1 pieces, 5 frames" in run.stdout
+    assert "1 piece, 5 frames, " in run.stdout and ", 1 file skipped" in run.stdout
 
     # The baselines need the training pieces: a moved corpus is named, with the way out.
     moved = tmp_path / "moved"

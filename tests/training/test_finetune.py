@@ -19,7 +19,7 @@ from musicgend.core.vocab import UNK_ID, Vocab
 from musicgend.errors import CorpusError, ModelError, TrainingError
 from musicgend.model.artifact import METADATA_JSON, VOCAB_JSON, load_artifact
 from musicgend.model.config import ModelConfig
-from musicgend.training.finetune import MODEL_CARD, extend_vocab, extend_weights
+from musicgend.training.finetune import MODEL_CARD, extend_vocab, extend_weights, model_card
 from musicgend.training.train import TrainOptions, cli_train, train
 from tests.conftest import run_musicgend, write_chords
 
@@ -304,3 +304,34 @@ def test_a_model_reading_pitches_keeps_its_weights_as_they_are() -> None:
     assert set(grown) == set(arrays) and "embedding" not in grown
     for name, value in arrays.items():
         np.testing.assert_array_equal(grown[name], value)
+
+
+@pytest.mark.parametrize(
+    ("added", "expected"),
+    [
+        (
+            ["60.64"],
+            "1 chord seen at least 1 time in the training pieces was added (11 tokens), its row",
+        ),
+        (
+            ["60.64", "62.65"],
+            "2 chords seen at least 1 time in the training pieces were added (12 tokens), their "
+            "rows",
+        ),
+    ],
+)
+def test_model_card_counts_in_the_right_number(added: list[str], expected: str) -> None:
+    ft = {
+        "base_model": "base",
+        "data_dir": "data",
+        "base_model_sha256": "0" * 64,
+        "base_config": "roll",
+        "base_vocab_size": 10,
+        "base_vocab_hash": "f" * 64,
+        "added_tokens": len(added),
+        "added_token_list": added,
+        "new_token_min_count": 1,
+        "vocab_size": 10 + len(added),
+        "pitch_prior": "blended",
+    }
+    assert expected in model_card({"fine_tune": ft})
