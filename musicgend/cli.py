@@ -1,7 +1,8 @@
 """The ``musicgend`` command line. Thin: parse, load config, call into the package.
 
-Every :class:`~musicgend.errors.MusicgendError` becomes one ``error: …`` line on stderr and
-exit code 1; usage errors exit 2 (typer's convention).
+Every :class:`~musicgend.errors.MusicgendError`, and any ``OSError`` the system raises
+(a full disk, a permission), becomes one ``error: …`` line on stderr and exit code 1; usage
+errors exit 2 (typer's convention).
 """
 
 from __future__ import annotations
@@ -236,10 +237,10 @@ def train_cmd(
 
     With --from BASE_MODEL: fine-tune BASE_MODEL on the corpus instead.
     """
-    from musicgend.outputs import ensure_dir
+    from musicgend.outputs import check_dir
     from musicgend.training.train import cli_train
 
-    ensure_dir(out.absolute().parent, "parent directory of --out")
+    check_dir(out.absolute().parent, "parent directory of --out")
     given = {
         "data_dir": data,
         "epochs": epochs,
@@ -319,6 +320,7 @@ def evaluate_cmd(
     compare: Annotated[
         list[Path] | None,
         typer.Option(
+            metavar="MODEL_DIR",
             help="Also score this model on the same files (e.g. the base of a fine-tune); "
             "repeatable.",
         ),
@@ -394,7 +396,9 @@ def generate_cmd(
     ),
     stats_against: Annotated[
         list[Path] | None,
-        typer.Option(help="MIDI directory: print its statistics and the ratios too."),
+        typer.Option(
+            metavar="MIDI_DIR", help="MIDI directory: print its statistics and the ratios too."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -629,9 +633,10 @@ def run_cmd(
     from musicgend.service.runtime import DaemonInfo, StopWatchdog, raise_priority, run_daemon
 
     if metrics_out is not None:
-        from musicgend.outputs import check_output_file
+        from musicgend.outputs import check_dir, check_output_file
 
         check_output_file(metrics_out, what="metrics file")
+        check_dir(metrics_out.absolute().parent, for_path=metrics_out, create=True)
     raise_priority()  # first: a busy core doesn't hold up the start-up imports and the ports
     from musicgend.config import load_config
 
@@ -720,14 +725,13 @@ def bench_cmd(
     import json
 
     from musicgend.config import BUNDLED_MODEL_DIR
-    from musicgend.outputs import ensure_dir
+    from musicgend.outputs import check_dir
     from musicgend.service.bench import format_summary, run_bench, save_result
 
-    ensure_dir(out_dir, "results directory")
+    check_dir(out_dir, "results directory", create=True)
     result = run_bench(model or BUNDLED_MODEL_DIR, frames)
-    path = save_result(result, out_dir)
-    print(json.dumps(result, indent=1) if as_json else format_summary(result))
-    print(f"saved {path}", file=sys.stderr)
+    print(json.dumps(result, indent=1) if as_json else format_summary(result), flush=True)
+    print(f"saved {save_result(result, out_dir)}", file=sys.stderr)
 
 
 @bench_app.command("soak")
@@ -750,10 +754,10 @@ def bench_soak_cmd(
     import json
 
     from musicgend.config import BUNDLED_MODEL_DIR
-    from musicgend.outputs import ensure_dir
+    from musicgend.outputs import check_dir
     from musicgend.service.soak import SoakOptions, format_summary, soak
 
-    ensure_dir(out_dir, "results directory")
+    check_dir(out_dir, "results directory", create=True)
     report, path = soak(SoakOptions(model or BUNDLED_MODEL_DIR, minutes), out_dir)
     print(json.dumps(report, indent=1) if as_json else format_summary(report))
     print(f"saved {path} and {path.with_suffix('.png').name}", file=sys.stderr)

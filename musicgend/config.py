@@ -133,7 +133,7 @@ class EngineSettings(_Section):
     mode: Literal["accompany", "call-response", "solo"] = "accompany"
     temperature: float = Field(1.0, gt=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=1_000_000)
     """0 = no top-k cut."""
     density: float = Field(1.0, ge=0, le=1)
     """1 = play as the model samples; lower values thin the output out."""

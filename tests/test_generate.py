@@ -165,6 +165,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "x.mid").exists() and not (tmp_path / "j.png").exists()
 
 
+@pytest.mark.tf
 def test_cli_outputs_are_checked_before_the_work(tiny_model, tmp_path):
     prime = tmp_path / "prime.mid"
     write_midi([frozenset({60, 64, 67})] * 10, prime, 5)
@@ -200,6 +201,11 @@ def test_cli_outputs_are_checked_before_the_work(tiny_model, tmp_path):
         assert refused.returncode == 1
         assert f"can't draw a {bad.suffix} picture" in refused.stderr
     assert prime.read_bytes() == before and not (tmp_path / "roll.txt").exists()
+    odd = tmp_path / "odd.svg"  # a MIDI file with a picture's name is still an input
+    odd.write_bytes(before)
+    itself = musicgend("plot", odd, "-o", odd)
+    assert itself.returncode == 1 and "is also an input" in itself.stderr
+    assert odd.read_bytes() == before
     # vocab build never writes over one of the pieces it reads
     vocab = musicgend("vocab", "build", tmp_path, "-o", prime)
     assert vocab.returncode == 1 and "is also an input" in vocab.stderr

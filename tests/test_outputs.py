@@ -5,24 +5,26 @@ from __future__ import annotations
 import pytest
 
 from musicgend.errors import OutputError
-from musicgend.outputs import check_output_file, ensure_dir
+from musicgend.outputs import check_dir, check_output_file
 
 
-def test_ensure_dir_creates_and_names_a_file_in_the_way(tmp_path):
-    made = ensure_dir(tmp_path / "a" / "b")
+def test_check_dir_creates_only_when_asked_and_names_a_file_in_the_way(tmp_path):
+    checked = check_dir(tmp_path / "a" / "b")
+    assert checked == tmp_path / "a" / "b" and not (tmp_path / "a").exists()
+    made = check_dir(tmp_path / "a" / "b", create=True)
     assert made.is_dir()
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match=r"f is a file, not a directory"):
-        ensure_dir(tmp_path / "f" / "sub")
+        check_dir(tmp_path / "f" / "sub")
     with pytest.raises(OutputError, match=r"^.*/out\.json: .*f is a file"):
-        ensure_dir(tmp_path / "f" / "sub", for_path=tmp_path / "f" / "sub" / "out.json")
+        check_dir(tmp_path / "f" / "sub", for_path=tmp_path / "f" / "sub" / "out.json")
 
 
 def test_check_output_file(tmp_path):
     target = check_output_file(tmp_path / "new" / "x.mid")
-    assert target.parent.is_dir() and not target.exists()
+    assert target == tmp_path / "new" / "x.mid" and not (tmp_path / "new").exists()
     with pytest.raises(OutputError, match="is a directory; give the picture a file name"):
-        check_output_file(tmp_path / "new", what="picture")
+        check_output_file(tmp_path, what="picture")
     source = tmp_path / "in.mid"
     source.write_bytes(b"MThd")
     link = tmp_path / "link.mid"

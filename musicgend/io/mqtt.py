@@ -107,7 +107,7 @@ class SetCommand(_Command):
     top_p: float | None = Field(None, gt=0, le=1)
     density: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
     hold_bias: float | None = Field(None, ge=-10, le=10)
     scale_penalty: float | None = Field(None, ge=0, le=1)
     short_note_penalty: float | None = Field(None, ge=0, le=1)
@@ -175,8 +175,8 @@ def parse_command(payload: bytes) -> Command:
         ) from None
     except RecursionError:
         raise CommandError("payload is not usable JSON (nested too deeply)") from None
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-        raise CommandError(f"payload is not usable JSON ({exc})") from None
+    except ValueError:  # an integer of more than 4,300 digits
+        raise CommandError("payload is not usable JSON (a number with too many digits)") from None
     if not isinstance(data, dict):
         raise CommandError(f"command must be a JSON object, got {type(data).__name__}")
     action = data.get("action")

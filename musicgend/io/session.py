@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from musicgend.errors import SessionError
+from musicgend.text import count
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def read_journal(path: Path | str) -> Journal:
             torn_tail=torn,
         )
         _utc(journal.start_unix_ns)  # a start time a date can hold
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, OSError) as exc:
         raise SessionError(f"{path}:1: bad header: {_reason(exc)}") from exc
     for lineno, line in enumerate(complete[1:], start=2):
         if not line.strip():
@@ -452,8 +453,8 @@ def _track(name: str, events: Iterable[JournalEvent], end_tick: int) -> tuple[An
         track.append(msg.copy(time=tick - prev_tick))
         prev_tick = tick
         written += 1
-    for (channel, note), count in sorted(sounding.items()):
-        for _ in range(count):
+    for (channel, note), n_on in sorted(sounding.items()):
+        for _ in range(n_on):
             track.append(
                 mido.Message(
                     "note_off", channel=channel, note=note, velocity=0, time=last_tick - prev_tick
@@ -543,15 +544,16 @@ class SessionSummary:
             for n, reason in self.bad_lines[:first]
         ]
         if len(self.bad_lines) > first:
-            notes.append(f"... and {len(self.bad_lines) - first} more unreadable lines")
+            more = count(len(self.bad_lines) - first, "more unreadable line")
+            notes.append(f"... and {more}")
         return notes
 
 
 def bad_lines_summary(bad: Sequence[tuple[int, str]], first: int = 5) -> str:
     """How many unreadable journal lines were skipped, and the numbers of the first few."""
     numbers = ", ".join(str(n) for n, _ in bad[:first]) + (", ..." if len(bad) > first else "")
-    plural = "s" if len(bad) != 1 else ""
-    return f"{len(bad)} unreadable journal line{plural} skipped: line{plural} {numbers}"
+    lines = "lines" if len(bad) != 1 else "line"
+    return f"{count(len(bad), 'unreadable journal line')} skipped: {lines} {numbers}"
 
 
 def _finalize(directory: Path, recovered: bool) -> SessionSummary:

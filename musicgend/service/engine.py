@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 ECHO_WINDOW_NS = 30_000_000
 FIRST_FRAME_LEAD_NS = 50_000_000
 LATENCY_SAMPLES = 20_000
+MAX_TOP_K = 1_000_000
+"""``top_k`` at most (any value above the vocabulary's size keeps every chord)."""
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -183,8 +185,8 @@ class EngineParams:
             raise ValueError(f"temperature must be in (0, 10], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [0, {MAX_TOP_K}], got {self.top_k}")
         if not 0.0 <= self.density <= 1.0:
             raise ValueError(f"density must be in [0, 1], got {self.density}")
         if not -10.0 <= self.hold_bias <= 10.0:
@@ -233,11 +235,14 @@ class EngineParams:
 def _number(name: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    return kind(value)
+    try:
+        return kind(value)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range ({len(str(value))} digits)") from None
 
 
 CC_PARAMS = ("temperature", "top_p", "top_k", "density", "hold_bias", "mode")
@@ -572,8 +577,8 @@ class FrameCore:
             messages = self.voicer.release()
         if params.density != self.params.density:
             self.voicer.configure(replace(self.voicer.settings, density=params.density))
-        if params.seed != self.params.seed and params.seed is not None:
-            self._rng = random.Random(params.seed)
+        if params.seed != self.params.seed:
+            self._rng = random.Random(params.seed)  # None: seeded from the OS again
         self.params = params
         self.version += 1
         if self.on_params is not None:
@@ -1167,27 +1172,36 @@ class Engine:
         self._schedule()
 
     def set_params(self, **params: Any) -> None:
+        """Apply parameter changes (and ``bpm``) together: one that is refused (ValueError)
+        leaves everything as it was."""
         bpm = params.pop("bpm", None)
-        if bpm is not None:
-            self.set_bpm(bpm)
-        if params:
-            with self.lock:
+        frame_ns = None if bpm is None else self._frame_ns_for(bpm)
+        with self.lock:
+            if params:
                 self._emit(self.core.set_params(**params))
+            if frame_ns is not None:
+                self._set_frame_ns(frame_ns)
         self._schedule()
 
     def set_bpm(self, bpm: Any) -> None:
         """Internal clock: frames of ``ticks_per_frame`` ticks at ``bpm`` from the next frame
         on. With MIDI clock the band's tempo rules: ValueError."""
+        frame_ns = self._frame_ns_for(bpm)
+        with self.lock:
+            self._set_frame_ns(frame_ns)
+
+    def _frame_ns_for(self, bpm: Any) -> int:
+        """The frame length for ``bpm``, checked (ValueError) without changing anything."""
         if self.follower is not None:
             raise ValueError("bpm follows the incoming MIDI clock (clock source 'midi')")
-        if isinstance(bpm, bool) or not isinstance(bpm, int | float):
-            raise ValueError(f"bpm must be a number, got {bpm!r}")
-        frame_ns = frame_ns_for_bpm(float(bpm), self.ticks_per_frame)
-        grid = self.core.grid
-        if not isinstance(grid, FrameGrid):
+        if not isinstance(self.core.grid, FrameGrid):
             raise ValueError("this engine's frame grid has a fixed tempo")
-        with self.lock:
-            grid.set_frame_ns(frame_ns, from_frame=self.core.next_frame)
+        return frame_ns_for_bpm(_number("bpm", bpm, float), self.ticks_per_frame)
+
+    def _set_frame_ns(self, frame_ns: int) -> None:
+        grid = self.core.grid
+        assert isinstance(grid, FrameGrid)
+        grid.set_frame_ns(frame_ns, from_frame=self.core.next_frame)
 
     def clock_status(self) -> dict[str, Any]:
         follower = self.follower

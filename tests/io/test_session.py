@@ -32,6 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 MUSICGEND = [sys.executable, "-m", "musicgend"]
 
 
+def recover_cli(session: Path) -> subprocess.CompletedProcess[str]:
+    """``musicgend session recover SESSION`` as a user runs it."""
+    return subprocess.run(
+        [*MUSICGEND, "session", "recover", str(session)], capture_output=True, text=True, cwd=REPO
+    )
+
+
 def track_events(path: Path, name: str) -> list[tuple[float, bytes]]:
     """(time in ms since start, bytes) of every channel/sysex message on track ``name``."""
     midi = mido.MidiFile(str(path))
@@ -164,12 +171,7 @@ def test_cli_recover_reports_the_skipped_lines(tmp_path: Path) -> None:
     lines = record_numbered(session, 3)
     bad = [*lines[:3], "{not json\n", *lines[3:-1]]  # and no end line: killed
     (session / JOURNAL_NAME).write_text("".join(bad))
-    result = subprocess.run(
-        [*MUSICGEND, "session", "recover", str(session)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = recover_cli(session)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(
         "no clean stop (1 unreadable journal line skipped: line 4)"
@@ -188,12 +190,7 @@ def test_a_bad_header_is_still_refused(tmp_path: Path) -> None:
 
 
 def test_recover_refuses_a_directory_without_journal(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*MUSICGEND, "session", "recover", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = recover_cli(tmp_path)
     assert result.returncode == 1
     expected = f"error: {tmp_path}: no journal.jsonl (not a session directory?)"
     assert result.stderr.strip() == expected
@@ -261,12 +258,7 @@ def test_a_sigkilled_session_is_recovered_by_the_cli(tmp_path: Path) -> None:
     proc.wait()
     proc.stdout.close()
 
-    result = subprocess.run(
-        [*MUSICGEND, "session", "recover", str(session)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = recover_cli(session)
     assert result.returncode == 0, result.stderr
     assert "no clean stop" in result.stdout
 

@@ -99,6 +99,15 @@ def test_engine_control_interface() -> None:
         assert await asyncio.to_thread(clock.wait_waiting, 2 * F)
         engine.set_params(mode="solo", temperature=0.5)
         assert engine.status()["params"]["temperature"] == 0.5
+        # a refused set changes nothing, the tempo included
+        frame_ns = core.grid.frame_ns
+        for bad in ({"top_k": 10**400}, {"temperature": 0}, {"top_k": -1}):
+            with pytest.raises(ValueError):
+                engine.set_params(bpm=100, **bad)
+        with pytest.raises(ValueError, match="bpm"):
+            engine.set_params(bpm=1000, temperature=0.7)
+        assert core.grid.frame_ns == frame_ns
+        assert engine.status()["params"]["temperature"] == 0.5
         engine.panic()
         panic = out.messages()[-32:]
         assert {(s & 0xF0, d1) for s, d1, _ in panic} == {(0xB0, 64), (0xB0, 123)}

@@ -200,13 +200,22 @@ def test_parameters_take_their_whole_documented_range() -> None:
         default_sampler(bias)
         pitch_sampler(pitch_model([{60}])[0], bias)
     assert params.updated(seed=2**63 - 1).seed == 2**63 - 1  # exact, not through a float
-    assert params.updated(top_k=10**30).top_k == 10**30
+    assert params.updated(top_k=10**6).top_k == 10**6
     assert params.updated(seed=3).updated(seed=None).seed is None
+    core, _ = make_core([C])
+    core.set_params(seed=3)
+    seeded = core._rng
+    core.set_params(seed=None)  # the voicer's draws are unseeded again too
+    assert core._rng is not seeded and core.params.seed is None
     assert params.updated(top_k=4.0).top_k == 4
     with pytest.raises(ValueError, match="must be an integer"):
         params.updated(top_k=4.5)
     with pytest.raises(ValueError, match="finite"):
         params.updated(temperature=float("nan"))
+    with pytest.raises(ValueError, match="out of range"):
+        params.updated(temperature=10**400)
+    with pytest.raises(ValueError, match="top_k must be in"):
+        params.updated(top_k=10**7)
 
 
 def test_model_swap_happens_at_a_frame_boundary_with_note_offs() -> None:
