@@ -625,8 +625,8 @@ def run_cmd(
     --clock midi.
 
     With no JACK server and no ALSA sequencer a private JACK server (dummy driver) is
-    started. SIGTERM/SIGINT: all notes off, session written, exit 0 (70 if the clean-up
-    after that hung; the log then has every thread's stack). SIGUSR1: panic.
+    started. SIGTERM/SIGINT/SIGHUP/SIGQUIT: all notes off, session written, exit 0 (70 if
+    the clean-up after that hung; the log then has every thread's stack). SIGUSR1: panic.
     """
     import logging
 

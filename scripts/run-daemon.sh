@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the daemon with the bundled model. Extra arguments go to
-# `musicgend run` (see `musicgend run --help`). With no JACK server and no ALSA sequencer,
-# the daemon starts a private JACK server with the dummy driver.
+# `musicgend run` (see `musicgend run --help`) and mean what they mean there: relative paths
+# are relative to the directory you run this from. With no JACK server and no ALSA
+# sequencer, the daemon starts a private JACK server with the dummy driver.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/bootstrap.sh >/dev/null
-exec .venv/bin/musicgend run "$@"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/scripts/bootstrap.sh" >/dev/null
+exec "$root/.venv/bin/musicgend" run "$@"

@@ -7,7 +7,8 @@
 2. loads the model on the fastest TensorFlow-free runtime (``auto``);
 3. opens the ports, starts the session journal, and runs the engine, the input pump, MQTT
    (when configured) and the systemd watchdog as tasks of one ``TaskGroup``;
-4. on SIGTERM/SIGINT: note-off for every sounding note, CC64 = 0 and CC123 on all 16
+4. on SIGTERM/SIGINT/SIGHUP/SIGQUIT (:data:`STOP_SIGNALS`; a closed terminal sends SIGHUP):
+   note-off for every sounding note, CC64 = 0 and CC123 on all 16
    channels, waits until JACK has written them, finalises the session (.mid) and returns 0.
    A stop that hangs logs every thread's stack, and once the session is written it is
    bounded (:class:`StopWatchdog`).
@@ -444,6 +445,40 @@ async def _supervise(engine: Engine, notifier: Notifier, ports: MidiPorts) -> No
             )
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+"""Each stops the daemon cleanly (notes off, session written, exit 0); one more while it
+stops is logged and changes nothing (the stop watchdog bounds a stop that hangs)."""
+
+
+def _on_stop_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.warning("%s: already stopping (notes off, session being written)", sig.name)
+        return
+    log.info("%s: stopping", sig.name)
+    stop.set()
+
+
+@contextlib.contextmanager
+def _stopping_signals_logged() -> Iterator[None]:
+    """After the event loop ends (the private JACK server's stop is left): a stop signal is
+    logged instead of cutting the clean-up short; the previous handlers come back after."""
+
+    def late(signum: int, _frame: object) -> None:
+        log.warning("%s: already stopping", signal.Signals(signum).name)
+
+    previous = {}
+    try:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, late)
+    except ValueError:  # not the main thread: nothing to protect here
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 async def serve(
     settings: Settings,
     info: DaemonInfo,
@@ -452,7 +487,7 @@ async def serve(
     on_ready: Callable[[DaemonInfo], None] | None = None,
     watchdog: StopWatchdog | None = None,
 ) -> None:
-    """Run the daemon in the current loop until ``stop`` is set or SIGTERM/SIGINT.
+    """Run the daemon in the current loop until ``stop`` is set or a stop signal comes.
 
     ``watchdog``: told when the stop begins and when the session is written (see
     :class:`StopWatchdog`)."""
@@ -464,9 +499,9 @@ async def serve(
     log.info("scheduling: %s", raise_priority())
     stop = stop or asyncio.Event()
     notifier = Notifier()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_stop_signal, sig, stop)
     midi = settings.midi
     port_config = PortConfig(
         backend=info.backend,  # type: ignore[arg-type]
@@ -585,9 +620,13 @@ def run_daemon(
     # NumPy runs on one BLAS thread in the daemon (set_blas_threads); no idle pool either.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     one_malloc_arena()  # before any thread: model swaps then reuse freed memory
+    late_signals = ExitStack()  # closed last, after the private JACK server's stop
     try:
-        with _backend(settings.midi.backend, info):
-            asyncio.run(serve(settings, info, on_ready=on_ready, watchdog=watchdog))
+        with late_signals, _backend(settings.midi.backend, info):
+            try:
+                asyncio.run(serve(settings, info, on_ready=on_ready, watchdog=watchdog))
+            finally:
+                late_signals.enter_context(_stopping_signals_logged())
     except* MusicgendError as group:
         first = group.exceptions[0]
         while isinstance(first, BaseExceptionGroup):

@@ -34,14 +34,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Daemon:
-    def __init__(self, model: Path, session_dir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        model: Path,
+        session_dir: Path,
+        *extra: str,
+        command: tuple[str, ...] = (sys.executable, "-m", "musicgend", "run"),
+        cwd: Path = ROOT,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICGEND_")}
         args = ["--backend", "jack", "--model", str(model), "--runtime", "numpy"]
         args += ["--connect-in", "^peer:out$", "--connect-out", "^peer:in$"]
         args += ["--session-dir", str(session_dir), *extra]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "musicgend", "run", *args],
-            cwd=ROOT,
+            [*command, *args],
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -70,8 +77,8 @@ class Daemon:
 
         wait_until(ready, 60.0, what="the daemon's ready line")
 
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(30)
         finally:
@@ -82,10 +89,10 @@ class Daemon:
 
 @contextmanager
 def daemon_and_peer(
-    model: Path, session_dir: Path, *extra: str
+    model: Path, session_dir: Path, *extra: str, **how: object
 ) -> Iterator[tuple[Daemon, JackPeer]]:
     with jack_server(), JackPeer("peer") as peer:
-        daemon = Daemon(model, session_dir, *extra)
+        daemon = Daemon(model, session_dir, *extra, **how)  # type: ignore[arg-type]
         try:
             daemon.wait_ready()
             wait_until(
@@ -163,6 +170,26 @@ def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
     ]
     machine = next(t for t in mid.tracks if t.name == "machine")
     assert any(m.type == "note_on" and m.velocity > 0 for m in machine)
+
+
+def test_the_readme_run_script_and_a_closed_terminal(tiny_model: Path, tmp_path: Path) -> None:
+    """scripts/run-daemon.sh run from elsewhere takes paths as ``musicgend run`` does (relative
+    to where it runs); SIGHUP (the terminal closed) stops it as cleanly as SIGTERM."""
+    script = (str(ROOT / "scripts" / "run-daemon.sh"),)
+    with daemon_and_peer(tiny_model, Path("sessions"), command=script, cwd=tmp_path) as (
+        daemon,
+        peer,
+    ):
+        peer.send([bytes([0x90, 60, 90]), bytes([0x90, 67, 80])], per_cycle=1)
+        wait_until(lambda: len({t for t, _ in notes(peer.received())}) >= 4, 20.0, what="4 frames")
+        assert daemon.terminate(signal.SIGHUP) == 0, "\n".join(daemon.err)
+        events = peer.received()
+    assert still_sounding(events) == set()
+    ccs = [m for _, m in events if m[0] & 0xF0 == 0xB0]
+    assert {(m[0] & 0x0F) for m in ccs if m[1] == 123} == set(range(16))
+    written = Path(daemon.line("session written: ").removeprefix("session written: "))
+    assert (tmp_path / written).is_file() and written.parts[0] == "sessions"
+    assert any("SIGHUP: stopping" in line for line in daemon.err)
 
 
 def test_malformed_bytes_and_a_flood_neither_crash_nor_stall_it(

@@ -70,3 +70,33 @@ def test_nothing_is_forced_before_the_session_is_written() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "written\n"
     assert done.stderr.count("still stopping") == 1
+
+
+def test_a_second_stop_signal_is_logged_and_cuts_nothing_short() -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, logging, os, signal
+        from musicgend.service.runtime import _on_stop_signal, _stopping_signals_logged
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        stop = asyncio.Event()
+        _on_stop_signal(signal.SIGHUP, stop)
+        _on_stop_signal(signal.SIGINT, stop)
+        assert stop.is_set()
+        with _stopping_signals_logged():  # the clean-up after the event loop
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            print("clean-up finished", flush=True)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "clean-up finished\n"
+    assert result.stderr.splitlines() == [
+        "INFO SIGHUP: stopping",
+        "WARNING SIGINT: already stopping (notes off, session being written)",
+        "WARNING SIGINT: already stopping",
+        "WARNING SIGTERM: already stopping",
+    ]
