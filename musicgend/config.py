@@ -114,6 +114,8 @@ class MidiSettings(_Section):
             raise ValueError(
                 f"lowest_pitch ({self.lowest_pitch}) <= highest_pitch ({self.highest_pitch})"
             )
+        if self.in_port == self.out_port:
+            raise ValueError(f"in_port and out_port differ (both are {self.in_port!r})")
         return self
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from musicgend.core.pianoroll import (
     DEFAULT_FS,
@@ -24,6 +25,9 @@ from musicgend.core.pianoroll import (
 from musicgend.core.tokens import PitchSet
 from musicgend.errors import CorpusError, MidiFileError
 
+if TYPE_CHECKING:
+    import mido
+
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 
 
@@ -34,8 +38,9 @@ def _pretty_midi():
     return pretty_midi
 
 
-def read_tracks(path: str | Path) -> list[Track]:
-    """The tracks of a .mid file. Raises :class:`MidiFileError` with a clear reason."""
+def read_midi_file(path: str | Path) -> mido.MidiFile:
+    """A .mid file parsed by mido, every track with events. Raises :class:`MidiFileError`
+    with a clear reason (no such file, empty, no header, corrupt, no tracks…)."""
     path = Path(path)
     if not path.exists():
         raise MidiFileError(path, "no such file")
@@ -49,7 +54,6 @@ def read_tracks(path: str | Path) -> list[Track]:
         raise MidiFileError(path, "empty file (0 bytes)")
     if data[:4] != b"MThd":
         raise MidiFileError(path, "not a MIDI file (no 'MThd' header)")
-    pretty_midi = _pretty_midi()
     import mido
 
     try:
@@ -63,6 +67,14 @@ def read_tracks(path: str | Path) -> list[Track]:
     empty = [i for i, track in enumerate(mid.tracks) if not track]
     if empty:
         raise MidiFileError(path, f"track {empty[0] + 1} of {len(mid.tracks)} has no events")
+    return mid
+
+
+def read_tracks(path: str | Path) -> list[Track]:
+    """The tracks of a .mid file. Raises :class:`MidiFileError` with a clear reason."""
+    path = Path(path)
+    mid = read_midi_file(path)
+    pretty_midi = _pretty_midi()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -318,6 +318,13 @@ def export_sessions(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SessionError(f"{out}: exists and is not a directory")
+    inside = next(
+        (s.directory for s in sources if out.resolve().is_relative_to(s.directory.resolve())), None
+    )
+    if inside is not None:
+        raise SessionError(
+            f"{out}: is inside the session {inside}; export the corpus to a directory of its own"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -54,12 +54,9 @@ def chorale_midi(out_dir: Path) -> Path:
 def midi_events(path: Path, seconds: float) -> list[tuple[float, bytes]]:
     """(time in s, raw bytes) of every channel message in the file, up to ``seconds``;
     notes still on at the cut are released there."""
-    import mido
+    from musicgend.io.midifile import read_midi_file
 
-    try:
-        mid = mido.MidiFile(path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise MusicgendError(f"{path}: can't read MIDI file ({exc})") from None
+    mid = read_midi_file(path)
     events: list[tuple[float, bytes]] = []
     sounding: set[tuple[int, int]] = set()
     t = 0.0

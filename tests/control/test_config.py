@@ -209,6 +209,8 @@ def test_env_json_values_name_their_variable(monkeypatch: pytest.MonkeyPatch) ->
 def test_cross_field_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lowest_pitch"):
         load_config(None, {"midi.lowest_pitch": 90, "midi.highest_pitch": 30})
+    with pytest.raises(ConfigError, match="in_port and out_port differ \\(both are 'x'\\)"):
+        load_config(None, {"midi.in_port": "x", "midi.out_port": "x"})
     with pytest.raises(ConfigError, match="reconnect_min_s"):
         load_config(None, {"mqtt.reconnect_min_s": 10, "mqtt.reconnect_max_s": 1})
     with pytest.raises(ConfigError, match="each CC number bound to one parameter only"):

@@ -207,6 +207,9 @@ def test_session_dirs_are_named_by_start_time_and_never_reused(tmp_path: Path) -
     second = new_session_dir(tmp_path, start_ns)
     assert first.name == "20231114T221320.123Z"
     assert second.name == "20231114T221320.123Z-2"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SessionError, match=r"/file is not a directory$"):
+        new_session_dir(tmp_path / "file" / "sessions", start_ns)
 
 
 def test_default_session_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -158,6 +158,10 @@ def test_errors_name_the_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SessionError, match="exists and is not a directory"):
         export_sessions([session], tmp_path / "file")
+    for inside in (session, session / "corpus"):
+        with pytest.raises(SessionError, match="is inside the session"):
+            export_sessions([session], inside)
+    assert not (session / "corpus").exists()
     assert not (tmp_path / "out").exists()  # nothing written on a bad argument
 
     (session / MIDI_NAME).write_bytes(b"MThd broken")
