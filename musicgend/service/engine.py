@@ -86,6 +86,10 @@ log = logging.getLogger(__name__)
 ECHO_WINDOW_NS = 30_000_000
 FIRST_FRAME_LEAD_NS = 50_000_000
 LATENCY_SAMPLES = 20_000
+ACTIVE_SENSING = 0xFE
+SENSING_TIMEOUT_NS = 330_000_000
+"""MIDI 1.0: a receiver that has heard Active Sensing and then nothing for 300 ms treats the
+connection as lost and ends every note (30 ms more for scheduling)."""
 MAX_TOP_K = 1_000_000
 """``top_k`` at most (any value above the vocabulary's size keeps every chord)."""
 
@@ -385,6 +389,8 @@ class EngineMetrics:
     last_tick_ns: int = 0
     last_frame_late: bool = False
     clock_losses: int = 0
+    input_losses: int = 0
+    """Active Sensing stopped (a cable pulled): the player's held keys were released."""
 
     def take_unread_latency_ms(self) -> list[float]:
         """Every decision latency since the previous call, oldest first, in ms (so that a
@@ -406,6 +412,7 @@ class EngineMetrics:
             "ignored_input": self.ignored_input,
             "recomputes": self.recomputes,
             "clock_losses": self.clock_losses,
+            "input_losses": self.input_losses,
         }
 
 
@@ -499,6 +506,8 @@ class FrameCore:
         self._sent_on_ns: dict[tuple[int, int, int], int] = {}  # (status, pitch, velocity)
         self._echo_open: set[int] = set()
         self._pending_human: PitchSet = frozenset()
+        self._sensing = False  # the input sends Active Sensing
+        self._heard_ns = 0  # when the input last sent anything
 
     # -- input ------------------------------------------------------------------------------
     def start_at(self, frame: int) -> None:
@@ -507,9 +516,17 @@ class FrameCore:
         self.frame_done = frame - 2
         self.version += 1
 
+    def heard(self, t_ns: int) -> None:
+        """The input sent something (any message, MIDI clock included)."""
+        self._heard_ns = max(self._heard_ns, t_ns)
+
     def on_input(self, t_ns: int, message: Sequence[int]) -> tuple[bool, list[MidiBytes]]:
         """A human message. Returns (log it: not an echo, messages to send at once)."""
         if not message:
+            return False, []
+        self.heard(t_ns)
+        if message[0] == ACTIVE_SENSING:  # a keep-alive, not music: not logged
+            self._sensing = True
             return False, []
         status = message[0] & 0xF0
         if status in (0x80, 0x90) and len(message) >= 3:
@@ -548,6 +565,19 @@ class FrameCore:
             return True, []
         self.metrics.ignored_input += 1
         return True, []
+
+    def check_input_alive(self, now_ns: int) -> bool:
+        """Active Sensing (MIDI 1.0): once the input has sent it, more than 300 ms of nothing
+        at all means the connection was lost (a cable pulled with keys down): every key and
+        the pedal the player held are released, so the model no longer hears them held.
+        Returns True when that happened (watching resumes with the next Active Sensing)."""
+        if not self._sensing or now_ns - self._heard_ns <= SENSING_TIMEOUT_NS:
+            return False
+        self._sensing = False
+        self.metrics.input_losses += 1
+        self.quantiser.all_notes_off(self._time_s(self._heard_ns + SENSING_TIMEOUT_NS))
+        self.version += 1
+        return True
 
     def _time_s(self, t_ns: int) -> float:
         # the quantiser needs time order and non-negative times
@@ -936,6 +966,7 @@ class Engine:
     def feed(self, t_ns: int, message: Sequence[int]) -> None:
         """One incoming message with its monotonic receive time (loop thread)."""
         if message and message[0] in CLOCK_STATUSES:
+            self.core.heard(t_ns)
             if self.follower is not None:
                 self._on_clock(t_ns, message)
             return  # clock is timing, not music: not journalled, not quantised
@@ -1031,6 +1062,13 @@ class Engine:
             self._schedule()
 
     def _after_tick(self) -> None:
+        with self.lock:
+            lost = self.core.check_input_alive(self.clock.now_ns())
+        if lost:
+            log.warning(
+                "the input stopped sending Active Sensing (disconnected?): the player's held "
+                "keys are released"
+            )
         self._schedule()
 
     # -- the tick thread --------------------------------------------------------------------

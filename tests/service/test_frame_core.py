@@ -336,3 +336,27 @@ def test_a_model_reading_pitches_sees_the_chords_themselves() -> None:
     frame(core)
     window = again.windows[-1]
     assert set(window[-4].nonzero()[0]) == held | odd  # the history re-read as pitches
+
+
+def test_active_sensing_that_stops_releases_the_players_keys() -> None:
+    ms = 1_000_000
+    core, _ = make_core([C])
+    assert core.on_input(50 * ms, bytes([0x90, 60, 100])) == (True, [])
+    assert core.on_input(60 * ms, bytes([0xB0, 64, 127])) == (True, [])  # pedal down
+    # without Active Sensing a long silence is only a long silence
+    assert not core.check_input_alive(5_000 * ms)
+    assert core.quantiser.held_pitches == {60}
+    # the keep-alive is not music: not logged, not counted as ignored input
+    assert core.on_input(5_100 * ms, bytes([0xFE])) == (False, [])
+    assert core.metrics.ignored_input == 0
+    assert not core.check_input_alive(5_400 * ms)  # 300 ms: still alive
+    core.heard(5_400 * ms)  # MIDI clock counts as hearing from the input
+    assert not core.check_input_alive(5_700 * ms)
+    version = core.version
+    assert core.check_input_alive(5_800 * ms)  # 400 ms of nothing: the cable is out
+    assert core.quantiser.held_pitches == frozenset()
+    assert core.metrics.input_losses == 1 and core.version > version
+    assert core.metrics.snapshot()["input_losses"] == 1
+    assert not core.check_input_alive(9_000 * ms)  # once; watching again after the next FE
+    core.on_input(9_100 * ms, bytes([0x90, 62, 90]))
+    assert core.quantiser.held_pitches == {62}
