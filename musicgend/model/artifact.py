@@ -38,11 +38,13 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +59,8 @@ from musicgend.core.spelling import PitchPrior
 from musicgend.core.vocab import Vocab
 from musicgend.errors import ModelError, VocabError
 from musicgend.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -510,6 +514,8 @@ def _replace_dir(new: Path, target: Path) -> None:
             os.close(dfd)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            log.warning("couldn't remove the previous copy %s: remove it by hand", old)
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -525,6 +531,8 @@ class Artifact:
     pitch_prior: PitchPrior
     metadata: dict[str, Any]
     weights: dict[str, np.ndarray] = field(repr=False)
+    damaged: tuple[tuple[str, str], ...] = ()
+    """Listed files found missing or damaged that the caller tolerated (name, problem)."""
 
     @property
     def training(self) -> dict[str, Any]:
@@ -614,22 +622,42 @@ def _load_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _check_files(path: Path, files: Mapping[str, str]) -> None:
+def _check_files(
+    path: Path, files: Mapping[str, str], tolerate: Collection[str] = ()
+) -> list[tuple[str, str]]:
+    """Check every listed file; returns (name, problem) of those in ``tolerate`` that are
+    missing or don't match (the others raise :class:`ModelError`)."""
     for name in REQUIRED_FILES:
         if name not in files:
             raise ModelError(f"{path / METADATA_JSON}: no checksum for required file {name}")
+    damaged: list[tuple[str, str]] = []
     for name, digest in files.items():
         if "/" in name or name.startswith("."):
             raise ModelError(f"{path / METADATA_JSON}: bad file name {name!r}")
         file = path / name
+        problem = None
         if not file.is_file():
-            raise ModelError(f"{file}: missing")
-        try:
-            actual = _sha256(file)
-        except OSError as exc:
-            raise ModelError(f"{file}: can't read ({exc.strerror or exc})") from None
-        if actual != digest:
-            raise ModelError(f"{file}: checksum mismatch (file corrupt or replaced)")
+            problem = "missing"
+        else:
+            try:
+                if _sha256(file) != digest:
+                    problem = "checksum mismatch (file corrupt or replaced)"
+            except OSError as exc:
+                problem = f"can't read ({exc.strerror or exc})"
+        if problem is None:
+            continue
+        if name not in tolerate:
+            hint = ""
+            if name == TFLITE:
+                hint = (
+                    f"; `musicgend model export-litert {path}` rebuilds it, "
+                    f"`musicgend model compact {path} --no-litert` drops it"
+                )
+            elif name not in REQUIRED_FILES:
+                hint = f"; `musicgend model compact {path}` takes it off the model's file list"
+            raise ModelError(f"{file}: {problem}{hint}")
+        damaged.append((name, problem))
+    return damaged
 
 
 def read_npz(file: Path) -> dict[str, np.ndarray]:
@@ -700,15 +728,20 @@ def _load_npz(
     return arrays
 
 
-def load_artifact(path: str | Path) -> Artifact:
-    """Load and check a model directory (no TensorFlow). Raises :class:`ModelError`."""
+def load_artifact(path: str | Path, *, tolerate: Collection[str] = ()) -> Artifact:
+    """Load and check a model directory (no TensorFlow). Raises :class:`ModelError`.
+
+    ``tolerate``: listed files that may be missing or damaged (a rewrite that rebuilds or
+    drops them); such a file is left out of the artifact's ``metadata["files"]`` and named in
+    :attr:`Artifact.damaged`."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such model directory")
     if not path.is_dir():
         raise ModelError(f"{path}: not a directory (a model is a directory)")
     meta = _load_metadata(path)
-    _check_files(path, meta["files"])
+    damaged = _check_files(path, meta["files"], tolerate)
+    meta["files"] = {k: v for k, v in meta["files"].items() if k not in dict(damaged)}
 
     try:
         config = ModelConfig.model_validate(_read_json(path / CONFIG_JSON))
@@ -744,7 +777,7 @@ def load_artifact(path: str | Path) -> Artifact:
     prior = PitchPrior(probs)
 
     weights = _load_npz(path / WEIGHTS_NPZ, config, len(vocab), meta["weights_dtype"])
-    return Artifact(path, config, vocab, prior, meta, weights)
+    return Artifact(path, config, vocab, prior, meta, weights, tuple(damaged))
 
 
 @dataclass(frozen=True)
@@ -757,6 +790,8 @@ class CompactResult:
     weights_dtype: WeightsDtype
     litert: bool
     litert_quantize: LitertQuantize = "none"
+    notes: tuple[str, ...] = ()
+    """Damaged files met: rebuilt, dropped or carried as they were."""
 
     def summary(self) -> str:
         litert = "no LiteRT export"
@@ -764,9 +799,10 @@ class CompactResult:
             litert = "with LiteRT export" + (
                 ", int8 dynamic-range" if self.litert_quantize == "int8" else ""
             )
+        notes = "".join(f"; {note}" for note in self.notes)
         return (
             f"{self.path}: {_mb(self.bytes_before)} → {_mb(self.bytes_after)} "
-            f"({self.weights_dtype} weights, {litert})"
+            f"({self.weights_dtype} weights, {litert}){notes}"
         )
 
 
@@ -795,7 +831,17 @@ def compact_artifact(
     ``loss_curve.png``) is kept, the training metadata too. TensorFlow is imported only when
     a LiteRT export must be built (added, or its weights or quantisation changed).
     """
-    art = load_artifact(path)
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # rewrite the model the link points to; the link stays
+    meta_files = _load_metadata(path)["files"] if path.is_dir() else {}
+    # a rewrite may meet a damaged extra (e.g. loss_curve.png) or the LiteRT export it is
+    # about to rebuild or drop: those are carried as they are, rebuilt or dropped
+    tolerate = {name for name in meta_files if name not in OWN_FILES}
+    if litert is not None:
+        tolerate.add(TFLITE)
+    art = load_artifact(path, tolerate=tolerate)
+    _check_rewritable(art.path)
     odd = sorted(
         p.name
         for p in art.path.iterdir()
@@ -847,8 +893,33 @@ def compact_artifact(
     )
     load_artifact(art.path)
     return CompactResult(
-        art.path, before, _dir_bytes(art.path), dtype, tflite is not None, quantize
+        art.path,
+        before,
+        _dir_bytes(art.path),
+        dtype,
+        tflite is not None,
+        quantize,
+        tuple(_damage_note(name, problem, tflite is not None) for name, problem in art.damaged),
     )
+
+
+def _damage_note(name: str, problem: str, litert: bool) -> str:
+    if name == TFLITE:
+        return f"{name} {'rebuilt' if litert else 'dropped'} ({problem})"
+    if problem == "missing":
+        return f"{name} taken off the file list (missing)"
+    return f"{name} kept as it is now ({problem})"
+
+
+def _check_rewritable(path: Path) -> None:
+    """A model directory is rewritten beside itself and renamed into place: refuse one the
+    owner made read-only, or whose parent can't be written, before any work."""
+    if not path.stat().st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        raise ModelError(f"{path}: the model directory is read-only (make it writable first)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ModelError(
+            f"{path}: can't write in {path.parent} (the model is rewritten beside itself)"
+        )
 
 
 def export_tflite(path: str | Path, quantize: LitertQuantize = "none") -> Path:

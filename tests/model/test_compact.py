@@ -180,3 +180,49 @@ def test_compact_refuses_what_it_could_not_carry(tiny_artifacts, tmp_path):
     with pytest.raises(ModelError, match=r"can't carry plots over; move them out first"):
         compact_artifact(path)
     assert (path / WEIGHTS_NPZ).read_bytes() == before
+
+
+def test_compact_repairs_what_it_rebuilds_or_drops(float16_artifact, tmp_path):
+    """A missing or damaged LiteRT export or extra file blocks loading, with the command that
+    mends it; compacting mends it (rebuilds or drops the export, drops a missing extra)."""
+    source, _ = float16_artifact
+    path = tmp_path / "m"
+    shutil.copytree(source, path)
+    (path / "notes.txt").write_text("how it was trained")
+    compact_artifact(path)  # the extra is on the file list now
+    (path / "notes.txt").unlink()
+    with pytest.raises(ModelError, match=r"notes.txt: missing; `musicgend model compact"):
+        load_artifact(path)
+    result = compact_artifact(path)
+    assert result.notes == ("notes.txt taken off the file list (missing)",)
+    assert "notes.txt" not in load_artifact(path).metadata["files"]
+
+    (path / TFLITE).write_bytes(b"garbage")
+    with pytest.raises(ModelError, match=r"export-litert .* rebuilds it"):
+        load_artifact(path)
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        compact_artifact(path)  # keeping the export can't mend it
+    rebuilt = compact_artifact(path, litert=True)
+    assert rebuilt.notes == (f"{TFLITE} rebuilt (checksum mismatch (file corrupt or replaced))",)
+    assert load_artifact(path).tflite_path is not None
+    (path / TFLITE).unlink()
+    dropped = compact_artifact(path, litert=False)
+    assert dropped.notes == (f"{TFLITE} dropped (missing)",)
+    assert load_artifact(path).tflite_path is None
+
+
+def test_compact_rewrites_through_a_link_and_refuses_a_read_only_model(float16_artifact, tmp_path):
+    source, _ = float16_artifact
+    target = tmp_path / "v1"
+    shutil.copytree(source, target)
+    link = tmp_path / "current"
+    link.symlink_to(target.name)
+    compact_artifact(link, litert=False)
+    assert link.is_symlink() and load_artifact(link).tflite_path is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]  # nothing left over
+    target.chmod(0o555)
+    try:
+        with pytest.raises(ModelError, match="the model directory is read-only"):
+            compact_artifact(link)
+    finally:
+        target.chmod(0o755)
