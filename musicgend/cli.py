@@ -434,8 +434,10 @@ def generate_cmd(
     if as_json:
         print(json.dumps(generation_report(gen, params), indent=1))
         return
+    primed = f" after {gen.prime_seconds:.1f} s of the prime" if gen.prime_frames else ""
     print(
-        f"wrote {gen.path} ({gen.stats.seconds:.1f} s, prime: {gen.prime}, runtime: {gen.runtime})"
+        f"wrote {gen.path} ({gen.stats.seconds:.1f} s generated{primed}, "
+        f"prime: {gen.prime}, runtime: {gen.runtime})"
     )
     print(format_comparison(gen.stats, gen.corpus))
 
@@ -490,7 +492,8 @@ def model_compact(
         bool, typer.Option("--float16", help="Store the weights as float16 (half the size).")
     ] = False,
     no_litert: Annotated[
-        bool, typer.Option("--no-litert", help="Drop the LiteRT export (auto → numpy).")
+        bool,
+        typer.Option("--no-litert", help="Drop the LiteRT export (the daemon's auto → numpy)."),
     ] = False,
 ) -> None:
     """Rewrite a model in the current format: drops model.weights.h5, keeps other files."""

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from musicgend.core.pianoroll import Note
+from musicgend.core.sampler import SamplerParams
 from musicgend.errors import CorpusError
 from musicgend.io.midifile import read_piece
 from musicgend.training.generate import (
     generate_file,
+    generation_report,
     notes_from_frames,
     seed_prime_ids,
     write_midi,
@@ -81,6 +83,8 @@ def test_prime_from_a_file_comes_first_and_unknown_chords_map_to_known_ones(tiny
     assert gen.prime_frames == prime_frames[:12]  # the tiny model's window: 12 frames
     assert list(read_piece(gen.path).frames) == prime_frames[:12] + gen.frames
     assert len(gen.frames) == 10
+    assert (gen.prime_seconds, gen.file_seconds) == (2.4, 4.4)
+    assert generation_report(gen, SamplerParams())["file_seconds"] == 4.4
 
 
 @pytest.mark.tf

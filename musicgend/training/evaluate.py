@@ -757,6 +757,8 @@ def run_evaluation(
 
     if batch_size < 1:
         raise CorpusError(f"--batch-size must be >= 1, got {batch_size}")
+    if transposed_baseline and not baselines:
+        raise CorpusError("--transposed-baseline is a baseline: it can't go with --no-baselines")
     artifact = load_artifact(model_dir)
     others = [load_artifact(m) for m in compare]
     for other in others:

@@ -65,6 +65,18 @@ class Generation:
     runtime: str
     elapsed_s: float
     corpus: MusicStats | None = field(default=None)
+    fs: int = 5
+
+    @property
+    def prime_seconds(self) -> float:
+        """The primed file's part written first (0 with the default prime)."""
+        return len(self.prime_frames) / self.fs
+
+    @property
+    def file_seconds(self) -> float:
+        """The whole .mid: the prime's frames, then the generated ones."""
+        return (len(self.prime_frames) + len(self.frames)) / self.fs
+
     corpus_skipped: list[tuple[Path, str]] = field(default_factory=list)
     """``--stats-against`` files that could not be read, with the reasons."""
 
@@ -289,6 +301,7 @@ def generate_file(
         runtime=predictor.runtime,
         elapsed_s=elapsed_s,
         corpus=corpus,
+        fs=cfg.fs,
         corpus_skipped=corpus_skipped,
     )
 
@@ -322,6 +335,8 @@ def generation_report(gen: Generation, params: SamplerParams) -> dict[str, objec
         "path": str(gen.path),
         "prime": gen.prime,
         "seconds": gen.stats.seconds,
+        "prime_seconds": gen.prime_seconds,
+        "file_seconds": gen.file_seconds,
         "runtime": gen.runtime,
         "elapsed_s": round(gen.elapsed_s, 3),
         "sampler": params.model_dump(),

@@ -165,3 +165,11 @@ def test_evaluate_broken_model_gives_the_artifacts_error(trained, tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip() == f"error: {tmp_path / 'nope'}: no such model directory"
     assert run.stdout == ""
+
+
+def test_a_transposed_baseline_needs_the_baselines(tmp_path):
+    from musicgend.errors import CorpusError
+    from musicgend.training.evaluate import run_evaluation
+
+    with pytest.raises(CorpusError, match="can't go with --no-baselines"):
+        run_evaluation(tmp_path / "m", tmp_path, baselines=False, transposed_baseline=True)
