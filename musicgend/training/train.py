@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from pydantic import ValidationError
 
-from musicgend.errors import ConfigError, CorpusError, TrainingError
+from musicgend.errors import ConfigError, CorpusError, MusicgendError, TrainingError
 from musicgend.model.config import ModelConfig, preset
 from musicgend.progress import is_tty, progress
 from musicgend.text import count
@@ -148,7 +148,8 @@ class TrainResult:
     wall_s: float
     windows_per_s: float
     weights_sha256: str
-    """Digest of the final (last-epoch) weights: equal on every worker of one run."""
+    """Digest of the saved model's weights (the best epoch's, float32, in ``model.weights``
+    order; ``final_weights_sha256`` in the metadata): equal on every worker of one run."""
     fine_tune: dict[str, Any] | None = None
     """The lineage of a fine-tune (``training.fine_tune`` in the model's metadata)."""
 
@@ -209,11 +210,71 @@ def write_state(
     _swap_in(new, target)
 
 
-def read_state(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
+STATE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "history": list,
+    "best_epoch": int,
+    "best_val_nll": (int, float),
+    "bad_epochs": int,
+    "wall_s": (int, float),
+    "started": str,
+    "options": dict,
+    "split": dict,
+    "vocab_hash": str,
+}
+"""The keys of ``state.json`` a resumed run needs, with their JSON types."""
+
+
+def read_state_info(path: Path) -> dict[str, Any]:
+    """``state.json`` of the state directory ``path``, checked (:class:`TrainingError` with
+    the reason when it is damaged, incomplete or of another format)."""
     try:
-        info = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
-            raise TrainingError(f"{path}: not a musicgend training state of this version")
+        text = (path / "state.json").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise TrainingError(
+            f"{path}: training state is unreadable (state.json: {reason})"
+        ) from None
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise TrainingError(
+            f"{path}: training state is unreadable (state.json: not valid JSON: {exc})"
+        ) from None
+    if not isinstance(info, dict):
+        raise TrainingError(f"{path}: training state is unreadable (state.json: not a JSON object)")
+    if "format" not in info:
+        raise TrainingError(f"{path}: training state is unreadable (state.json: no 'format')")
+    if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
+        raise TrainingError(f"{path}: not a musicgend training state of this version")
+    for key, kind in STATE_KEYS.items():
+        if key not in info:
+            raise TrainingError(f"{path}: training state is unreadable (state.json: no {key!r})")
+        value = info[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TrainingError(
+                f"{path}: training state is unreadable (state.json: {key!r} is "
+                f"{type(value).__name__})"
+            )
+    try:
+        TrainOptions.from_json(info["options"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise TrainingError(
+            f"{path}: training state is unreadable (state.json: options.config.{loc}: "
+            f"{first['msg']})"
+        ) from None
+    except (TypeError, ValueError, KeyError, TrainingError) as exc:
+        raise TrainingError(
+            f"{path}: training state is unreadable (state.json: bad options: {exc})"
+        ) from None
+    return info
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
+    info = read_state_info(path)
+    try:
         model_vars = _state_arrays(path / "model.npz")
         opt_vars = _state_arrays(path / "optimizer.npz")
     except (OSError, ValueError, KeyError) as exc:
@@ -401,6 +462,11 @@ class Loop:
     def model_arrays(self) -> list[np.ndarray]:
         return [np.asarray(v.numpy()) for v in self.model.variables]
 
+    def weight_arrays(self) -> list[np.ndarray]:
+        """The weights (no optimizer or dropout-seed state): what the model directory saves
+        and :func:`weights_digest` digests."""
+        return [np.asarray(w.numpy()) for w in self.model.weights]
+
     def optimizer_arrays(self) -> list[np.ndarray]:
         return [np.asarray(v.numpy()) for v in self.optimizer.variables]
 
@@ -501,6 +567,21 @@ def _check_resumable(saved: TrainOptions, given: TrainOptions, explicit: set[str
             )
 
 
+def _check_best_model(out_dir: Path, best_epoch: int) -> None:
+    """A resumed run needs the model its best epoch so far saved (it is the result unless a
+    later epoch does better)."""
+    from musicgend.model.artifact import load_artifact
+
+    try:
+        load_artifact(out_dir)
+    except MusicgendError as exc:
+        reason = str(exc).removeprefix(f"{out_dir}: ")
+        raise TrainingError(
+            f"{out_dir}: the model of the best epoch so far (epoch {best_epoch}) is missing "
+            f"or damaged ({reason}); the run can't be resumed: start a new training"
+        ) from None
+
+
 def _epoch_line(h: dict[str, Any], epochs: int, best: bool) -> str:
     top1 = "" if h["val_top1"] is None else f"  val_top1 {100 * h['val_top1']:.1f}%"
     return (
@@ -540,6 +621,7 @@ def train(
     out_dir = options.out_dir
     chief = not options.distributed or _chief_in_tf_config()
 
+    out_existed = out_dir.exists()
     state_info: dict[str, Any] | None = None
     saved_vars: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     if resume:
@@ -549,6 +631,8 @@ def train(
         state_info, model_vars, opt_vars = read_state(found)
         saved = TrainOptions.from_json(state_info["options"])
         _check_resumable(saved, options, explicit or set())
+        if chief and state_info["best_epoch"] > 0:
+            _check_best_model(out_dir, state_info["best_epoch"])
         saved.epochs, saved.patience = options.epochs, options.patience
         saved.out_dir = out_dir
         options = saved
@@ -559,7 +643,9 @@ def train(
                 f"{out_dir}: an interrupted training of this model exists; "
                 "continue it with --resume or choose another --out"
             )
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if out_dir.exists() and not out_dir.is_dir():
+            raise TrainingError(f"{out_dir}: is a file, not a directory; choose a new --out")
+        if out_dir.exists() and any(out_dir.iterdir()):
             raise TrainingError(f"{out_dir}: exists and is not empty; choose a new --out")
 
     base = None
@@ -619,6 +705,7 @@ def train(
 
     history: list[dict[str, Any]] = []
     best_epoch, best_val, bad_epochs, wall_before = 0, math.inf, 0, 0.0
+    best_digest = ""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     command = command if command is not None else list(sys.argv)
     lineage: dict[str, Any] | None = None
@@ -643,6 +730,7 @@ def train(
         best_epoch, best_val = state_info["best_epoch"], state_info["best_val_nll"]
         bad_epochs, wall_before = state_info["bad_epochs"], state_info["wall_s"]
         started = state_info["started"]
+        best_digest = str(state_info.get("best_weights_sha256") or "")
         print(f"resuming after epoch {state_info['epoch']}", file=stream, flush=True)
     start_epoch = len(history) + 1
 
@@ -685,7 +773,7 @@ def train(
         def patience_spent() -> bool:
             return options.patience > 0 and bad_epochs >= options.patience
 
-        epoch = start_epoch
+        epoch, kept = start_epoch, len(history)
         try:
             for epoch in range(start_epoch, epochs + 1):
                 if patience_spent():
@@ -729,6 +817,7 @@ def train(
                 improved = val_nll < best_val
                 if improved:
                     best_epoch, best_val, bad_epochs = epoch, val_nll, 0
+                    best_digest = weights_digest(loop.weight_arrays())
                     save_artifact(
                         artifact_dir,
                         loop.model,
@@ -757,15 +846,29 @@ def train(
                             "split": corpus.split.to_json(),
                             "vocab_hash": data.vocab.hash,
                             "fine_tune": lineage,
+                            "best_weights_sha256": best_digest,
                         },
                         loop.model_arrays(),
                         loop.optimizer_arrays(),
                     )
+                kept = epoch
                 print(_epoch_line(h, epochs, improved), file=stream, flush=True)
         except KeyboardInterrupt:
             where = f"in epoch {epoch}" if len(history) < epoch else f"after epoch {epoch}"
+            if kept == 0:
+                if chief and not resume and out_dir.exists():
+                    # a model saved in epoch 1 just before the interruption, without a state
+                    # to resume it (out_dir was new or empty): drop it, so that the same
+                    # command starts again
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    if out_existed:
+                        out_dir.mkdir()
+                raise TrainingError(
+                    f"interrupted {where}, before the first epoch completed; nothing is kept: "
+                    "start the training again"
+                ) from None
             raise TrainingError(
-                f"interrupted {where}; the state after epoch {len(history)} is kept: "
+                f"interrupted {where}; the state after epoch {kept} is kept: "
                 f"continue with `musicgend train --out {out_dir} --resume`"
             ) from None
         stopped_early = patience_spent() and len(history) < epochs
@@ -776,11 +879,15 @@ def train(
                 file=stream,
                 flush=True,
             )
-        final_digest = weights_digest([np.asarray(w.numpy()) for w in loop.model.weights])
+        if not best_digest:  # a state saved before the digest was kept in it
+            best_digest = weights_digest(
+                [np.asarray(w.numpy()) for w in load_artifact(artifact_dir).keras_model().weights]
+            )
         wall_s = wall_before + time.perf_counter() - t_run
         meta = metadata(wall_s)
         meta["stopped_early"] = stopped_early
-        meta["final_weights_sha256"] = final_digest
+        # the weights saved in the model directory (the best epoch's), not the last epoch's
+        meta["final_weights_sha256"] = best_digest
         best = load_artifact(artifact_dir)
         with tempfile.TemporaryDirectory(prefix="musicgend-card-") as tmp:
             extra: dict[str, str | Path] = {}
@@ -811,7 +918,7 @@ def train(
         stopped_early,
         wall_s,
         meta["windows_per_s"] or 0.0,
-        final_digest,
+        best_digest,
         lineage,
     )
 
@@ -854,9 +961,9 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
         found = find_state(out_dir)
         if found is None:
             raise TrainingError(f"{out_dir}: no interrupted training to resume")
-        saved = json.loads((found / "state.json").read_text(encoding="utf-8"))["options"]
-        options.epochs = int(given.get("epochs", saved["epochs"]))
-        options.patience = int(given.get("patience", saved["patience"]))
+        saved = TrainOptions.from_json(read_state_info(found)["options"])
+        options.epochs = int(given.get("epochs", saved.epochs))
+        options.patience = int(given.get("patience", saved.patience))
     result = train(options, resume=resume, explicit=explicit)
     where = result.out_dir if result.out_dir is not None else "(worker: nothing saved)"
     stop = ", stopped early" if result.stopped_early else ""

@@ -28,6 +28,7 @@ from musicgend.training.train import (
     read_state,
     state_dir_for,
     train,
+    weights_digest,
     write_state,
 )
 from tests.conftest import run_musicgend, write_not_midi, write_truncated
@@ -196,6 +197,10 @@ def test_clear_errors(bach_dir: Path, tmp_path: Path) -> None:
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="not empty"):
         cli_train(busy, False, {"data_dir": bach_dir})
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    with pytest.raises(TrainingError, match="afile: is a file, not a directory"):
+        cli_train(afile, False, {"data_dir": bach_dir})
     with pytest.raises(TrainingError, match="no interrupted training"):
         cli_train(tmp_path / "new", True, {})
     with pytest.raises(TrainingError, match="--data is required"):
@@ -306,10 +311,128 @@ def test_a_damaged_training_state_is_unreadable_with_its_reason(
 ) -> None:
     """Past state.json, a damaged model.npz names itself; no NumPy or zipfile error escapes."""
     state = tmp_path / "state"
-    write_state(state, {"format": STATE_FORMAT, "version": STATE_VERSION}, [np.ones(2)], [])
+    write_state(state, complete_state_info(tmp_path), [np.ones(2)], [])
     _, model_vars, opt_vars = read_state(state)
     assert [v.tolist() for v in model_vars] == [[1.0, 1.0]] and opt_vars == []
     (state / "model.npz").write_bytes(data)
     with pytest.raises(TrainingError) as exc:
         read_state(state)
     assert str(exc.value) == f"{state}: training state is unreadable ({reason})"
+
+
+def complete_state_info(tmp_path: Path) -> dict[str, object]:
+    """A ``state.json`` with every key a resumed run reads."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "epoch": 1,
+        "history": [],
+        "best_epoch": 0,
+        "best_val_nll": 3.0,
+        "bad_epochs": 0,
+        "wall_s": 1.0,
+        "started": "2026-01-01T00:00:00+0000",
+        "options": TrainOptions(tmp_path, tmp_path / "m").to_json(),
+        "split": {"train": ["a.mid"], "val": ["b.mid"], "test": ["c.mid"]},
+        "vocab_hash": "0" * 16,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"format": "musicgend-tr', "state.json: not valid JSON: "),
+        ("{}", "state.json: no 'format'"),
+        ("[1, 2]", "state.json: not a JSON object"),
+        ("\xff", "state.json: not valid JSON: "),
+        ("without-options", "state.json: no 'options'"),
+        ("bad-options", "state.json: bad options: "),
+    ],
+    ids=["truncated", "empty-object", "list", "garbage", "no-options", "bad-options"],
+)
+def test_a_damaged_state_json_is_unreadable_with_its_reason(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    """``--resume`` with a damaged state.json: one TrainingError naming the file's fault."""
+    out = tmp_path / "model"
+    state = state_dir_for(out)
+    info = complete_state_info(tmp_path)
+    if text == "without-options":
+        del info["options"]
+        text = json.dumps(info)
+    elif text == "bad-options":
+        info["options"] = {"nonsense": 1}
+        text = json.dumps(info)
+    write_state(state, info, [np.ones(2)], [])
+    (state / "state.json").write_text(text, encoding="utf-8")
+    with pytest.raises(TrainingError) as exc:
+        cli_train(out, True, {})
+    assert str(exc.value).startswith(f"{state}: training state is unreadable ({reason}")
+    with pytest.raises(TrainingError, match="training state is unreadable"):
+        read_state(state)
+
+
+def test_a_truncated_state_json_is_one_error_line_on_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    write_state(state_dir_for(out), complete_state_info(tmp_path), [np.ones(2)], [])
+    (state_dir_for(out) / "state.json").write_text('{"format": "musi', encoding="utf-8")
+    proc = cli("train", "--out", out, "--resume")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "training state is unreadable (state.json: not valid JSON" in proc.stderr
+
+
+def test_interruptions_say_what_is_kept_and_the_saved_model_has_the_printed_digest(
+    bach_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in epoch 1 keeps nothing (and says so; the same run starts again); the digest
+    printed and stored is that of the saved (best) weights, not the last epoch's; a resume
+    whose best model directory is gone is refused before any training."""
+    out = tmp_path / "m"
+
+    def options(**kw: object) -> TrainOptions:
+        kw = {"epochs": 3, "batch_size": 64, "seed": 1, "patience": 0, **kw}
+        return TrainOptions(bach_dir, out, ModelConfig(**TINY_CONFIG), **kw)  # type: ignore[arg-type]
+
+    def interrupted(self: Loop, index):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Loop, "evaluate", interrupted)
+    with pytest.raises(TrainingError) as exc:
+        train(options(), stream=sys.stderr)
+    assert str(exc.value) == (
+        "interrupted in epoch 1, before the first epoch completed; nothing is kept: "
+        "start the training again"
+    )
+    assert not out.exists() and not state_dir_for(out).exists()
+
+    scripted = iter([(3.0, 0.1), (2.0, 0.2), (2.5, 0.3)])
+    monkeypatch.setattr(Loop, "evaluate", lambda self, index: next(scripted))
+    result = train(options(), stream=sys.stderr)
+    assert result.best_epoch == 2 and len(result.history) == 3
+    art = load_artifact(out)
+    saved = weights_digest([np.asarray(w.numpy()) for w in art.keras_model().weights])
+    assert result.weights_sha256 == saved == art.training["final_weights_sha256"]
+
+    # interrupted in epoch 2 of a new run: the best model so far (epoch 1) goes missing
+    shutil.rmtree(out)
+    scripted = iter([(3.0, 0.1)])
+
+    def once_then_interrupt(self: Loop, index):  # type: ignore[no-untyped-def]
+        for figures in scripted:
+            return figures
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Loop, "evaluate", once_then_interrupt)
+    with pytest.raises(TrainingError, match="the state after epoch 1 is kept"):
+        train(options(), stream=sys.stderr)
+    shutil.rmtree(out)
+    monkeypatch.setattr(Loop, "evaluate", lambda self, index: pytest.fail("trained"))
+    with pytest.raises(TrainingError) as exc:
+        train(options(), resume=True, explicit=set())
+    assert str(exc.value).startswith(
+        f"{out}: the model of the best epoch so far (epoch 1) is missing or damaged "
+        "(no such model directory)"
+    )
+    assert state_dir_for(out).is_dir()
