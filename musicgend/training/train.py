@@ -375,19 +375,57 @@ def _num_workers(strategy: Any) -> int:
     return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
 
 
-def make_strategy(distributed: bool) -> Any:
+def check_tf_config() -> list[str]:
+    """The workers of a valid ``TF_CONFIG`` (TrainingError, one per fault, otherwise): a JSON
+    object whose ``cluster.worker`` is a non-empty list of ``host:port`` strings (no other
+    task types) and whose ``task`` is ``{"type": "worker", "index": i}`` with i a worker."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise TrainingError("--distributed needs TF_CONFIG (cluster and task) in the environment")
+    try:
+        tf_config = json.loads(text)
+    except ValueError as exc:
+        raise TrainingError(f"TF_CONFIG is not valid JSON: {exc}") from None
+    if not isinstance(tf_config, dict):
+        raise TrainingError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    cluster = tf_config.get("cluster")
+    if not isinstance(cluster, dict) or "worker" not in cluster:
+        raise TrainingError("TF_CONFIG: 'cluster' must be an object with a 'worker' list")
+    others = sorted(set(cluster) - {"worker"})
+    if others:
+        raise TrainingError(f"TF_CONFIG: only 'worker' tasks are supported, not {others[0]!r}")
+    workers = cluster["worker"]
+    if not isinstance(workers, list) or not workers:
+        raise TrainingError("TF_CONFIG: cluster.worker must be a non-empty list of host:port")
+    for address in workers:
+        host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise TrainingError(f"TF_CONFIG: worker {address!r} is not host:port")
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or task.get("type") != "worker":
+        raise TrainingError('TF_CONFIG: \'task\' must be {"type": "worker", "index": N}')
+    index = task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(workers):
+        raise TrainingError(
+            f"TF_CONFIG: task.index must be 0..{len(workers) - 1} "
+            f"(one of the {len(workers)} workers), got {index!r}"
+        )
+    return [str(w) for w in workers]
+
+
+def make_strategy(distributed: bool, stream: TextIO | None = None) -> Any:
     """MultiWorkerMirroredStrategy from TF_CONFIG, or the default strategy."""
     import tensorflow as tf
 
     if not distributed:
         return tf.distribute.get_strategy()
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-        raise TrainingError("--distributed needs TF_CONFIG (cluster and task) in the environment")
-    try:
-        json.loads(tf_config)
-    except ValueError as exc:
-        raise TrainingError(f"TF_CONFIG is not valid JSON: {exc}") from None
+    workers = check_tf_config()
+    if len(workers) > 1:
+        print(
+            f"waiting for the {len(workers)} workers of TF_CONFIG: {', '.join(workers)}",
+            file=stream or sys.stderr,
+            flush=True,
+        )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except (ValueError, RuntimeError) as exc:
@@ -619,6 +657,8 @@ def train(
     """
     stream = stream or sys.stderr
     out_dir = options.out_dir
+    if options.distributed:
+        check_tf_config()
     chief = not options.distributed or _chief_in_tf_config()
 
     out_existed = out_dir.exists()
@@ -656,7 +696,7 @@ def train(
         options = dataclasses.replace(options, config=base.config)
 
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
-    strategy = make_strategy(options.distributed)
+    strategy = make_strategy(options.distributed, stream)
     chief = _is_chief(strategy)
     import tensorflow as tf
 

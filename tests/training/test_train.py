@@ -436,3 +436,42 @@ def test_interruptions_say_what_is_kept_and_the_saved_model_has_the_printed_dige
         "(no such model directory)"
     )
     assert state_dir_for(out).is_dir()
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "message"),
+    [
+        ({"cluster": {}}, "TF_CONFIG: 'cluster' must be an object with a 'worker' list"),
+        ("x", "TF_CONFIG must be a JSON object with 'cluster' and 'task'"),
+        (
+            {"task": {"type": "worker", "index": 0}},
+            "TF_CONFIG: 'cluster' must be an object with a 'worker' list",
+        ),
+        (
+            {"cluster": {"worker": "nope"}, "task": {"type": "worker", "index": 0}},
+            "TF_CONFIG: cluster.worker must be a non-empty list of host:port",
+        ),
+        (
+            {"cluster": {"worker": ["nope"]}, "task": {"type": "worker", "index": 0}},
+            "TF_CONFIG: worker 'nope' is not host:port",
+        ),
+        (
+            {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}},
+            "TF_CONFIG: task.index must be 0..0 (one of the 1 workers), got 1",
+        ),
+        (
+            {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}},
+            "TF_CONFIG: 'task' must be",
+        ),
+    ],
+    ids=["empty-cluster", "string", "no-cluster", "workers-string", "no-port", "index", "ps"],
+)
+def test_a_bad_tf_config_is_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tf_config: object, message: str
+) -> None:
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    options = TrainOptions(tmp_path, tmp_path / "m", distributed=True)
+    with pytest.raises(TrainingError) as exc:
+        train(options, stream=sys.stderr)
+    assert str(exc.value).startswith(message)
+    assert not (tmp_path / "m").exists()
