@@ -978,6 +978,48 @@ def load_model_config(name_or_path: str) -> ModelConfig:
         raise ConfigError(f"{path}: invalid model config at {loc}: {first['msg']}") from None
 
 
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``out_dir`` for a training run: a second run into the same
+    directory is refused while this one lives (the kernel drops the lock when the process
+    ends, however it ends). The lock file is removed at the end."""
+    import fcntl
+
+    lock_path = out_dir.absolute().parent / f".{out_dir.name}.lock"
+    with contextlib.suppress(OSError):  # else os.open below says why
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise TrainingError(f"{out_dir}: can't create {lock_path} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = lock_path.read_text(encoding="ascii", errors="replace").strip() or "?"
+            raise TrainingError(
+                f"{out_dir}: another training writes there now (process {holder}); wait for "
+                "it, or choose another --out"
+            ) from None
+        # the file may have been removed by a run that just ended: lock the one in place
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        os.close(fd)
+
+
 def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
     """The ``musicgend train`` command: options from the CLI (only those given), a summary."""
     explicit = set(given)
@@ -1004,7 +1046,9 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
         saved = TrainOptions.from_json(read_state_info(found)["options"])
         options.epochs = int(given.get("epochs", saved.epochs))
         options.patience = int(given.get("patience", saved.patience))
-    result = train(options, resume=resume, explicit=explicit)
+    lock = contextlib.nullcontext() if options.distributed else out_dir_lock(out_dir)
+    with lock:
+        result = train(options, resume=resume, explicit=explicit)
     where = result.out_dir if result.out_dir is not None else "(worker: nothing saved)"
     stop = ", stopped early" if result.stopped_early else ""
     if result.fine_tune is not None:

@@ -475,3 +475,22 @@ def test_a_bad_tf_config_is_refused_up_front(
         train(options, stream=sys.stderr)
     assert str(exc.value).startswith(message)
     assert not (tmp_path / "m").exists()
+
+
+def test_one_training_run_at_a_time_per_out_dir(tmp_path):
+    from musicgend.training.train import out_dir_lock
+
+    out = tmp_path / "new" / "model"
+    with out_dir_lock(out):
+        lock = tmp_path / "new" / ".model.lock"
+        assert lock.read_text().strip() == str(os.getpid())
+        with (
+            pytest.raises(TrainingError, match=r"another training writes there now \(process"),
+            out_dir_lock(out),
+        ):
+            pass
+        with out_dir_lock(tmp_path / "new" / "other"):  # another --out is free
+            pass
+    assert not lock.exists()
+    with out_dir_lock(out):  # free again once the first run ended
+        pass
