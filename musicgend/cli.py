@@ -7,6 +7,7 @@ errors exit 2 (typer's convention).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -678,7 +679,9 @@ def run_cmd(
 
         metrics_out.write_text(json.dumps(info.metrics, indent=1) + "\n", encoding="utf-8")
     if info.session_midi is not None:
-        print(f"session written: {info.session_midi}", flush=True)
+        # after SIGHUP the terminal may be gone (EIO): the session is written either way
+        with contextlib.suppress(OSError):
+            print(f"session written: {info.session_midi}", flush=True)
 
 
 @app.command("demo")

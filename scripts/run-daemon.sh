@@ -4,6 +4,6 @@
 # are relative to the directory you run this from. With no JACK server and no ALSA
 # sequencer, the daemon starts a private JACK server with the dummy driver.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd -- "$(dirname -- "$0")/.." >/dev/null && pwd)"
 "$root/scripts/bootstrap.sh" >/dev/null
 exec "$root/.venv/bin/musicgend" run "$@"

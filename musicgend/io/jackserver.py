@@ -275,6 +275,9 @@ class EmbeddedJack:
             stderr=subprocess.STDOUT,
             env=env,
             preexec_fn=None if setpriv else _die_with_parent,
+            # not in the terminal's process group: Ctrl-C or a hang-up stops the daemon,
+            # which stops this server after its last note-offs
+            start_new_session=True,
         )
         deadline_ns = time.monotonic_ns() + int(self.start_timeout_s * 1e9)
         while not jack_running(self.name):

@@ -108,13 +108,15 @@ def _utc(unix_ns: int) -> datetime:
 def new_session_dir(root: Path, start_unix_ns: int) -> Path:
     """Create and return ``root/<YYYYmmddTHHMMSS.mmmZ>`` (``-2``, ``-3``… if taken)."""
     stamp = _utc(start_unix_ns).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
-    in_the_way = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
-    if in_the_way is not None:
-        raise SessionError(f"can't create session root {root}: {in_the_way} is not a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SessionError(f"can't create session root {root}: {exc.strerror}") from exc
+        reason = exc.strerror
+        with contextlib.suppress(OSError):
+            in_the_way = next(p for p in (root, *root.parents) if p.exists())
+            if not in_the_way.is_dir():
+                reason = f"{in_the_way} is not a directory"
+        raise SessionError(f"can't create session root {root}: {reason}") from exc
     for n in range(1, 1000):
         path = root / (stamp if n == 1 else f"{stamp}-{n}")
         try:

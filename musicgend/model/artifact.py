@@ -837,7 +837,7 @@ def compact_artifact(
     meta_files = _load_metadata(path)["files"] if path.is_dir() else {}
     # a rewrite may meet a damaged extra (e.g. loss_curve.png) or the LiteRT export it is
     # about to rebuild or drop: those are carried as they are, rebuilt or dropped
-    tolerate = {name for name in meta_files if name not in OWN_FILES}
+    tolerate = {name for name in meta_files if name not in OWN_FILES} | {WEIGHTS_H5}
     if litert is not None:
         tolerate.add(TFLITE)
     art = load_artifact(path, tolerate=tolerate)

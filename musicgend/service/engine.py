@@ -87,9 +87,12 @@ ECHO_WINDOW_NS = 30_000_000
 FIRST_FRAME_LEAD_NS = 50_000_000
 LATENCY_SAMPLES = 20_000
 ACTIVE_SENSING = 0xFE
-SENSING_TIMEOUT_NS = 330_000_000
+SENSING_TIMEOUT_NS = 450_000_000
 """MIDI 1.0: a receiver that has heard Active Sensing and then nothing for 300 ms treats the
-connection as lost and ends every note (30 ms more for scheduling)."""
+connection as lost and ends every note; 150 ms more here for the input's way through USB,
+JACK periods and the event loop (a false alarm would drop keys a player holds)."""
+SENSING_STEADY_NS = 400_000_000
+"""The check starts after two keep-alives this close: a steady sender, not a stray one."""
 MAX_TOP_K = 1_000_000
 """``top_k`` at most (any value above the vocabulary's size keeps every chord)."""
 
@@ -506,7 +509,8 @@ class FrameCore:
         self._sent_on_ns: dict[tuple[int, int, int], int] = {}  # (status, pitch, velocity)
         self._echo_open: set[int] = set()
         self._pending_human: PitchSet = frozenset()
-        self._sensing = False  # the input sends Active Sensing
+        self._sensing = False  # the input sends Active Sensing steadily
+        self._sensing_ns: int | None = None  # the last keep-alive's time
         self._heard_ns = 0  # when the input last sent anything
 
     # -- input ------------------------------------------------------------------------------
@@ -526,7 +530,10 @@ class FrameCore:
             return False, []
         self.heard(t_ns)
         if message[0] == ACTIVE_SENSING:  # a keep-alive, not music: not logged
-            self._sensing = True
+            last = self._sensing_ns
+            self._sensing_ns = t_ns
+            if last is not None and 0 <= t_ns - last <= SENSING_STEADY_NS:
+                self._sensing = True
             return False, []
         status = message[0] & 0xF0
         if status in (0x80, 0x90) and len(message) >= 3:
@@ -570,10 +577,12 @@ class FrameCore:
         """Active Sensing (MIDI 1.0): once the input has sent it, more than 300 ms of nothing
         at all means the connection was lost (a cable pulled with keys down): every key and
         the pedal the player held are released, so the model no longer hears them held.
-        Returns True when that happened (watching resumes with the next Active Sensing)."""
+        Returns True when that happened (watching resumes once the keep-alive is steady
+        again)."""
         if not self._sensing or now_ns - self._heard_ns <= SENSING_TIMEOUT_NS:
             return False
         self._sensing = False
+        self._sensing_ns = None
         self.metrics.input_losses += 1
         self.quantiser.all_notes_off(self._time_s(self._heard_ns + SENSING_TIMEOUT_NS))
         self.version += 1

@@ -399,7 +399,7 @@ def check_tf_config() -> list[str]:
         raise TrainingError("TF_CONFIG: cluster.worker must be a non-empty list of host:port")
     for address in workers:
         host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise TrainingError(f"TF_CONFIG: worker {address!r} is not host:port")
     task = tf_config.get("task")
     if not isinstance(task, dict) or task.get("type") != "worker":
@@ -901,6 +901,7 @@ def train(
                     # to resume it (out_dir was new or empty): drop it, so that the same
                     # command starts again
                     shutil.rmtree(out_dir, ignore_errors=True)
+                    shutil.rmtree(state_target, ignore_errors=True)  # this run's own
                     if out_existed:
                         out_dir.mkdir()
                 raise TrainingError(
@@ -985,7 +986,8 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
     ends, however it ends). The lock file is removed at the end."""
     import fcntl
 
-    lock_path = out_dir.absolute().parent / f".{out_dir.name}.lock"
+    target = out_dir.resolve()  # `--out .` locks the directory's own name
+    lock_path = target.parent / f".{target.name}.lock"
     with contextlib.suppress(OSError):  # else os.open below says why
         lock_path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -997,7 +999,10 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = lock_path.read_text(encoding="ascii", errors="replace").strip() or "?"
+            try:
+                holder = lock_path.read_text(encoding="ascii", errors="replace").strip() or "?"
+            except OSError:  # it ended just now
+                holder = "?"
             raise TrainingError(
                 f"{out_dir}: another training writes there now (process {holder}); wait for "
                 "it, or choose another --out"
@@ -1046,7 +1051,11 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
         saved = TrainOptions.from_json(read_state_info(found)["options"])
         options.epochs = int(given.get("epochs", saved.epochs))
         options.patience = int(given.get("patience", saved.patience))
-    lock = contextlib.nullcontext() if options.distributed else out_dir_lock(out_dir)
+        distributed = saved.distributed  # a resumed run keeps its settings
+    else:
+        distributed = options.distributed
+    # workers of one distributed run share --out (only the chief writes it): no lock there
+    lock = contextlib.nullcontext() if distributed else out_dir_lock(out_dir)
     with lock:
         result = train(options, resume=resume, explicit=explicit)
     where = result.out_dir if result.out_dir is not None else "(worker: nothing saved)"

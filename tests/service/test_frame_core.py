@@ -345,18 +345,24 @@ def test_active_sensing_that_stops_releases_the_players_keys() -> None:
     assert core.on_input(60 * ms, bytes([0xB0, 64, 127])) == (True, [])  # pedal down
     # without Active Sensing a long silence is only a long silence
     assert not core.check_input_alive(5_000 * ms)
-    assert core.quantiser.held_pitches == {60}
-    # the keep-alive is not music: not logged, not counted as ignored input
+    # one stray keep-alive arms nothing; it is not music: not logged, not ignored input
     assert core.on_input(5_100 * ms, bytes([0xFE])) == (False, [])
     assert core.metrics.ignored_input == 0
-    assert not core.check_input_alive(5_400 * ms)  # 300 ms: still alive
-    core.heard(5_400 * ms)  # MIDI clock counts as hearing from the input
-    assert not core.check_input_alive(5_700 * ms)
+    assert not core.check_input_alive(6_000 * ms)
+    assert core.quantiser.held_pitches == {60}
+    # a steady keep-alive (two within 400 ms) does
+    core.on_input(6_100 * ms, bytes([0xFE]))
+    core.on_input(6_350 * ms, bytes([0xFE]))
+    assert not core.check_input_alive(6_750 * ms)  # 400 ms: still within the margin
+    core.heard(6_750 * ms)  # MIDI clock counts as hearing from the input
+    assert not core.check_input_alive(7_150 * ms)
     version = core.version
-    assert core.check_input_alive(5_800 * ms)  # 400 ms of nothing: the cable is out
+    assert core.check_input_alive(7_250 * ms)  # 500 ms of nothing: the cable is out
     assert core.quantiser.held_pitches == frozenset()
     assert core.metrics.input_losses == 1 and core.version > version
     assert core.metrics.snapshot()["input_losses"] == 1
-    assert not core.check_input_alive(9_000 * ms)  # once; watching again after the next FE
+    assert not core.check_input_alive(9_000 * ms)  # once; watching again when steady again
     core.on_input(9_100 * ms, bytes([0x90, 62, 90]))
+    core.on_input(9_200 * ms, bytes([0xFE]))
+    assert not core.check_input_alive(10_000 * ms)
     assert core.quantiser.held_pitches == {62}
