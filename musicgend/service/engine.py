@@ -574,9 +574,10 @@ class FrameCore:
         return True, []
 
     def check_input_alive(self, now_ns: int) -> bool:
-        """Active Sensing (MIDI 1.0): once the input has sent it, more than 300 ms of nothing
-        at all means the connection was lost (a cable pulled with keys down): every key and
-        the pedal the player held are released, so the model no longer hears them held.
+        """Active Sensing (MIDI 1.0): once the input sends it steadily, more than
+        :data:`SENSING_TIMEOUT_NS` of nothing at all means the connection was lost (a cable
+        pulled with keys down): every key and the pedal the player held are released, so the
+        model no longer hears them held.
         Returns True when that happened (watching resumes once the keep-alive is steady
         again)."""
         if not self._sensing or now_ns - self._heard_ns <= SENSING_TIMEOUT_NS:
@@ -1230,15 +1231,9 @@ class Engine:
                 self._set_frame_ns(frame_ns)
         self._schedule()
 
-    def set_bpm(self, bpm: Any) -> None:
-        """Internal clock: frames of ``ticks_per_frame`` ticks at ``bpm`` from the next frame
-        on. With MIDI clock the band's tempo rules: ValueError."""
-        frame_ns = self._frame_ns_for(bpm)
-        with self.lock:
-            self._set_frame_ns(frame_ns)
-
     def _frame_ns_for(self, bpm: Any) -> int:
-        """The frame length for ``bpm``, checked (ValueError) without changing anything."""
+        """The internal clock's frame length (``ticks_per_frame`` ticks) for ``bpm``, checked
+        without changing anything. With MIDI clock the band's tempo rules: ValueError."""
         if self.follower is not None:
             raise ValueError("bpm follows the incoming MIDI clock (clock source 'midi')")
         if not isinstance(self.core.grid, FrameGrid):
@@ -1319,9 +1314,7 @@ class Engine:
         frame_s = self.core.grid.frame_ns / NS_PER_S
         loop = asyncio.get_running_loop()
         give_up_s = loop.time() + 10.0
-        while self.core.model is not model and not self._stop.is_set():
-            if loop.time() > give_up_s:
-                break
+        while self.core.model is not model and not self._stop.is_set() and loop.time() < give_up_s:
             await asyncio.sleep(frame_s / 4)
         if self.core.model is model and self.on_status is not None:
             self.on_status()

@@ -228,47 +228,39 @@ STATE_KEYS: dict[str, type | tuple[type, ...]] = {
 def read_state_info(path: Path) -> dict[str, Any]:
     """``state.json`` of the state directory ``path``, checked (:class:`TrainingError` with
     the reason when it is damaged, incomplete or of another format)."""
+
+    def unreadable(reason: object) -> TrainingError:
+        return TrainingError(f"{path}: training state is unreadable (state.json: {reason})")
+
     try:
         text = (path / "state.json").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise TrainingError(
-            f"{path}: training state is unreadable (state.json: {reason})"
-        ) from None
+        raise unreadable(reason) from None
     try:
         info = json.loads(text)
     except ValueError as exc:
-        raise TrainingError(
-            f"{path}: training state is unreadable (state.json: not valid JSON: {exc})"
-        ) from None
+        raise unreadable(f"not valid JSON: {exc}") from None
     if not isinstance(info, dict):
-        raise TrainingError(f"{path}: training state is unreadable (state.json: not a JSON object)")
+        raise unreadable("not a JSON object")
     if "format" not in info:
-        raise TrainingError(f"{path}: training state is unreadable (state.json: no 'format')")
+        raise unreadable("no 'format'")
     if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
         raise TrainingError(f"{path}: not a musicgend training state of this version")
     for key, kind in STATE_KEYS.items():
         if key not in info:
-            raise TrainingError(f"{path}: training state is unreadable (state.json: no {key!r})")
+            raise unreadable(f"no {key!r}")
         value = info[key]
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise TrainingError(
-                f"{path}: training state is unreadable (state.json: {key!r} is "
-                f"{type(value).__name__})"
-            )
+            raise unreadable(f"{key!r} is {type(value).__name__}")
     try:
         TrainOptions.from_json(info["options"])
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise TrainingError(
-            f"{path}: training state is unreadable (state.json: options.config.{loc}: "
-            f"{first['msg']})"
-        ) from None
+        raise unreadable(f"options.config.{loc}: {first['msg']}") from None
     except (TypeError, ValueError, KeyError, TrainingError) as exc:
-        raise TrainingError(
-            f"{path}: training state is unreadable (state.json: bad options: {exc})"
-        ) from None
+        raise unreadable(f"bad options: {exc}") from None
     return info
 
 
