@@ -105,6 +105,10 @@ class MidiSettings(_Section):
     sysex_limit_bytes: int = Field(4096, ge=0, le=1 << 20)
     """Longer incoming SysEx messages are dropped (and counted)."""
     input_queue_size: int = Field(1024, ge=1, le=1 << 20)
+    lock_jack_memory: bool = False
+    """true: let libjack lock the JACK server's whole shared memory (~40 MB with the private
+    server, ~100 MB with jackd's default ``--port-max``) into the daemon, as JACK clients do
+    by default; false: the daemon maps only the pages it uses (jackd keeps them locked)."""
 
     _patterns = field_validator("connect_in", "connect_out")(_check_pattern)
 

@@ -9,6 +9,7 @@
   with an input and an output port. It records every incoming event with its absolute JACK
   frame time (cycle start + offset: frame-accurate, for jitter measurements) and plays raw
   byte strings, valid or not, as many per cycle as asked.
+- :func:`jack_shm_kb`: how much of the JACK server's shared memory a process maps and locks.
 - :func:`wait_until` / :func:`await_until`: poll a condition with a timeout (never a blind
   sleep); the second from a coroutine.
 
@@ -50,6 +51,22 @@ def jackd() -> Iterator[Any]:
     """Pytest fixture around :func:`jack_server`."""
     with jack_server() as server:
         yield server
+
+
+def jack_shm_kb(pid: int) -> dict[str, int]:
+    """Size, Rss and Locked (kB) of the JACK server segments ``pid`` maps, from its smaps
+    (``/dev/shm/jack-<uid>-<n>``; not the server registry or its lock database)."""
+    totals = {"Size": 0, "Rss": 0, "Locked": 0}
+    inside = False
+    with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+                name = fields[5] if len(fields) > 5 else ""
+                inside = name.startswith("/dev/shm/jack-") and "registry" not in name
+            elif inside and fields[0].rstrip(":") in totals:
+                totals[fields[0].rstrip(":")] += int(fields[1])
+    return totals
 
 
 def wait_until(

@@ -9,9 +9,11 @@
   (also on exceptions); while it runs, ``os.environ["JACK_DEFAULT_SERVER"]`` names it, so every
   JACK client of this process (JACK-Client, python-rtmidi) uses it.
 
-Memory: every JACK client maps the server's shared memory segment (``/dev/shm/jack-*``) and
-libjack locks it, so it counts fully in each client's RSS. Its size grows with the server's
-``--port-max``: ~38 MB fixed plus ~34 KB per port (2048 ports by default: 102 MB; 64: 40 MB).
+Memory: every JACK client maps the server's shared memory segment (``/dev/shm/jack-*``),
+and libjack locks all of it into the client (``mlock``), so by default it counts fully in each
+client's RSS. Its size grows with the server's ``--port-max``: ~38 MB fixed plus ~34 KB per
+port (2048 ports by default: 102 MB; 64: 40 MB). :func:`forgo_jack_memory_lock` keeps
+libjack from locking it in the daemon (``midi.lock_jack_memory``, off by default).
 """
 
 from __future__ import annotations
@@ -150,6 +152,76 @@ def resolve_backend(requested: BackendRequest = "auto") -> BackendChoice:
     if requested == "auto" and alsa_sequencer_present():
         return BackendChoice("alsa", False, f"no JACK server; {ALSA_SEQ_DEVICE} present")
     return BackendChoice("jack", True, f"no JACK server {server!r} running; starting a private one")
+
+
+MEMLOCK_LIMIT_BYTES = 8 << 20
+"""Soft ``RLIMIT_MEMLOCK`` of a daemon that forgoes the lock: libjack's small segments (the
+engine's and the client's control blocks, some KB) still fit; the server's graph segment
+(≥ 38 MB) doesn't. 8 MiB is also the kernel's default for users."""
+CAP_IPC_LOCK = 14
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_effective_capability(cap: int) -> bool:
+    """Clear ``cap`` from the calling thread's effective capabilities (capget/capset(2));
+    it stays permitted. True if it was effective and now isn't."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        capget, capset = libc.capget, libc.capset
+    except (AttributeError, OSError):
+        return False
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if capget(ctypes.byref(header), data) != 0:
+        return False
+    word, bit = divmod(cap, 32)
+    if not data[word].effective & (1 << bit):
+        return False
+    data[word].effective &= ~(1 << bit) & 0xFFFFFFFF
+    return bool(capset(ctypes.byref(header), data) == 0)
+
+
+def forgo_jack_memory_lock() -> str:
+    """Keep libjack from locking the JACK server's shared memory into this process.
+
+    libjack ``mlock``s every segment of the server it attaches to, the graph with every
+    port's buffer included (see the module docstring), so that its pages are resident and
+    mapped before the process callback first touches them. jackd owns those pages and keeps
+    them locked itself; in a client the lock only maps all of them, and they count in its
+    RSS. Without it the process maps the pages it uses (its own ports' buffers, the graph's
+    state), each on first use, at a minor page fault's cost (~1 µs; the page is resident),
+    once. libjack logs "Cannot lock down ... memory area" (at debug level here) and carries
+    on, as it does for every user without a memlock allowance.
+
+    Lowers the soft ``RLIMIT_MEMLOCK`` to :data:`MEMLOCK_LIMIT_BYTES` at most and drops
+    ``CAP_IPC_LOCK`` (with which root ignores the limit) from the calling thread's effective
+    capabilities; threads it starts later inherit that, and a program it executes gets its
+    capabilities anew. Call it in the main thread, after any private server started (which
+    inherits the limit otherwise) and before the clients that stay open. Returns what it
+    did, for the log."""
+    import resource
+
+    done = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY or soft > MEMLOCK_LIMIT_BYTES:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (MEMLOCK_LIMIT_BYTES, hard))
+            done.append(f"memlock limit {MEMLOCK_LIMIT_BYTES >> 20} MiB")
+    if _drop_effective_capability(CAP_IPC_LOCK):
+        done.append("CAP_IPC_LOCK dropped")
+    return ", ".join(done) or "nothing to change"
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

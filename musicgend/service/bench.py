@@ -18,9 +18,10 @@ metrics it writes on exit. Reported (nothing is asserted):
   and how much the dummy driver's clock lost; ``jitter_single_grid_ms``: all onsets against
   one least-squares line for the run; ``midi.xruns``: JACK cycles overrun;
 * ``cpu_steal_s``: CPU time the hypervisor gave to other machines during the condition;
-* ``rss_mb`` of the daemon, and ``private_mb``: the part only it holds (RSS also counts the
-  JACK server's shared memory, which libjack maps and locks in every client: ~40 MB with the
-  embedded server's ``--port-max 64``, ~102 MB with jackd's default);
+* ``rss_mb`` of the daemon, and ``private_mb``: the part only it holds (RSS also counts
+  shared libraries and the pages of the JACK server's shared memory it maps: ~2 MB by
+  default; all of it, ~40 MB with the embedded server's ``--port-max 64``, ~102 MB with
+  jackd's default, with ``midi.lock_jack_memory = true``, as libjack locks it in a client);
 * ``ports_ready_s``: process start → its ports visible in JACK;
 * ``load_avg``: the machine's 1-minute load average before and after each condition.
 """

@@ -380,8 +380,9 @@ def private_mb(pid: int | str = "self") -> float | None:
     """Memory only this process holds (USS: ``Private_Clean + Private_Dirty`` from
     ``/proc/PID/smaps_rollup``) in MiB; None where unknown.
 
-    RSS also counts shared pages: the JACK server's shared memory segment (locked by
-    libjack in every client, ~40 MB with ``--port-max 64``) and shared libraries.
+    RSS also counts shared pages: shared libraries and the pages of the JACK server's
+    shared memory this process maps (all ~40 MB of it with ``--port-max 64`` where libjack
+    may lock it: ``midi.lock_jack_memory``).
     """
     total_kb = 0
     try:
@@ -623,6 +624,10 @@ def run_daemon(
     late_signals = ExitStack()  # closed last, after the private JACK server's stop
     try:
         with late_signals, _backend(settings.midi.backend, info):
+            if info.backend == "jack" and not settings.midi.lock_jack_memory:
+                from musicgend.io.jackserver import forgo_jack_memory_lock
+
+                log.info("JACK shared memory not locked here: %s", forgo_jack_memory_lock())
             try:
                 asyncio.run(serve(settings, info, on_ready=on_ready, watchdog=watchdog))
             finally:

@@ -161,3 +161,34 @@ def test_alsa_ports_receive_from_another_sequencer_client() -> None:
             sender.close_port()
 
     asyncio.run(main())
+
+
+def test_forgoing_the_jack_memory_lock_limits_this_process_only() -> None:
+    """In a fresh interpreter (it changes the process for good): the soft memlock limit is
+    at most 8 MiB and CAP_IPC_LOCK is no longer effective, in this thread and in threads
+    started later; a program it runs gets its capabilities anew."""
+    script = """
+import resource, subprocess, threading
+from musicgend.io.jackserver import MEMLOCK_LIMIT_BYTES, forgo_jack_memory_lock
+
+def cap_eff(path="/proc/thread-self/status"):
+    line = next(x for x in open(path) if x.startswith("CapEff:"))
+    return int(line.split()[1], 16)
+
+before = cap_eff()
+print(forgo_jack_memory_lock())
+assert resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] <= MEMLOCK_LIMIT_BYTES
+assert not cap_eff() & (1 << 14)
+seen = []
+t = threading.Thread(target=lambda: seen.append(cap_eff()))
+t.start(); t.join()
+assert not seen[0] & (1 << 14)
+child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+child_eff = int(next(x for x in child.splitlines() if x.startswith("CapEff:")).split()[1], 16)
+assert child_eff & (1 << 14) == before & (1 << 14), (hex(child_eff), hex(before))
+print("again:", forgo_jack_memory_lock())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first, again = out.stdout.splitlines()
+    assert first and again == "again: nothing to change", out.stdout

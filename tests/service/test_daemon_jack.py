@@ -18,7 +18,7 @@ import mido
 import pytest
 
 from musicgend.service.bench import frames_lost_by
-from tests.jackutil import JackPeer, jack_server, wait_until
+from tests.jackutil import JackPeer, jack_server, jack_shm_kb, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAME_FRAMES = 48000 // 5  # JACK frames per 200 ms frame (the test server runs at 48 kHz)
@@ -209,3 +209,26 @@ def test_malformed_bytes_and_a_flood_neither_crash_nor_stall_it(
         )
         assert daemon.proc.poll() is None
         assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize("lock", [False, True], ids=["default", "lock_jack_memory"])
+def test_the_jack_servers_memory_is_locked_only_when_asked(
+    tiny_model: Path, tmp_path: Path, lock: bool
+) -> None:
+    """By default the daemon maps only the pages of JACK's shared memory it uses and locks
+    next to none (jackd keeps it locked); ``midi.lock_jack_memory = true`` locks it all, as
+    the peer, a JACK client like any other, does wherever it may."""
+    config = tmp_path / "musicgend.toml"
+    config.write_text(f"[midi]\nlock_jack_memory = {str(lock).lower()}\n")
+    with daemon_and_peer(tiny_model, tmp_path, "--config", str(config)) as (daemon, peer):
+        peer.send([bytes([0x90, 60, 90]), bytes([0x80, 60, 0])], per_cycle=1)
+        wait_until(lambda: len({t for t, _ in notes(peer.received())}) >= 3, 20.0, what="3 frames")
+        ours, theirs = jack_shm_kb(daemon.proc.pid), jack_shm_kb(peer.pid)
+        assert daemon.terminate() == 0
+    assert ours["Size"] > 30_000 and ours["Size"] == theirs["Size"], (ours, theirs)
+    if lock:
+        assert ours["Locked"] == theirs["Locked"], (ours, theirs)
+    else:
+        # (the small control segments still fit the daemon's 8 MiB memlock limit)
+        assert ours["Locked"] < ours["Size"] // 100 and ours["Rss"] < ours["Size"] // 4, ours
+        assert any("not locked here" in line for line in daemon.err), daemon.err
