@@ -159,14 +159,12 @@ def vocab_build(
     from musicgend.progress import progress
     from musicgend.training.corpus import (
         build_vocab,
-        check_vocab_target,
         format_summary,
         list_corpus,
         save_vocab,
     )
 
-    check_vocab_target(output)
-    listing = list_corpus(midi_dirs)
+    listing = list_corpus(midi_dirs)  # lists the files; reads none
     check_output_file(output, inputs=listing.midi, what="vocabulary")
     with progress(len(listing.midi), "read", plain_every=100) as bar:
         vocab, summary = build_vocab(

@@ -187,10 +187,18 @@ def test_usage_errors_exit_2(tmp_path):
 def test_bad_output_path_fails_before_reading(chord_corpus, tmp_path):
     result = musicgend("vocab", "build", chord_corpus, "-o", tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"error: {tmp_path}: is a directory (give the vocabulary file's name)"
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path}: is a directory; give the vocabulary a file name"
     )
     assert list(tmp_path.glob(".*.tmp")) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = musicgend("vocab", "build", chord_corpus, "-o", blocker / "v.json")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {blocker / 'v.json'}: {blocker} is a file, not a directory"
+    )
 
 
 def test_list_corpus_sorts_dedupes_and_ignores_hidden_files(chord_corpus):

@@ -374,20 +374,10 @@ def build_vocab(
     return Vocab.from_counts(summary.counts, min_count=min_count, fs=fs), summary
 
 
-def check_vocab_target(path: str | Path) -> Path:
-    """Refuse an output path that can't become a file, before any work is done."""
-    target = Path(path)
-    if target.is_dir():
-        raise CorpusError(f"{target}: is a directory (give the vocabulary file's name)")
-    parent = next((p for p in target.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CorpusError(f"{target}: {parent} is not a directory")
-    return target
-
-
 def save_vocab(vocab: Vocab, path: str | Path) -> Path:
-    """Write the vocabulary JSON atomically (temporary file + rename); returns the path."""
-    target = check_vocab_target(path)
+    """Write the vocabulary JSON atomically (temporary file + rename); returns the path.
+    The caller checks ``path`` first (:func:`musicgend.outputs.check_output_file`)."""
+    target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
