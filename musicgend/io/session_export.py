@@ -44,6 +44,7 @@ from musicgend.io.session import (
     read_journal,
     session_midi_bytes,
 )
+from musicgend.outputs import check_dir
 
 TrackChoice = Literal["human", "machine", "both"]
 TRACK_CHOICES: tuple[str, ...] = get_args(TrackChoice)
@@ -306,9 +307,12 @@ def export_sessions(
 ) -> ExportReport:
     """Export every session named by ``paths`` into the corpus directory ``out_dir``.
 
-    Bad arguments (missing paths, no session, unknown track, an output path that is a file)
-    raise :class:`SessionError` before anything is written. A session that can't be read
-    is recorded in ``failed`` (and passed to ``on_note``) and the others go on.
+    Bad arguments (missing paths, no session, unknown track) raise :class:`SessionError`
+    before anything is written; an output directory that can't be created or written (a
+    file, a path through one, no permission) raises
+    :class:`~musicgend.errors.OutputError` (:func:`musicgend.outputs.check_dir`). A session
+    that can't be read is recorded in ``failed`` (and passed to ``on_note``) and the others
+    go on.
     """
     if track not in TRACK_CHOICES:
         raise SessionError(f"--track must be one of {', '.join(TRACK_CHOICES)}, got {track!r}")
@@ -316,8 +320,6 @@ def export_sessions(
         raise SessionError(f"--gap must be >= 0 seconds, got {gap_s}")
     sources = find_sessions(paths)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SessionError(f"{out}: exists and is not a directory")
     inside = next(
         (s.directory for s in sources if out.resolve().is_relative_to(s.directory.resolve())), None
     )
@@ -325,10 +327,7 @@ def export_sessions(
         raise SessionError(
             f"{out}: is inside the session {inside}; export the corpus to a directory of its own"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SessionError(f"can't create {out}: {exc.strerror or exc}") from None
+    check_dir(out, "corpus directory", create=True)
     report = ExportReport(sessions=len(sources))
     for source in sources:
         try:

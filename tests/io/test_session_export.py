@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgend.errors import SessionError
+from musicgend.errors import OutputError, SessionError
 from musicgend.io.midifile import find_midi_files, read_piece
 from musicgend.io.session import JOURNAL_NAME, META_NAME, MIDI_NAME, SessionRecorder
 from musicgend.io.session_export import export_sessions, split_at_gaps
@@ -156,8 +156,10 @@ def test_errors_name_the_directory(tmp_path: Path) -> None:
     with pytest.raises(SessionError, match="--track must be one of"):
         export_sessions([session], tmp_path / "out", track="drums")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SessionError, match="exists and is not a directory"):
+    with pytest.raises(OutputError, match=r"/file: .*/file is a file, not a directory$"):
         export_sessions([session], tmp_path / "file")
+    with pytest.raises(OutputError, match=r"/file/c: .*/file is a file, not a directory$"):
+        export_sessions([session], tmp_path / "file" / "c")
     for inside in (session, session / "corpus"):
         with pytest.raises(SessionError, match="is inside the session"):
             export_sessions([session], inside)
