@@ -59,6 +59,25 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default
 
 MASK = "**********"
 
+_SECRETS = (("mqtt", "password"),)
+"""The key paths of the settings no message and no printed configuration shows."""
+
+
+def _shown(value: Any, path: tuple[str | int, ...] = ()) -> Any:
+    """``value``, given for the key ``path``, as a message or printout may show it. A secret
+    (or anything inside one) is :data:`MASK`; a table holding one shows its keys, each through
+    this function; any other value above a secret (a section's JSON text, a list, a string)
+    is :data:`MASK` as a whole, as it may hold the secret where no key names it. Unset (None)
+    stays None: it tells nothing."""
+    inside = any(path[: len(secret)] == secret for secret in _SECRETS)
+    above = any(secret[: len(path)] == path for secret in _SECRETS)
+    if value is None or not (inside or above):
+        return value
+    if isinstance(value, Mapping) and not inside:
+        return {key: _shown(item, (*path, key)) for key, item in value.items()}
+    return MASK
+
+
 _TOPIC_SEGMENT = re.compile(r"^[^/+#\x00]+$")
 
 CcParam = Literal["temperature", "top_p", "top_k", "density", "hold_bias", "mode"]
@@ -403,8 +422,8 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration as JSON-able data, secrets masked."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
-        if self.mqtt.password is not None or self.mqtt.password_file is not None:
+        data: dict[str, Any] = _shown(json.loads(self.model_dump_json()))
+        if self.mqtt.password_file is not None:  # set, from the file
             data["mqtt"]["password"] = MASK
         return data
 
@@ -486,13 +505,6 @@ def _settings_env() -> dict[str, tuple[tuple[str, ...], bool]]:
     return names
 
 
-_SECRETS = (("mqtt", "password"),)
-
-
-def _holds_secret(path: tuple[str | int, ...]) -> bool:
-    return any(secret[: len(path)] == path for secret in _SECRETS)
-
-
 @dataclass(frozen=True)
 class _EnvVar:
     name: str
@@ -543,9 +555,8 @@ def _check_env(environ: Mapping[str, str]) -> tuple[list[_EnvVar], list[str]]:
             else:
                 reason = ""
             if reason:
-                shown = MASK if _holds_secret(path) else text
                 problems.append(
-                    f"{key} = {shown!r} (environment {name}): "
+                    f"{key} = {_shown(text, path)!r} (environment {name}): "
                     f"expected a JSON object (not valid JSON: {reason})"
                 )
                 continue
@@ -565,12 +576,6 @@ def _env_origin(loc: tuple[str | int, ...], env: list[_EnvVar]) -> str | None:
         if loc[: len(var.path)] == var.path and _lookup(var.value, loc[len(var.path) :])
     ]
     return max(holding, key=lambda var: len(var.path)).name if holding else None
-
-
-def _masked(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: MASK if k == "password" else _masked(v) for k, v in value.items()}
-    return value
 
 
 def _describe(
@@ -605,8 +610,7 @@ def _describe(
         if err["type"] in ("extra_forbidden", "missing") or not loc:
             value = ""
         else:
-            shown = MASK if loc[-1] == "password" else _masked(err["input"])
-            value = f" = {shown!r}"
+            value = f" = {_shown(err['input'], loc)!r}"
         lines.append(f"{key}{value} ({origin}): {message}")
     return lines
 

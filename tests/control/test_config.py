@@ -313,6 +313,34 @@ def test_errors_across_a_section_mask_the_password(monkeypatch: pytest.MonkeyPat
     assert "(environment MUSICGEND_MQTT, MUSICGEND_MQTT__RECONNECT_MIN_S)" in str(info.value)
 
 
+def test_a_password_in_any_form_or_place_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every way a password can reach an error line: the key itself with a value of the
+    wrong type, and a value in the mqtt table's place that is not a table (a list, a string,
+    a JSON value from the environment) and so can't be masked key by key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"mqtt.password": 12345678})
+    assert str(info.value).splitlines()[1:] == [
+        f"  mqtt.password = '{MASK}' (command line): expected a valid string"
+    ]
+    path = write(tmp_path, 'mqtt = [{password = "s3cret"}]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).splitlines()[1:] == [
+        f"  mqtt = '{MASK}' ({path}): expected a valid dictionary or instance of MqttSettings"
+    ]
+    write(tmp_path, 'mqtt = "s3cret"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "s3cret" not in str(info.value) and f"mqtt = '{MASK}'" in str(info.value)
+    monkeypatch.setenv("MUSICGEND_MQTT", '[{"password": "s3cret"}]')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "s3cret" not in str(info.value)
+    assert f"mqtt = '{MASK}' (environment MUSICGEND_MQTT)" in str(info.value)
+
+
 def test_toml_rendering_round_trips() -> None:
     cfg = load_config(EXAMPLE)
     import tomllib
