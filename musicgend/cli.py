@@ -635,10 +635,9 @@ def run_cmd(
     from musicgend.service.runtime import DaemonInfo, StopWatchdog, raise_priority, run_daemon
 
     if metrics_out is not None:
-        from musicgend.outputs import check_dir, check_output_file
+        from musicgend.outputs import check_output_file
 
-        check_output_file(metrics_out, what="metrics file")
-        check_dir(metrics_out.absolute().parent, for_path=metrics_out, create=True)
+        check_output_file(metrics_out, what="metrics file", create_dir=True)
     raise_priority()  # first: a busy core doesn't hold up the start-up imports and the ports
     from musicgend.config import load_config
 

@@ -42,15 +42,20 @@ def check_dir(
 
 
 def check_output_file(
-    path: str | Path, *, inputs: Iterable[str | Path] = (), what: str = "output"
+    path: str | Path,
+    *,
+    inputs: Iterable[str | Path] = (),
+    what: str = "output",
+    create_dir: bool = False,
 ) -> Path:
     """Check that ``path`` can be written: its directory exists or can be created and is
     writable, ``path`` is not a directory, and it is none of ``inputs``. An existing file is
-    replaced by the caller, as with any ``-o``."""
+    replaced by the caller, as with any ``-o``. ``create_dir``: make its directory now (the
+    file of a long run, written at its end; see :func:`check_dir`)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; give the {what} a file name")
-    check_dir(path.absolute().parent, for_path=path)
+    check_dir(path.absolute().parent, for_path=path, create=create_dir)
     if path.exists():
         if not os.access(path, os.W_OK):
             raise OutputError(f"{path}: can't overwrite it (permission denied)")

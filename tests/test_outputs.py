@@ -23,6 +23,8 @@ def test_check_dir_creates_only_when_asked_and_names_a_file_in_the_way(tmp_path)
 def test_check_output_file(tmp_path):
     target = check_output_file(tmp_path / "new" / "x.mid")
     assert target == tmp_path / "new" / "x.mid" and not (tmp_path / "new").exists()
+    assert check_output_file(target, create_dir=True) == target  # a long run's file
+    assert (tmp_path / "new").is_dir() and not target.exists()
     with pytest.raises(OutputError, match="is a directory; give the picture a file name"):
         check_output_file(tmp_path, what="picture")
     source = tmp_path / "in.mid"
