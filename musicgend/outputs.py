@@ -28,7 +28,8 @@ def check_dir(
     name = for_path if for_path is not None else path
     ancestor = next(p for p in (path, *path.parents) if p.exists())
     if not ancestor.is_dir():
-        raise OutputError(f"{name}: {ancestor} is a file, not a directory")
+        where = f"{name}: " if Path(name).absolute() != ancestor else ""
+        raise OutputError(f"{where}{ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         verb = "write in" if ancestor == path else f"create the {what} {path} in"
         raise OutputError(f"{name}: can't {verb} {ancestor} (permission denied)")

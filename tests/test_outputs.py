@@ -16,6 +16,8 @@ def test_check_dir_creates_only_when_asked_and_names_a_file_in_the_way(tmp_path)
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match=r"f is a file, not a directory"):
         check_dir(tmp_path / "f" / "sub")
+    with pytest.raises(OutputError, match=r"^/\S*/f is a file, not a directory$"):
+        check_dir(tmp_path / "f")  # named once, not "f: f is a file"
     with pytest.raises(OutputError, match=r"^.*/out\.json: .*f is a file"):
         check_dir(tmp_path / "f" / "sub", for_path=tmp_path / "f" / "sub" / "out.json")
 
