@@ -13,7 +13,9 @@ Files (all names fixed)::
     pitch_prior.json   the 128 per-pitch probabilities of p_spell
     metadata.json      format/version, vocab hash and size, weights dtype, the LiteRT
                        export's quantisation, sha256 of every other file, musicgend version,
-                       creation time, and the caller's ``training`` dict
+                       creation time (``created_utc``; a rewrite by :func:`compact_artifact`
+                       keeps it and adds ``rewritten_utc``), and the caller's ``training``
+                       dict
 
 Extra files (e.g. ``loss_curve.png``) may sit beside them; :func:`save_artifact` carries
 the ones it is given (``extra_files``) and lists their checksums too. Artifacts written
@@ -442,8 +444,13 @@ def _write_artifact(
     tflite: bytes | None,
     litert_quantize: LitertQuantize,
     extra_files: Mapping[str, str | Path],
+    created_utc: str | None = None,
 ) -> Path:
-    """Write the files into a temporary sibling of ``out_dir`` and rename it into place."""
+    """Write the files into a temporary sibling of ``out_dir`` and rename it into place.
+
+    ``created_utc``: the creation time of the model a rewrite keeps (the metadata then
+    records the rewrite as ``rewritten_utc``); ``None`` for a new model, created now.
+    """
     _check_target(out_dir)
     extras = _check_extra_files(extra_files)
     try:
@@ -471,11 +478,13 @@ def _write_artifact(
             for name in (*REQUIRED_FILES, TFLITE, *sorted(extras))
             if (tmp / name).exists()
         }
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "musicgend_version": __version__,
-            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_utc": created_utc or now,
+            **({"rewritten_utc": now} if created_utc else {}),
             "vocab_hash": vocab.hash,
             "vocab_size": len(vocab),
             "config_name": config.name,
@@ -828,7 +837,8 @@ def compact_artifact(
     ``False`` drops it. ``litert_quantize``: ``None`` keeps the export's quantisation,
     else the export is built (again) that way (with ``litert=False``: an error). A legacy
     ``model.weights.h5`` is dropped; every other file in the directory (e.g.
-    ``loss_curve.png``) is kept, the training metadata too. TensorFlow is imported only when
+    ``loss_curve.png``) is kept, the training metadata and ``created_utc`` too (the rewrite's
+    time goes to ``rewritten_utc``). TensorFlow is imported only when
     a LiteRT export must be built (added, or its weights or quantisation changed).
     """
     path = Path(path)
@@ -890,6 +900,7 @@ def compact_artifact(
         tflite=tflite,
         litert_quantize=quantize,
         extra_files=art.extra_files,
+        created_utc=art.metadata.get("created_utc"),
     )
     load_artifact(art.path)
     return CompactResult(

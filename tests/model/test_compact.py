@@ -141,6 +141,7 @@ def test_compact_cli_keeps_extra_files_and_passes_the_checks(tiny_tied_artifacts
     before.keras_model().save_weights(str(path / WEIGHTS_H5))
     meta = json.loads((path / METADATA_JSON).read_text())
     meta["files"][WEIGHTS_H5] = hashlib.sha256((path / WEIGHTS_H5).read_bytes()).hexdigest()
+    created = meta["created_utc"] = "2020-01-02T03:04:05+00:00"
     (path / METADATA_JSON).write_text(json.dumps(meta))
     x = _windows(len(before.vocab), before.config.window_frames)
     runner = CliRunner()
@@ -154,6 +155,8 @@ def test_compact_cli_keeps_extra_files_and_passes_the_checks(tiny_tied_artifacts
     assert (path / "loss_curve.png").read_bytes() == b"\x89PNG not really"
     assert "loss_curve.png" in art.metadata["files"]  # now checksummed too
     assert art.training == before.training
+    # the model's creation time stays; the rewrite has its own
+    assert art.metadata["created_utc"] == created < art.metadata["rewritten_utc"]
     assert art.vocab.hash == before.vocab.hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp dirs left
     assert load_predictor(art).runtime in ("numpy", "tf-xla")
@@ -162,6 +165,7 @@ def test_compact_cli_keeps_extra_files_and_passes_the_checks(tiny_tied_artifacts
     assert result.exit_code == 0, result.output
     art = load_artifact(path)
     assert art.tflite_path == path / TFLITE
+    assert art.metadata["created_utc"] == created
     assert (path / "loss_curve.png").read_bytes() == b"\x89PNG not really"
     np.testing.assert_allclose(
         load_predictor(art, "litert").predict_batch(x),
