@@ -31,7 +31,9 @@ The scoring rule (DESIGN.md §4, a contract):
 * Comparison (``--compare OTHER_MODEL``, e.g. the base of a fine-tuned model): the other
   model is scored by the same rule, with its own vocabulary and pitch prior, on exactly the
   files chosen for the first model (e.g. the held-out pieces of the fine-tune's data). Its
-  fs and track choice must be the same, so that both score the same frames.
+  fs and track choice must be the same, so that both score the same frames. Scored pieces
+  named like ones of its own training or validation split are counted and warned about, as
+  for the first model.
 """
 
 from __future__ import annotations
@@ -439,6 +441,11 @@ def _split_files(root: Path, names: Iterable[str], what: str) -> list[Path]:
     return files
 
 
+def _seen_names(saved: Mapping[str, list[str]] | None) -> dict[str, str]:
+    """File name → ``train`` or ``val``, for the names in a model's saved split."""
+    return {Path(n).name: part for part in ("val", "train") for n in (saved or {}).get(part, [])}
+
+
 def plan(
     artifact: Artifact,
     midi_dir: Path,
@@ -484,7 +491,7 @@ def plan(
         if not files:
             raise CorpusError(f"the saved {split} split is empty")
 
-    seen = {Path(n).name: part for part in ("val", "train") for n in (saved or {}).get(part, [])}
+    seen = _seen_names(saved)
     if not baselines:
         return Plan(files, split, None, None, seen=seen)
     problem: str | None = None
@@ -511,6 +518,36 @@ def plan(
     return Plan(files, split, train_files, val_files, problem, seen)
 
 
+def _seen_pieces(pieces: Iterable[EncodedPiece], names: Mapping[str, str]) -> dict[str, list[Path]]:
+    """The pieces whose file name ``names`` (:func:`_seen_names`) puts in ``train`` or ``val``."""
+    seen: dict[str, list[Path]] = {"train": [], "val": []}
+    for piece in pieces:
+        part = names.get(piece.path.name)
+        if part is not None:
+            seen[part].append(piece.path)
+    return seen
+
+
+def _seen_warning(
+    seen: Mapping[str, list[Path]], pieces: int, split: str, model: str, fit: str, scores: str
+) -> str | None:
+    """Why ``scores`` may be optimistic, when scored pieces share a name with the training or
+    validation split of ``model`` (unless that split is what was asked for)."""
+    train, val = seen.get("train", []), seen.get("val", [])
+    if split in ("train", "val") or not (train or val):
+        return None
+    n = len(train) + len(val)
+    if n == pieces:
+        who = "the scored piece shares" if n == 1 else f"all {n} scored pieces share"
+    else:
+        who = f"{n} of the {pieces} scored pieces {'shares' if n == 1 else 'share'}"
+    return (
+        f"{who} a file name with pieces {model} was trained on ({len(train)}) or "
+        f"validated on ({len(val)}), e.g. {(train or val)[0]}: {fit} fit or tuned on "
+        f"them, so {scores} are optimistic"
+    )
+
+
 # -- the whole evaluation ------------------------------------------------------------------------
 
 
@@ -523,6 +560,21 @@ class Comparison:
     score: Score
     oov_rate: float
     vocab_size: int
+    pieces: int
+    seen: dict[str, list[Path]]
+    """Scored pieces whose file name is in this model's own ``train`` or ``val`` split."""
+
+    def seen_warning(self, split: str) -> str | None:
+        """As :meth:`Report.seen_warning`, for this model's own split (``split``: the one
+        asked for)."""
+        return _seen_warning(
+            self.seen,
+            self.pieces,
+            split,
+            f"the compared model {self.model}",
+            "it was",
+            "its scores",
+        )
 
     def to_json(self, reference: Score) -> dict[str, Any]:
         return {
@@ -536,6 +588,8 @@ class Comparison:
             "nll_known": self.score.extra.get("nll_known"),
             "nll_unknown": self.score.extra.get("nll_unknown"),
             "model_nll_minus_this": reference.nll_nats_per_frame - self.score.nll_nats_per_frame,
+            "in_training_split": len(self.seen.get("train", [])),
+            "in_validation_split": len(self.seen.get("val", [])),
         }
 
 
@@ -560,20 +614,8 @@ class Report:
     def seen_warning(self) -> str | None:
         """Why the scores may be optimistic, when scored pieces share a name with the model's
         training or validation split (unless that split is what was asked for)."""
-        train, val = self.seen.get("train", []), self.seen.get("val", [])
-        if self.split in ("train", "val") or not (train or val):
-            return None
-        n = len(train) + len(val)
-        if n == self.pieces:
-            who = "the scored piece shares" if n == 1 else f"all {n} scored pieces share"
-        else:
-            who = f"{n} of the {self.pieces} scored pieces {'shares' if n == 1 else 'share'}"
         fit = "the model and its baselines were" if self.baselines else "the model was"
-        return (
-            f"{who} a file name with pieces the model was trained on ({len(train)}) or "
-            f"validated on ({len(val)}), e.g. {(train or val)[0]}: {fit} fit or tuned on "
-            "them, so these scores are optimistic"
-        )
+        return _seen_warning(self.seen, self.pieces, self.split, "the model", fit, "these scores")
 
     @property
     def nll_ratio(self) -> float | None:
@@ -684,11 +726,6 @@ def evaluate(
             baselines[f"kn{KN_ORDER}_repeat_transposed"] = kn_t
             info["transposed_train_frames"] = fitted_t.train_frames
             seconds["transposed_baseline"] = time.perf_counter() - t0
-    seen: dict[str, list[Path]] = {"train": [], "val": []}
-    for piece in target.pieces:
-        part = plan_.seen.get(piece.path.name)
-        if part is not None:
-            seen[part].append(piece.path)
     report = Report(
         model_name,
         plan_.split,
@@ -700,7 +737,7 @@ def evaluate(
         info,
         seconds,
         runtime,
-        seen=seen,
+        seen=_seen_pieces(target.pieces, plan_.seen),
     )
     warning = report.seen_warning()
     if warning is not None and on_warning is not None:
@@ -804,9 +841,13 @@ def run_evaluation(
     finally:
         _close(predictor)
     for other, name in zip(others, compare, strict=True):
-        report.comparisons.append(
-            score_other(str(name), other, the_plan.files, runtime, batch_size, progress_factory)
+        comparison = score_other(
+            str(name), other, the_plan.files, runtime, batch_size, progress_factory
         )
+        report.comparisons.append(comparison)
+        warning = comparison.seen_warning(report.split)
+        if warning is not None and on_warning is not None:
+            on_warning(warning)
     return report
 
 
@@ -824,7 +865,8 @@ def score_other(
     batch_size: int = 256,
     progress_factory: Callable[[int], Any] | None = None,
 ) -> Comparison:
-    """Score another model on ``files`` by the same rule, with its own vocabulary and prior."""
+    """Score another model on ``files`` by the same rule, with its own vocabulary and prior;
+    count the pieces named like ones of its own training or validation split."""
     from musicgend.model.runtime import load_predictor, pitch_head
 
     cfg = artifact.config
@@ -848,7 +890,10 @@ def score_other(
     finally:
         _close(predictor)
     oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / target.frames
-    return Comparison(name, predictor.runtime, score, oov, len(artifact.vocab))
+    seen = _seen_pieces(target.pieces, _seen_names(_training_info(artifact)[1]))
+    return Comparison(
+        name, predictor.runtime, score, oov, len(artifact.vocab), len(target.pieces), seen
+    )
 
 
 # -- output -------------------------------------------------------------------------------------

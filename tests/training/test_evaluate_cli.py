@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -157,6 +158,30 @@ def test_evaluate_warns_when_pieces_share_names_with_the_training_split(trained,
     assert report["split"] == "test"
     assert (report["in_training_split"], report["in_validation_split"]) == (0, 0)
     assert "warning" not in run.stderr
+
+
+def test_evaluate_compare_warns_about_the_compared_models_own_split(trained, tmp_path):
+    """``--compare``: pieces named like ones the compared model was trained or validated on
+    are counted and warned about too (by its own saved split, not the model's)."""
+    model, data = trained
+    base = tmp_path / "base"
+    shutil.copytree(model, base)
+    meta = json.loads((base / "metadata.json").read_text())
+    meta["training"]["split"] = {"train": ["p5.mid", "x/p6.mid"], "val": ["p0.mid"], "test": []}
+    (base / "metadata.json").write_text(json.dumps(meta))
+    run = cli("evaluate", "--model", model, data, "--compare", base, "--json", "--runtime", "numpy")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["split"] == "test" and report["pieces"] == 2  # p5.mid, sub/p6.mid
+    assert (report["in_training_split"], report["in_validation_split"]) == (0, 0)
+    compared = report["compare"][0]
+    assert (compared["in_training_split"], compared["in_validation_split"]) == (2, 0)
+    warning = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning == [
+        f"warning: all 2 scored pieces share a file name with pieces the compared model {base} "
+        f"was trained on (2) or validated on (0), e.g. {data / 'p5.mid'}: it was fit or tuned "
+        "on them, so its scores are optimistic"
+    ]
 
 
 def test_evaluate_broken_model_gives_the_artifacts_error(trained, tmp_path):
