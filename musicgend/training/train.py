@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from pydantic import ValidationError
 
+from musicgend.core.vocab import UNK_ID
 from musicgend.errors import ConfigError, CorpusError, MusicgendError, TrainingError
 from musicgend.model.config import ModelConfig, preset
 from musicgend.progress import is_tty, progress
@@ -459,7 +460,9 @@ class Loop:
         def hits(y, out):
             if head is not None:  # the head's best guess needs a search: not in training
                 return tf.zeros(tf.shape(out)[:1])
-            return tf.cast(tf.equal(tf.argmax(out, -1, output_type=tf.int32), y), tf.float32)
+            right = tf.equal(tf.argmax(out, -1, output_type=tf.int32), y)
+            # an <unk> target is never right: the argmax <unk> names no chord
+            return tf.cast(right & tf.not_equal(y, UNK_ID), tf.float32)
 
         def replica_train(x, y):
             with tf.GradientTape() as tape:
@@ -545,6 +548,12 @@ class Loop:
 
     def evaluate(self, index: WindowIndex) -> tuple[float, float | None]:
         """Validation (NLL nats per window, top-1) over every window of ``index``.
+
+        Top-1 follows ``musicgend evaluate``'s rule (:mod:`musicgend.training.evaluate`): a
+        window is right only when the argmax id is its target's and that target is not
+        ``<unk>`` (a chord the vocabulary lacks is never right, even when ``<unk>`` is the
+        argmax). The NLL is over the vocabulary's ids (``<unk>`` without evaluate's
+        p_spell).
 
         A per-pitch model's NLL is that of the chord itself (unknown chords included, as
         ``musicgend evaluate`` scores it); its top-1 needs a search per window and is left

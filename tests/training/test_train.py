@@ -15,10 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from musicgend.core.vocab import UNK_ID
 from musicgend.errors import TrainingError
 from musicgend.model.artifact import load_artifact
 from musicgend.model.config import ModelConfig
-from musicgend.training.dataset import Split, cut_split, load_corpus, prepare, shuffled_names
+from musicgend.training.dataset import (
+    Split,
+    WindowIndex,
+    cut_split,
+    load_corpus,
+    prepare,
+    shuffled_names,
+)
 from musicgend.training.train import (
     STATE_FORMAT,
     STATE_VERSION,
@@ -105,8 +113,28 @@ def test_saved_model_reproduces_the_recorded_val_nll(run_a: Path, bach_dir: Path
     probs = art.keras_model().predict(x, batch_size=512, verbose=0)
     nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean()
     assert nll == pytest.approx(meta["best_val_nll"], rel=1e-5)
-    top1 = float((probs.argmax(-1) == y).mean())
+    top1 = float(((probs.argmax(-1) == y) & (y != UNK_ID)).mean())
     assert top1 == pytest.approx(meta["best_val_top1"], abs=1e-6)
+
+
+def test_val_top1_never_counts_an_unknown_target_right(tmp_path: Path) -> None:
+    """Training's val_top1 scores by ``musicgend evaluate``'s rule: a window whose target is
+    ``<unk>`` is never right, even when the model's argmax is ``<unk>``."""
+    import tensorflow as tf
+
+    config = ModelConfig(**{**TINY_CONFIG, "copy_gate": False})
+    loop = Loop(
+        tf.distribute.get_strategy(),
+        4,
+        TrainOptions(tmp_path, tmp_path / "m", config),
+        global_batch=8,
+    )
+    index = WindowIndex.from_sequences([[UNK_ID, 2, UNK_ID, 2]], config.window_frames)
+    logits = loop.model.get_layer("logits")
+    kernel = logits.get_weights()[0]
+    for answer, top1 in ((UNK_ID, 0.0), (2, 0.5)):  # the model always answers `answer`
+        logits.set_weights([np.zeros_like(kernel), np.where(np.arange(4) == answer, 50.0, 0.0)])
+        assert loop.evaluate(index)[1] == top1
 
 
 def interrupt_after_epoch(argv: list[str], epoch: int, sig: signal.Signals) -> tuple[int, str]:
