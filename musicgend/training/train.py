@@ -63,20 +63,22 @@ NLL_EPS = 1e-7
 """Probabilities are clipped to [NLL_EPS, 1] before the log (Keras' epsilon)."""
 EVAL_BATCH = 512
 
-RESUMABLE_FIXED = (
-    "data_dir",
-    "config",
-    "batch_size",
-    "learning_rate",
-    "augment_transpose",
-    "augment_mode",
-    "seed",
-    "max_pieces",
-    "distributed",
-    "jit_compile",
-    "base_model",
-)
-"""Options a resumed run must share with the interrupted one."""
+RESUMABLE_FIXED = {
+    "data_dir": "--data",
+    "config": "--config",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "augment_transpose": "--augment-transpose",
+    "augment_mode": "--augment-mode",
+    "seed": "--seed",
+    "max_pieces": "--max-pieces",
+    "distributed": "--distributed",
+    "jit_compile": "--xla",
+    "base_model": "--from",
+}
+"""Options a resumed run must share with the interrupted one, and their command-line names."""
+NEGATED = {"--augment-transpose": "--no-augment-transpose", "--xla": "--no-xla"}
+"""The flags that have an off form on the command line."""
 
 
 @dataclass
@@ -596,13 +598,25 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def _as_typed(option: str, value: Any) -> str:
+    """An option's value as the command line gives it: ``--batch-size 64``, ``--no-xla``,
+    ``--config seed`` (a config by its name), ``without --max-pieces``."""
+    if value is None or value is False:
+        return NEGATED.get(option, f"without {option}")
+    if value is True:
+        return option
+    return f"{option} {value.name if isinstance(value, ModelConfig) else value}"
+
+
 def _check_resumable(saved: TrainOptions, given: TrainOptions, explicit: set[str]) -> None:
-    for name in RESUMABLE_FIXED:
-        if name in explicit and getattr(saved, name) != getattr(given, name):
+    for name, option in RESUMABLE_FIXED.items():
+        ours, theirs = getattr(given, name), getattr(saved, name)
+        if name in explicit and ours != theirs:
+            now, was = _as_typed(option, ours), _as_typed(option, theirs)
             raise TrainingError(
-                f"--{name.replace('_', '-')} differs from the interrupted run "
-                f"({getattr(given, name)!r} vs {getattr(saved, name)!r}); "
-                "a resumed run keeps its settings"
+                f"{now} differs from the interrupted run"
+                + (f" ({was})" if was != now else "")  # two configs of one name
+                + "; a resumed run keeps its settings"
             )
 
 

@@ -308,7 +308,7 @@ def test_random_key_augmentation_trains_resumes_and_retraces(
     with pytest.raises(TrainingError, match="state after epoch 1 is kept"):
         train(options("b"), stream=sys.stderr)
     monkeypatch.setattr(Loop, "evaluate", evaluate)
-    with pytest.raises(TrainingError, match="--augment-mode differs"):
+    with pytest.raises(TrainingError, match=r"--augment-mode expand differs .*\(--augment-mode ra"):
         train(options("b", augment_mode="expand"), resume=True, explicit={"augment_mode"})
     resumed = train(options("b", augment_mode="expand"), resume=True, explicit=set())
     assert load_artifact(tmp_path / "b").training["options"]["augment_mode"] == "random"
@@ -398,6 +398,34 @@ def test_a_damaged_state_json_is_unreadable_with_its_reason(
     assert str(exc.value).startswith(f"{state}: training state is unreadable ({reason}")
     with pytest.raises(TrainingError, match="training state is unreadable"):
         read_state(state)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"batch_size": 16}, "--batch-size 16 (--batch-size 64)"),
+        ({"learning_rate": 0.01}, "--learning-rate 0.01 (--learning-rate 0.001)"),
+        ({"jit_compile": True}, "--xla (--no-xla)"),
+        ({"augment_transpose": True}, "--augment-transpose (--no-augment-transpose)"),
+        ({"max_pieces": 5}, "--max-pieces 5 (without --max-pieces)"),
+        ({"config": "pitch"}, "--config pitch (--config seed)"),
+        ({"data_dir": "/elsewhere"}, "--data /elsewhere (--data {tmp_path})"),
+        ({"base_model": "/base"}, "--from /base (without --from)"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
+)
+def test_a_resume_refusal_names_the_option_as_it_is_typed(
+    tmp_path: Path, given: dict[str, object], message: str
+) -> None:
+    """``message``: what was given (what the interrupted run used)."""
+    out = tmp_path / "model"
+    write_state(state_dir_for(out), complete_state_info(tmp_path), [np.ones(2)], [])
+    with pytest.raises(TrainingError) as exc:
+        cli_train(out, True, given)
+    now, was = message.format(tmp_path=tmp_path).split(" (")
+    assert str(exc.value) == (
+        f"{now} differs from the interrupted run ({was}; a resumed run keeps its settings"
+    )
 
 
 def test_a_truncated_state_json_is_one_error_line_on_the_command_line(tmp_path: Path) -> None:
