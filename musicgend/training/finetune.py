@@ -214,6 +214,7 @@ def model_card(meta: Mapping[str, Any]) -> str:
     added = ft["added_token_list"]
     shown = ", ".join(f"`{t}`" for t in added[:20]) + (" …" if len(added) > 20 else "")
     command = " ".join(meta.get("command", []))
+    resumes = "".join(f"; resumed with `{' '.join(c)}`" for c in meta.get("resume_commands", []))
     best = meta.get("best_epoch")
     before, after = ft.get("val_nll_before"), meta.get("best_val_nll")
     lines = [
@@ -231,7 +232,7 @@ def model_card(meta: Mapping[str, Any]) -> str:
         f"{data.get('val_pieces', '?')} validation, {data.get('test_pieces', '?')} test pieces "
         f"(split by piece, seed {split.get('seed', '?')}); {data.get('train_frames', '?')} "
         "training frames",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`{resumes}",
         f"- Created by musicgend on {meta.get('started', '?')}, {meta.get('device', '?')}",
         "",
         "## Vocabulary",

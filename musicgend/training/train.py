@@ -12,8 +12,8 @@ replaced atomically on every improvement, re-saved at the end with the full meta
 LiteRT export and ``loss_curve.png``). The resumable state lives beside it, in
 ``<parent>/.<name>.train-state`` (``save_artifact`` replaces ``out_dir`` wholesale): all model
 variables (dropout seed states included), the optimizer's variables, the epoch, history,
-early-stopping counters and the run's options, written to a new directory and swapped in
-after every epoch. The shuffle order of an epoch depends only on ``(seed, epoch)``, so an
+early-stopping counters, the run's options and command lines, written to a new directory and
+swapped in after every epoch. The shuffle order of an epoch depends only on ``(seed, epoch)``, so an
 interrupted-and-resumed run retraces the uninterrupted one; Ctrl-C or SIGKILL loses at most
 the epoch in progress. The state is removed when training ends.
 """
@@ -226,6 +226,8 @@ STATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "vocab_hash": str,
 }
 """The keys of ``state.json`` a resumed run needs, with their JSON types."""
+OPTIONAL_STATE_KEYS: dict[str, type] = {"command": list, "resume_commands": list}
+"""Keys that states written by older versions lack, with their JSON types."""
 
 
 def read_state_info(path: Path) -> dict[str, Any]:
@@ -250,8 +252,10 @@ def read_state_info(path: Path) -> dict[str, Any]:
         raise unreadable("no 'format'")
     if info.get("format") != STATE_FORMAT or info.get("version") != STATE_VERSION:
         raise TrainingError(f"{path}: not a musicgend training state of this version")
-    for key, kind in STATE_KEYS.items():
+    for key, kind in {**STATE_KEYS, **OPTIONAL_STATE_KEYS}.items():
         if key not in info:
+            if key in OPTIONAL_STATE_KEYS:
+                continue
             raise unreadable(f"no {key!r}")
         value = info[key]
         if isinstance(value, bool) or not isinstance(value, kind):
@@ -668,7 +672,9 @@ def train(
     """Train (or resume training) a model; see the module docstring.
 
     ``explicit`` names the options the user gave on a resumed run (they must match the
-    saved ones, except ``epochs`` and ``patience``, which may change).
+    saved ones, except ``epochs`` and ``patience``, which may change). ``command`` (default
+    ``sys.argv``) goes to the metadata as ``command``; a resumed run keeps the first run's
+    there and lists its own, after any earlier resume's, as ``resume_commands``.
     """
     stream = stream or sys.stderr
     out_dir = options.out_dir
@@ -763,6 +769,12 @@ def train(
     best_digest = ""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     command = command if command is not None else list(sys.argv)
+    resume_commands: list[list[str]] = []
+    if state_info:
+        # the run's command is its first one, with which its settings were given; each
+        # resume adds its own (a state of an older version has no command: this one's then)
+        resume_commands = [*state_info.get("resume_commands", []), command]
+        command = state_info.get("command", command)
     lineage: dict[str, Any] | None = None
     if finetune is not None:
         lineage = state_info.get("fine_tune") if state_info else None
@@ -791,6 +803,7 @@ def train(
 
     base_meta = {
         "command": command,
+        **({"resume_commands": resume_commands} if resume_commands else {}),
         "data_dir": str(options.data_dir.resolve()),
         "options": options.to_json(),
         "split": corpus.split.to_json(),
@@ -897,6 +910,8 @@ def train(
                             "bad_epochs": bad_epochs,
                             "wall_s": wall_before + time.perf_counter() - t_run,
                             "started": started,
+                            "command": command,
+                            "resume_commands": resume_commands,
                             "options": options.to_json(),
                             "split": corpus.split.to_json(),
                             "vocab_hash": data.vocab.hash,

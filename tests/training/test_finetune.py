@@ -321,7 +321,12 @@ def test_a_model_reading_pitches_keeps_its_weights_as_they_are() -> None:
     ],
 )
 def test_model_card_counts_in_the_right_number(added: list[str], expected: str) -> None:
-    ft = {
+    assert expected in model_card({"fine_tune": card_lineage(added)})
+
+
+def card_lineage(added: list[str]) -> dict[str, object]:
+    """A ``training.fine_tune`` with what :func:`model_card` reads."""
+    return {
         "base_model": "base",
         "data_dir": "data",
         "base_model_sha256": "0" * 64,
@@ -334,4 +339,13 @@ def test_model_card_counts_in_the_right_number(added: list[str], expected: str) 
         "vocab_size": 10 + len(added),
         "pitch_prior": "blended",
     }
-    assert expected in model_card({"fine_tune": ft})
+
+
+def test_model_card_gives_the_first_command_and_each_resume() -> None:
+    meta = {
+        "fine_tune": card_lineage([]),
+        "command": ["musicgend", "train", "--from", "base", "--out", "m"],
+        "resume_commands": [["musicgend", "train", "--out", "m", "--resume"]] * 2,
+    }
+    resume = "; resumed with `musicgend train --out m --resume`"
+    assert f"- Command: `musicgend train --from base --out m`{resume}{resume}\n" in model_card(meta)

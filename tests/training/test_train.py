@@ -93,7 +93,7 @@ def test_training_lowers_the_loss_and_saves_a_complete_model(run_a: Path, bach_d
     assert (len(split["train"]), len(split["val"]), len(split["test"])) == (6, 1, 1)
     assert meta["windows_per_s"] > 0 and meta["wall_s"] > 0
     assert meta["tensorflow"] and meta["device"].startswith(("CPU", "GPU"))
-    assert meta["command"][1:3] == ["train", "--data"]
+    assert meta["command"][1:3] == ["train", "--data"] and "resume_commands" not in meta
     assert art.config == ModelConfig(**TINY_CONFIG)
     assert art.tflite_path is not None
     png = run_a / "loss_curve.png"
@@ -200,6 +200,12 @@ def test_interrupt_and_sigkill_then_resume_retrace_the_uninterrupted_run(
     assert meta["final_weights_sha256"] == meta_a["final_weights_sha256"]
     assert meta["best_epoch"] == meta_a["best_epoch"]
     assert not state_dir_for(out).exists()
+    # its command is the first run's (the settings it kept), then each resume's (the refused
+    # one trained nothing)
+    assert meta["command"][1:] == start
+    assert [c[1:] for c in meta["resume_commands"]] == [
+        ["train", "--out", str(out), "--resume"]
+    ] * 2
 
 
 def test_early_stopping_keeps_the_best_epoch(
@@ -375,8 +381,9 @@ def complete_state_info(tmp_path: Path) -> dict[str, object]:
         ("\xff", "state.json: not valid JSON: "),
         ("without-options", "state.json: no 'options'"),
         ("bad-options", "state.json: bad options: "),
+        ("bad-command", "state.json: 'command' is str"),
     ],
-    ids=["truncated", "empty-object", "list", "garbage", "no-options", "bad-options"],
+    ids=["truncated", "empty-object", "list", "garbage", "no-options", "bad-options", "command"],
 )
 def test_a_damaged_state_json_is_unreadable_with_its_reason(
     tmp_path: Path, text: str, reason: str
@@ -390,6 +397,9 @@ def test_a_damaged_state_json_is_unreadable_with_its_reason(
         text = json.dumps(info)
     elif text == "bad-options":
         info["options"] = {"nonsense": 1}
+        text = json.dumps(info)
+    elif text == "bad-command":
+        info["command"] = "musicgend train"
         text = json.dumps(info)
     write_state(state, info, [np.ones(2)], [])
     (state / "state.json").write_text(text, encoding="utf-8")
