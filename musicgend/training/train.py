@@ -341,41 +341,23 @@ def plot_loss_curve(history: list[dict[str, Any]], best_epoch: int, path: Path) 
     return path
 
 
-def _is_chief(strategy: Any) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type is None or task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
+@dataclass(frozen=True)
+class Cluster:
+    """A checked ``TF_CONFIG`` (:func:`check_tf_config`)."""
+
+    workers: tuple[str, ...]
+    """The ``host:port`` of every worker."""
+    index: int
+    """This process's place among them; worker 0 is the chief, which writes the model and
+    the training state."""
+
+    @property
+    def chief(self) -> bool:
+        return self.index == 0
 
 
-def _chief_in_tf_config() -> bool:
-    """Whether TF_CONFIG makes this process the chief (read without TensorFlow)."""
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task = tf_config.get("task", {})
-        cluster = tf_config.get("cluster", {})
-        kind, index = task.get("type"), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError):
-        return True  # make_strategy reports the bad TF_CONFIG
-    if kind in (None, "chief"):
-        return True
-    return kind == "worker" and index == 0 and "chief" not in cluster
-
-
-def _num_workers(strategy: Any) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
-
-
-def check_tf_config() -> list[str]:
-    """The workers of a valid ``TF_CONFIG`` (TrainingError, one per fault, otherwise): a JSON
+def check_tf_config() -> Cluster:
+    """The cluster of a valid ``TF_CONFIG`` (TrainingError, one per fault, otherwise): a JSON
     object whose ``cluster.worker`` is a non-empty list of ``host:port`` strings (no other
     task types) and whose ``task`` is ``{"type": "worker", "index": i}`` with i a worker."""
     text = os.environ.get("TF_CONFIG")
@@ -409,16 +391,17 @@ def check_tf_config() -> list[str]:
             f"TF_CONFIG: task.index must be 0..{len(workers) - 1} "
             f"(one of the {len(workers)} workers), got {index!r}"
         )
-    return [str(w) for w in workers]
+    return Cluster(tuple(workers), index)
 
 
-def make_strategy(distributed: bool, stream: TextIO | None = None) -> Any:
-    """MultiWorkerMirroredStrategy from TF_CONFIG, or the default strategy."""
+def make_strategy(cluster: Cluster | None, stream: TextIO | None = None) -> Any:
+    """MultiWorkerMirroredStrategy for ``cluster`` (TF_CONFIG as :func:`check_tf_config`
+    found it), or with ``None`` the default strategy."""
     import tensorflow as tf
 
-    if not distributed:
+    if cluster is None:
         return tf.distribute.get_strategy()
-    workers = check_tf_config()
+    workers = cluster.workers
     if len(workers) > 1:
         print(
             f"waiting for the {len(workers)} workers of TF_CONFIG: {', '.join(workers)}",
@@ -678,10 +661,6 @@ def train(
     """
     stream = stream or sys.stderr
     out_dir = options.out_dir
-    if options.distributed:
-        check_tf_config()
-    chief = not options.distributed or _chief_in_tf_config()
-
     out_existed = out_dir.exists()
     state_info: dict[str, Any] | None = None
     saved_vars: tuple[list[np.ndarray], list[np.ndarray]] | None = None
@@ -692,12 +671,17 @@ def train(
         state_info, model_vars, opt_vars = read_state(found)
         saved = TrainOptions.from_json(state_info["options"])
         _check_resumable(saved, options, explicit or set())
-        if chief and state_info["best_epoch"] > 0:
-            _check_best_model(out_dir, state_info["best_epoch"])
         saved.epochs, saved.patience = options.epochs, options.patience
         saved.out_dir = out_dir
         options = saved
         saved_vars = (model_vars, opt_vars)
+    # TF_CONFIG is read here only, before any work (a resumed run is distributed as saved)
+    cluster = check_tf_config() if options.distributed else None
+    chief = cluster is None or cluster.chief
+
+    if state_info is not None:
+        if chief and state_info["best_epoch"] > 0:
+            _check_best_model(out_dir, state_info["best_epoch"])
     elif chief:
         if find_state(out_dir) is not None:
             raise TrainingError(
@@ -717,8 +701,7 @@ def train(
         options = dataclasses.replace(options, config=base.config)
 
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs.
-    strategy = make_strategy(options.distributed, stream)
-    chief = _is_chief(strategy)
+    strategy = make_strategy(cluster, stream)
     import tensorflow as tf
 
     _seed_everything(options.seed, options.deterministic)
@@ -756,7 +739,7 @@ def train(
             f"--batch-size {options.batch_size} must be a multiple of the {replicas} replicas"
         )
     loop = Loop(strategy, len(data.vocab), options, global_batch=options.batch_size)
-    workers = _num_workers(strategy)
+    workers = len(cluster.workers) if cluster is not None else 1
     steps = loop.steps_per_epoch(len(data.train), workers)
     if steps < 1:
         raise TrainingError(

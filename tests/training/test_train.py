@@ -30,6 +30,7 @@ from musicgend.training.dataset import (
 from musicgend.training.train import (
     STATE_FORMAT,
     STATE_VERSION,
+    Cluster,
     Loop,
     TrainOptions,
     cli_train,
@@ -421,6 +422,7 @@ def test_a_damaged_state_json_is_unreadable_with_its_reason(
         ({"config": "pitch"}, "--config pitch (--config seed)"),
         ({"data_dir": "/elsewhere"}, "--data /elsewhere (--data {tmp_path})"),
         ({"base_model": "/base"}, "--from /base (without --from)"),
+        ({"distributed": True}, "--distributed (without --distributed)"),
     ],
     ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
 )
@@ -541,6 +543,31 @@ def test_a_bad_tf_config_is_refused_up_front(
         train(options, stream=sys.stderr)
     assert str(exc.value).startswith(message)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_resumed_distributed_run_passes_its_checked_tf_config_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed without --distributed, a distributed run is distributed again: TF_CONFIG is
+    checked up front and what was read goes to make_strategy; worker 1, not the chief, doesn't
+    look for the chief's model directory."""
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    out = tmp_path / "model"
+    info = complete_state_info(tmp_path)
+    info["options"]["distributed"], info["best_epoch"] = True, 1  # type: ignore[index]
+    write_state(state_dir_for(out), info, [np.ones(2)], [])
+    strategies: list[object] = []
+
+    def make_strategy(cluster: Cluster | None, stream: object = None) -> None:
+        strategies.append(cluster)
+        raise TrainingError("no strategy in this test")
+
+    monkeypatch.setattr("musicgend.training.train.make_strategy", make_strategy)
+    with pytest.raises(TrainingError, match="no strategy in this test"):
+        cli_train(out, True, {})
+    assert strategies == [Cluster(tuple(workers), 1)]
 
 
 def test_one_training_run_at_a_time_per_out_dir(tmp_path):
