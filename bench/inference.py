@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from musicgend.core.spelling import PitchPrior  # noqa: E402
 from musicgend.core.vocab import Vocab  # noqa: E402
+from musicgend.machine import machine_info  # noqa: E402
 from musicgend.model.config import preset  # noqa: E402
 
 # calls per runtime: the slow reference paths get fewer
@@ -346,8 +347,7 @@ def main() -> None:
         "benchmark": "per-window inference (batch 1)",
         "config": args.config,
         "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            **machine_info(),
             "gpus": gpus,
             "python": platform.python_version(),
             "tensorflow": tf.__version__,

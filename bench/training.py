@@ -43,6 +43,7 @@ warnings.filterwarnings("ignore", message=".*shuffle=True.*")
 
 import numpy as np  # noqa: E402
 
+from musicgend.machine import machine_info  # noqa: E402
 from musicgend.model.config import preset  # noqa: E402
 from musicgend.training.dataset import WindowIndex, load_corpus, prepare, window_dataset  # noqa: E402
 
@@ -195,7 +196,7 @@ def main() -> None:
             "data": source,
             "machine": {
                 "device": device_description(),
-                "cpu_count": os.cpu_count(),
+                **machine_info(),
                 "platform": platform.platform(),
                 "tensorflow": tf.__version__,
                 "keras": keras.__version__,

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from musicgend.errors import MusicgendError
+from musicgend.machine import machine_info
 
 FRAME_S = 0.2
 CLIENT = "musicgend"
@@ -430,10 +431,7 @@ def run_bench(
             "port_max": port_max,
         },
         "model": str(model),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine_info(),
         "python": platform.python_version(),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }

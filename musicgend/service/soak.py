@@ -61,6 +61,7 @@ import numpy as np
 
 from musicgend.core.pianoroll import Track
 from musicgend.errors import MusicgendError
+from musicgend.machine import machine_info
 from musicgend.service.bench import _pcts, frames_lost_by, slips_summary
 
 WINDOW_S = 300.0
@@ -1371,10 +1372,7 @@ def _context(model: Path, cpu: int | None) -> dict[str, Any]:
         "model": str(model),
         "hog_cpu": cpu,
         "jack": {"rate_hz": RATE_HZ, "period_frames": PERIOD_FRAMES},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine_info(),
         "python": platform.python_version(),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
