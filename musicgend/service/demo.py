@@ -126,6 +126,17 @@ def run_demo(
             if peer.wait_port("musicgend:in", 60.0) is None:
                 raise MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
             peer.wait_connected(10.0)
+            # Its ports come before its model: play once it is ready and its first frames
+            # came out (while the model loads and warms up, JACK's thread in the daemon may
+            # wait for Python and, on a slow CPU, miss a cycle's notes).
+            deadline = time.monotonic() + 60.0
+            while not any(x.startswith("ready:") for x in lines):
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
+                time.sleep(0.02)
+            deadline = time.monotonic() + 5.0  # (a model that starts silent: play anyway)
+            while len({t for t, _ in peer.events}) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
             log(f"playing {source.name} ({events[-1][0]:.0f} s) into the daemon")
             _play(peer, events, time.monotonic() + 0.5)
             time.sleep(2.0)  # let the machine answer the last phrase

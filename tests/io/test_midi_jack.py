@@ -121,7 +121,9 @@ def test_a_flood_overflows_the_bounded_queue_without_blocking(jackd: Any) -> Non
         with open_ports(cfg) as ports, JackPeer("flood") as peer:
             peer.connect(peer.out_port, ports.in_port_name)
             flood = [bytes([0x90, i % 128, 1 + i % 127]) for i in range(n)]
-            peer.send(flood, per_cycle=400)
+            # 100 per 5.3 ms cycle: 19,000 messages/s, 19 times a MIDI cable's most, and a
+            # rate whose callbacks a slow 2-core host still takes in within each cycle
+            peer.send(flood, per_cycle=100)
             # Nobody reads the queue: everything beyond its bound is dropped and counted.
             await await_until(
                 lambda: ports.counters.received + ports.counters.dropped_overflow == n,
