@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import inference  # noqa: E402  (its timing summary, shared)
+from musicgend.machine import machine_info  # noqa: E402
 
 TOLERANCE = 1e-4
 """float32 on another backend and device: summation order differs, nothing else may."""
@@ -239,7 +240,7 @@ def machine() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **machine_info(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "keras": keras.__version__,

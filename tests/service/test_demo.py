@@ -53,7 +53,7 @@ def test_demo_plays_records_draws_and_renders(tmp_path: Path) -> None:
     heard = [m.note for m in human]
     # Nothing unplayed, nothing twice, most of it. Not all: a JACK client that misses a cycle
     # (an xrun: on a shared 2-core VM, ~1 a second while the hypervisor takes the CPU) loses
-    # that cycle's events, seen here in 1 run of 6. Exact delivery: test_daemon_jack.py.
+    # that cycle's events, seen here in 1 run of 8. Exact delivery: test_daemon_jack.py.
     assert len(set(heard)) == len(heard) >= 3 and set(heard) <= {60, 62, 64, 65, 67}, heard
     assert any(m.type == "note_on" and m.velocity > 0 for m in tracks["machine"])
     assert Path(printed["picture"].strip()).read_bytes()[:4] == b"\x89PNG"
