@@ -6,6 +6,7 @@ This is the seed's token scheme: ``"60,64,67"`` is a C major triad, ``"e"`` is s
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable
 
 from musicgend.errors import TokenError
@@ -39,10 +40,25 @@ def token_from_pitches(pitches: Iterable[int]) -> str:
     return ",".join(str(p) for p in unique)
 
 
+_PITCH = r"(?:0|[1-9][0-9]?|1[01][0-9]|12[0-7])"
+_CANONICAL_FORM = re.compile(rf"{_PITCH}(?:,{_PITCH})*")
+"""Plain ints 0..127 joined by commas (their order is checked apart)."""
+
+
 def pitches_from_token(token: str) -> PitchSet:
     """The pitch set of a token. Raises :class:`TokenError` on anything but a canonical token."""
     if token == SILENCE:
         return frozenset()
+    # The common case, fast (a model's vocabulary of 20 000 tokens is checked at every
+    # load); anything else goes the long way, which says what is wrong.
+    if isinstance(token, str) and _CANONICAL_FORM.fullmatch(token) is not None:
+        pitches = [int(p) for p in token.split(",")]
+        if pitches == sorted(set(pitches)):
+            return frozenset(pitches)
+    return _pitches_checked(token)
+
+
+def _pitches_checked(token: str) -> PitchSet:
     if not isinstance(token, str) or not token:
         raise TokenError(f"not a chord token: {token!r}")
     parts = token.split(",")
