@@ -126,9 +126,9 @@ def run_demo(
             if peer.wait_port("musicgend:in", 60.0) is None:
                 raise MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
             peer.wait_connected(10.0)
-            # Its ports come before its model: play once it is ready and its first frames
-            # came out (while the model loads and warms up, JACK's thread in the daemon may
-            # wait for Python and, on a slow CPU, miss a cycle's notes).
+            # Play once it is ready and its first frames came out: the engine's warm-up
+            # runs after the ports open, and JACK's thread in the daemon, which needs
+            # Python every period, may miss a cycle's notes meanwhile on a slow CPU.
             deadline = time.monotonic() + 60.0
             while not any(x.startswith("ready:") for x in lines):
                 if daemon.poll() is not None or time.monotonic() > deadline:

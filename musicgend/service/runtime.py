@@ -514,16 +514,27 @@ async def serve(
         queue_size=midi.input_queue_size,
         max_sysex_bytes=midi.sysex_limit_bytes,
     )
+    engine_settings = settings.engine
+    # The model first, then the ports. Loading it (NumPy's import, the vocabulary, the
+    # interpreter) holds the GIL for up to ~50 ms at a time, and an active JACK client's
+    # process callback needs the GIL every period: with the ports open first, a start made
+    # ~140 JACK xruns within a second (glitches in other clients' audio, input lost). For
+    # the same reason the MQTT client is imported and the switch interval shortened before
+    # the ports open.
+    model = await asyncio.to_thread(
+        load_model, engine_settings.model, engine_settings.runtime, engine_settings.threads
+    )
+    from musicgend.service.engine import Engine  # imported by load_model, in its thread
+
+    if settings.mqtt.enabled:
+        from musicgend.io.mqtt import MqttControl
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     with ExitStack() as stack:
-        # ports first (input is queued meanwhile), then the model
+        stack.callback(sys.setswitchinterval, old_interval)
         ports = stack.enter_context(open_ports(port_config, loop))
         info.in_port, info.out_port = ports.in_port_name, ports.out_port_name
         info.ports_ready_s = time.monotonic() - started
-        engine_settings = settings.engine
-        model = await asyncio.to_thread(
-            load_model, engine_settings.model, engine_settings.runtime, engine_settings.threads
-        )
-        from musicgend.service.engine import Engine  # imported by load_model, in its thread
 
         info.runtime = model.runtime
         recorder: SessionRecorder | None = None
@@ -561,12 +572,8 @@ async def serve(
             loop.add_signal_handler(signal.SIGUSR1, engine.panic)
         mqtt = None
         if settings.mqtt.enabled:
-            from musicgend.io.mqtt import MqttControl
-
             mqtt = MqttControl(settings.mqtt, engine)
             engine.on_status = mqtt.notify_status
-        old_interval = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(engine.run(), name="engine")
@@ -594,7 +601,6 @@ async def serve(
             await engine.aclose()
             engine.shutdown_messages()
             await _wait_output_drained(ports, sent_before, engine.messages_sent - engine_before)
-            sys.setswitchinterval(old_interval)
             info.metrics = engine.metrics()
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()

@@ -6,10 +6,12 @@ neither crash nor stall it."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -209,6 +211,33 @@ def test_malformed_bytes_and_a_flood_neither_crash_nor_stall_it(
         )
         assert daemon.proc.poll() is None
         assert daemon.terminate() == 0
+
+
+def test_the_model_loads_before_any_port_appears(tiny_model: Path, tmp_path: Path) -> None:
+    """Loading a model holds the GIL for tens of ms at a time, and an active JACK client's
+    process callback (Python) needs it every period: so the daemon loads first and opens its
+    ports after. A model that fails to load ends it with that error, and no port of it ever
+    shows (they did for as long as the load took, when the ports came first)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    (bad / "weights.npz").write_bytes(b"not a zip file")
+    with jack_server(), JackPeer("peer") as peer:
+        daemon = Daemon(bad, tmp_path / "sessions")
+        seen: set[str] = set()
+        polls = 0
+        while daemon.proc.poll() is None:
+            ports = peer.ports()
+            seen.update(
+                p for p in ports["sources"] + ports["destinations"] if p.startswith("musicgend:")
+            )
+            polls += 1
+            time.sleep(0.002)
+        daemon.proc.wait()
+    err = "\n".join(daemon.err)
+    assert daemon.proc.returncode != 0
+    assert "weights.npz" in err and "Traceback" not in err, err
+    assert polls > 10  # it was watched while it started
+    assert not seen
 
 
 @pytest.mark.parametrize("lock", [False, True], ids=["default", "lock_jack_memory"])
