@@ -47,9 +47,10 @@ if TYPE_CHECKING:
     from musicgend.io.midi import MidiPorts
     from musicgend.service.engine import Engine, EngineParams, FrameCore, LoadedModel
 
-# Start-up order: the ports open before NumPy, the engine and the model are imported (in the
-# model-loading thread), so `musicgend run` is connectable after ~0.35 s of Python start-up
-# and imports. tests/service/test_imports.py checks what importing this module pulls in.
+# Start-up order (see serve()): the model loads first, in a worker thread that also imports
+# NumPy and the engine; the ports open only after it, so a Python JACK process callback never
+# waits on a long-held GIL. This module and the CLI import nothing heavy themselves
+# (tests/service/test_imports.py), which keeps a model error quick to report.
 
 log = logging.getLogger(__name__)
 

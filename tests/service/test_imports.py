@@ -2,7 +2,7 @@
 
 TensorFlow, Keras, music21, matplotlib and pretty_midi each cost from 0.1 s to several
 seconds of start-up and tens of MB; the CLI and the daemon's start-up modules must not pull
-them in (nor NumPy, which the daemon imports only after its ports are open).
+them in (nor NumPy, which the daemon imports in its model-loading thread).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 HEAVY = ("tensorflow", "keras", "music21", "matplotlib", "pretty_midi", "rich.progress")
-BEFORE_PORTS = ("numpy", "musicgend.service.engine", "musicgend.model.runtime", "mido")
+IN_MODEL_THREAD = ("numpy", "musicgend.service.engine", "musicgend.model.runtime", "mido")
 
 PROBE = """
 import json, sys
@@ -34,7 +34,7 @@ def test_cli_and_daemon_start_up_modules_import_nothing_heavy() -> None:
     assert "musicgend.service.runtime" in loaded  # the probe did import the daemon
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY)
     assert heavy == []
-    early = sorted(m for m in BEFORE_PORTS if m in loaded)
+    early = sorted(m for m in IN_MODEL_THREAD if m in loaded)
     assert early == []
 
 
