@@ -27,8 +27,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -408,10 +410,28 @@ def make_strategy(cluster: Cluster | None, stream: TextIO | None = None) -> Any:
             file=stream or sys.stderr,
             flush=True,
         )
+    # The constructor waits for every worker holding the GIL, so no Python signal handler
+    # runs until they are all there: Ctrl-C did nothing. Nothing is written before this
+    # point, so SIGINT may simply end the process while it waits.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL) if main else None
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (ValueError, RuntimeError) as exc:
         raise TrainingError(f"can't start multi-worker training: {exc}") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if main:
+        # TensorFlow's coordination service takes SIGTERM as a preemption notice and does
+        # nothing else with it (this loop has no PreemptionCheckpointHandler): a worker
+        # ignored SIGTERM. From here on it stops training like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
+    return strategy
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 # -- the loop ----------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,81 @@ def test_two_workers_train_together_to_the_same_weights(
     assert len(meta["history"]) == 1
     # the chief alone wrote files: nothing else appeared beside the model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def _worker(
+    argv: list[str], cluster: dict[str, list[str]], index: int, cwd: Path
+) -> subprocess.Popen[str]:
+    tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout_s: float) -> list[str]:
+    """stderr lines up to the first one holding ``text`` (the worker's progress goes there)."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no line with {text!r} in {lines}")
+
+
+def test_ctrl_c_stops_a_worker_that_waits_for_the_others(
+    bach_dir: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
+    # Worker 1 never starts: worker 0 waits inside TensorFlow, where Ctrl-C did nothing.
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    out = tmp_path / "model"
+    argv = [sys.executable, "-m", "musicgend", "train", "--data", str(bach_dir), "--out", str(out)]
+    argv += ["--config", str(tiny_config_file), "--max-pieces", "5", "--distributed"]
+    proc = _worker(argv, cluster, 0, tmp_path)
+    try:
+        _read_until(proc, "waiting for the 2 workers", 120)
+        time.sleep(2)  # well inside the wait
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (-signal.SIGINT, 1, 130)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_sigterm_stops_a_distributed_worker_keeping_the_last_epoch(
+    bach_dir: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
+    # TensorFlow's coordination service swallowed SIGTERM (a preemption notice) once the
+    # workers had met; the chief must stop as on Ctrl-C, its last complete epoch kept.
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    out = tmp_path / "model"
+    argv = [sys.executable, "-m", "musicgend", "train", "--data", str(bach_dir), "--out", str(out)]
+    argv += ["--config", str(tiny_config_file), "--epochs", "200", "--batch-size", "32"]
+    argv += ["--max-pieces", "5", "--patience", "200", "--distributed"]
+    procs = [_worker(argv, cluster, i, tmp_path) for i in range(2)]
+    try:
+        _read_until(procs[0], "epoch 1/200", 180)
+        procs[0].send_signal(signal.SIGTERM)
+        _, stderr = procs[0].communicate(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert procs[0].returncode == 1, stderr
+    assert "interrupted" in stderr and "--resume" in stderr, stderr
+    assert load_artifact(out).training["history"]  # the kept epoch's model loads
