@@ -122,9 +122,13 @@ def run_demo(
         for stream, into in ((daemon.stdout, lines), (daemon.stderr, err)):
             threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
         peer = Peer(server.name, name=PLAYER)
+
+        def not_started() -> MusicgendError:
+            return MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
+
         try:
             if peer.wait_port("musicgend:in", 60.0) is None:
-                raise MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
+                raise not_started()
             peer.wait_connected(10.0)
             # Play once it is ready and its first frames came out: the engine's warm-up
             # runs after the ports open, and JACK's thread in the daemon, which needs
@@ -132,7 +136,7 @@ def run_demo(
             deadline = time.monotonic() + 60.0
             while not any(x.startswith("ready:") for x in lines):
                 if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise MusicgendError("the daemon did not start:\n" + "".join(err[-20:]))
+                    raise not_started()
                 time.sleep(0.02)
             deadline = time.monotonic() + 5.0  # (a model that starts silent: play anyway)
             while len({t for t, _ in peer.events}) < 3 and time.monotonic() < deadline:
