@@ -99,24 +99,34 @@ class PitchHead(layers.Layer):
 
 
 def pitch_log_prob(head: PitchHead, params, prev, chord):
-    """``ln p(chord)`` per row, in TensorFlow ops (the same formula as
+    """``ln p(chord)`` per row in Keras ops, so on any backend (the same formula as
     :meth:`musicgend.core.pitchhead.PitchHead.log_prob`); ``prev`` and ``chord`` are
     ``(N, 128)`` float 0/1."""
-    import tensorflow as tf
-
     u = head.units
     base, stay, gate = params[:, :u], params[:, u : u + PITCHES], params[:, u + PITCHES]
     contrib = chord[:, :, None] * head.w_in[None]
-    a = base[:, None, :] + tf.cumsum(contrib, axis=1, exclusive=True)
-    logits = tf.einsum("npu,pu->np", tf.sigmoid(a), head.v_out) + head.bias + stay * prev
-    lp_nade = tf.reduce_sum(
-        chord * tf.math.log_sigmoid(logits) + (1.0 - chord) * tf.math.log_sigmoid(-logits),
-        axis=-1,
+    a = base[:, None, :] + _sum_below(contrib)
+    logits = ops.einsum("npu,pu->np", ops.sigmoid(a), head.v_out) + head.bias + stay * prev
+    lp_nade = ops.sum(
+        chord * ops.log_sigmoid(logits) + (1.0 - chord) * ops.log_sigmoid(-logits), axis=-1
     )
-    lp_rest = tf.math.log_sigmoid(-gate) + lp_nade
-    same = tf.reduce_all(tf.equal(chord, prev), axis=-1)
-    held = tf.reduce_logsumexp(tf.stack([tf.math.log_sigmoid(gate), lp_rest]), axis=0)
-    return tf.where(same, held, lp_rest)
+    lp_rest = ops.log_sigmoid(-gate) + lp_nade
+    same = ops.all(ops.equal(chord, prev), axis=-1)
+    held = ops.logsumexp(ops.stack([ops.log_sigmoid(gate), lp_rest]), axis=0)
+    return ops.where(same, held, lp_rest)
+
+
+def _sum_below(x):
+    """Exclusive cumulative sum over axis 1 (row ``p`` sums the rows below ``p``).
+
+    On TensorFlow its own exclusive ``cumsum``: under XLA the padded form rounds the
+    gradients differently (by ~1e-9), and the bundled model's training is reproducible bit
+    for bit (models/MODEL_CARD.md)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.cumsum(x, axis=1, exclusive=True)
+    return ops.cumsum(ops.pad(x[:, :-1], [(0, 0), (1, 0), (0, 0)]), axis=1)
 
 
 def build_model(vocab_size: int, config: ModelConfig | None = None) -> keras.Model:

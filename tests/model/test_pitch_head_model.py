@@ -1,4 +1,4 @@
-"""Per-pitch models (``output: "pitch"``): config rules, the TensorFlow loss against the
+"""Per-pitch models (``output: "pitch"``): config rules, the training loss against the
 NumPy head, the artifact round trip and every runtime, the head surviving a LiteRT-only load."""
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ def test_the_pitch_head_has_its_own_copy_gate_and_no_softmax() -> None:
 
 
 @pytest.mark.tf
-def test_training_loss_is_the_numpy_heads_log_probability() -> None:
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_training_loss_is_the_numpy_heads_log_probability(backend, monkeypatch) -> None:
+    """On TensorFlow the loss sums the pitches below with TF's exclusive cumsum; on other
+    backends (``bench/gpu.py`` trains on JAX) with a padded cumsum in Keras ops. The second
+    form is run here on TensorFlow tensors by naming another backend."""
+    import keras
     import tensorflow as tf
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
 
     from musicgend.model.artifact import numpy_weights
     from musicgend.model.bigru import pitch_log_prob
