@@ -3,9 +3,9 @@ side by side with the daemon's CPU runtimes on the same machine, in one run.
 
 The network is the project's own (:func:`musicgend.model.bigru.build_model`, weights set from
 the artifact's ``weights.npz``), run by Keras 3 on JAX instead of TensorFlow: it needs only
-``jax`` (``jax[cuda13]`` for an NVIDIA GPU) and ``keras``, no TensorFlow. The daemon's ``auto``
-runtime picks ``tf-xla`` where TensorFlow sees a GPU; Keras on JAX compiles the same network
-through the same compiler (XLA), so its figures say what a GPU does for this model.
+``jax`` (``jax[cuda13]`` for an NVIDIA GPU) and ``keras``, no TensorFlow. Keras on JAX
+compiles the same network through the same compiler as the ``tf-xla`` runtime and ``musicgend
+train`` (XLA), so its figures say what a GPU does for this model.
 
 Parts (``--parts``, default all):
 
@@ -16,9 +16,12 @@ Parts (``--parts``, default all):
   default), timed interleaved (each round calls every variant once on the same window, in a
   random order). Each float32 path is first checked against the NumPy runtime.
 - ``batched``: windows/s of the jitted forward for ``--batches`` on every JAX device.
-- ``training``: windows/s of training the ``seed`` config (``--vocab`` tokens, synthetic ids):
-  Keras ``train_on_batch`` with XLA (Adam, sparse cross-entropy; the step ``model.fit`` runs),
-  for ``--train-batches``, on the default device (the GPU where there is one).
+- ``training``: windows/s of training each of ``--train-configs`` (default ``seed``, with
+  ``--vocab`` tokens, and ``roll``, the bundled model's) on synthetic batches: Keras
+  ``train_on_batch`` with XLA (the step ``model.fit`` runs), Adam, the loss ``musicgend
+  train`` minimises (a per-pitch head's, :func:`musicgend.model.bigru.pitch_log_prob`, first
+  checked against the NumPy head), for ``--train-batches``, on the default device (the GPU
+  where there is one).
 
     KERAS_BACKEND=jax python bench/gpu.py --model models/default --json bench/results/gpu.json
 
@@ -47,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import inference  # noqa: E402  (its timing summary, shared)
+from musicgend.core.pitchhead import PITCHES  # noqa: E402
 from musicgend.machine import machine_info  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -195,34 +199,101 @@ def bench_batched(path: Path, batches: list[int], seconds: float, with_cpu: bool
     return out
 
 
-def bench_training(vocab_size: int, batches: list[int], seconds: float) -> dict[str, Any]:
+def synthetic_batches(config: Any, vocab_size: int, batch: int, count: int, seed: int) -> list:
+    """``count`` random ``(x, y)`` training batches of the kind ``config`` trains on: token ids
+    or rows of 0-4 pitches in 36..83 (``input = "pitches"``); next-token ids, or for a
+    per-pitch head ``(previous chord, next chord)`` side by side as ``(batch, 256)`` with the
+    chord held on 40 % of rows (the Bach training windows hold on about as many)."""
+    rng = np.random.default_rng(seed)
+    frames = config.window_frames
+
+    def pitch_rows(n: int) -> np.ndarray:
+        rows = np.zeros((n, PITCHES), dtype=np.float32)
+        for row, size in zip(rows, rng.integers(0, 5, size=n), strict=True):
+            row[rng.integers(36, 84, size=size)] = 1.0
+        return rows
+
+    out = []
+    for _ in range(count):
+        if config.pitch_input:
+            x: np.ndarray = pitch_rows(batch * frames).reshape(batch, frames, PITCHES)
+            prev = x[:, -1]
+        else:
+            x = rng.integers(1, vocab_size, size=(batch, frames), dtype=np.int32)
+            prev = pitch_rows(batch)
+        if config.output == "pitch":
+            held = rng.random((batch, 1)) < 0.4
+            y = np.concatenate([prev, np.where(held, prev, pitch_rows(batch))], axis=1)
+        else:
+            y = rng.integers(1, vocab_size, size=batch, dtype=np.int32)
+        out.append((x, y))
+    return out
+
+
+def check_pitch_loss(model: Any, head: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest difference between the per-pitch loss on this backend and the NumPy
+    head's ``-ln p(chord)`` (stops the run above 1e-3)."""
+    import keras
+
+    from musicgend.core.pitchhead import PitchHead
+    from musicgend.model.bigru import pitch_log_prob
+
+    out = model(x, training=False)
+    got = keras.ops.convert_to_numpy(pitch_log_prob(head, out, y[:, :PITCHES], y[:, PITCHES:]))
+    numpy_head = PitchHead(
+        *(keras.ops.convert_to_numpy(w) for w in (head.w_in, head.v_out, head.bias))
+    )
+    want = numpy_head.log_prob(
+        keras.ops.convert_to_numpy(out), y[:, :PITCHES] > 0, y[:, PITCHES:] > 0
+    )
+    diff = float(np.max(np.abs(got - want)))
+    if diff > 1e-3:
+        raise SystemExit(f"the per-pitch loss differs from the NumPy head's by {diff:.2e}")
+    return diff
+
+
+def bench_training(
+    config_name: str, vocab_size: int, batches: list[int], seconds: float
+) -> dict[str, Any]:
+    """Training windows/s of a fresh ``config_name`` network on synthetic batches: Keras
+    ``train_on_batch`` with XLA, Adam, the loss ``musicgend train`` minimises (cross-entropy
+    of the next token, or a per-pitch head's ``-ln p(chord)``)."""
     import jax
     import keras
 
-    from musicgend.model.bigru import build_model
+    from musicgend.model.bigru import build_model, pitch_log_prob
     from musicgend.model.config import preset
 
-    config = preset("seed")
-    rows: dict[str, Any] = {"config": config.name, "vocab_size": vocab_size}
+    config = preset(config_name)
+    # a network reading pitches has no vocabulary
+    rows: dict[str, Any] = {
+        "config": config.name,
+        "vocab_size": None if config.pitch_input else vocab_size,
+    }
     rows["device"] = jax.default_backend()
     for batch in batches:
         keras.utils.set_random_seed(0)
         model = build_model(vocab_size, config)
-        model.compile(
-            optimizer=keras.optimizers.Adam(),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            jit_compile=True,
-        )
-        rng = np.random.default_rng(batch)
-        xs = rng.integers(0, vocab_size, size=(8, batch, config.window_frames)).astype(np.int32)
-        ys = rng.integers(0, vocab_size, size=(8, batch)).astype(np.int32)
-        first = float(model.train_on_batch(xs[0], ys[0]))  # compiles
-        for i in range(1, 3):
-            model.train_on_batch(xs[i], ys[i])
+        if config.output == "pitch":
+            head = model.get_layer("pitch_head")
+
+            def loss(y, out, head=head):
+                return -pitch_log_prob(head, out, y[:, :PITCHES], y[:, PITCHES:])
+
+            if "loss_max_abs_diff_vs_numpy" not in rows:  # once: each batch's model is alike
+                x, y = synthetic_batches(config, vocab_size, 16, 1, seed=0)[0]
+                rows["loss_max_abs_diff_vs_numpy"] = check_pitch_loss(model, head, x, y)
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy()
+        model.compile(optimizer=keras.optimizers.Adam(), loss=loss, jit_compile=True)
+        data = synthetic_batches(config, vocab_size, batch, 8, seed=batch)
+        first = float(model.train_on_batch(*data[0]))  # compiles
+        for x, y in data[1:3]:
+            model.train_on_batch(x, y)
         losses: list[float] = []
 
-        def step(i: int, model=model, xs=xs, ys=ys, losses=losses) -> None:
-            losses.append(float(model.train_on_batch(xs[i % 8], ys[i % 8])))
+        def step(i: int, model=model, data=data, losses=losses) -> None:
+            losses.append(float(model.train_on_batch(*data[i % 8])))
 
         n, elapsed = run_for(step, seconds)
         rows[str(batch)] = {
@@ -270,6 +341,12 @@ def main() -> None:
     parser.add_argument("--predict-calls", type=int, default=50)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 8192])
     parser.add_argument("--train-batches", type=int, nargs="+", default=[64, 128, 512, 2048])
+    parser.add_argument(
+        "--train-configs",
+        nargs="+",
+        default=["seed", "roll"],
+        help="training part: presets to train (roll: the bundled model's)",
+    )
     parser.add_argument("--vocab", type=int, default=3000, help="training part: vocabulary")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput figure")
     parser.add_argument(
@@ -313,14 +390,20 @@ def main() -> None:
             cells = "  ".join(f"b{b}: {v['windows_per_s']:.0f}" for b, v in rows.items())
             print(f"  {label:10s} {cells}")
     if "training" in args.parts:
-        r = report["training"] = bench_training(args.vocab, args.train_batches, args.seconds)
-        print(f"\ntraining throughput, seed config, V={r['vocab_size']}, on {r['device']}")
-        for b in args.train_batches:
-            v = r[str(b)]
-            print(
-                f"  batch {b:5d}: {v['windows_per_s']:9.1f} windows/s  "
-                f"({v['ms_per_step']:.2f} ms/step, loss {v['loss_first_last']})"
-            )
+        report["training"] = {}
+        for name in args.train_configs:
+            r = bench_training(name, args.vocab, args.train_batches, args.seconds)
+            report["training"][name] = r
+            vocab = "" if r["vocab_size"] is None else f", V={r['vocab_size']}"
+            print(f"\ntraining throughput, {name} config{vocab}, on {r['device']}")
+            if "loss_max_abs_diff_vs_numpy" in r:
+                print(f"  loss max |diff| vs the NumPy head: {r['loss_max_abs_diff_vs_numpy']:.2e}")
+            for b in args.train_batches:
+                v = r[str(b)]
+                print(
+                    f"  batch {b:5d}: {v['windows_per_s']:9.1f} windows/s  "
+                    f"({v['ms_per_step']:.2f} ms/step, loss {v['loss_first_last']})"
+                )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

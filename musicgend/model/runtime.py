@@ -20,8 +20,8 @@ measures them side by side):
             NumPy are within a few percent of each other and about 25× faster than
             ``model.predict``. One window per call doesn't pay on a GPU: the BiGRU is 300
             small sequential steps, each a kernel launch (``bench/gpu.py`` on an H100: the
-            bundled model's XLA forward took 2.6 / 4.1 ms p50 / p99 per window, LiteRT 1.4 /
-            1.6 ms on this project's 2-core CPU). ``tf`` and ``tf-xla`` use a GPU where
+            bundled model's XLA forward took 3.5 / 5.0 ms p50 / p99 per window, LiteRT 1.3 /
+            1.4 ms on this project's 2-core AVX-512 CPU). ``tf`` and ``tf-xla`` use a GPU where
             TensorFlow sees one, and batched scoring (``musicgend evaluate``) does.
 
 A predictor is not thread-safe: use it from one thread (the engine's inference worker).
