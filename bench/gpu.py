@@ -204,14 +204,13 @@ def synthetic_batches(config: Any, vocab_size: int, batch: int, count: int, seed
     or rows of 0-4 pitches in 36..83 (``input = "pitches"``); next-token ids, or for a
     per-pitch head ``(previous chord, next chord)`` side by side as ``(batch, 256)`` with the
     chord held on 40 % of rows (the Bach training windows hold on about as many)."""
+    from musicgend.model.runtime import random_pitch_rows
+
     rng = np.random.default_rng(seed)
     frames = config.window_frames
 
     def pitch_rows(n: int) -> np.ndarray:
-        rows = np.zeros((n, PITCHES), dtype=np.float32)
-        for row, size in zip(rows, rng.integers(0, 5, size=n), strict=True):
-            row[rng.integers(36, 84, size=size)] = 1.0
-        return rows
+        return random_pitch_rows(rng, n)
 
     out = []
     for _ in range(count):

@@ -99,11 +99,15 @@ def random_windows(artifact: Artifact, count: int, seed: int = 0) -> np.ndarray:
     frames = artifact.config.window_frames
     if not artifact.config.pitch_input:
         return rng.integers(1, len(artifact.vocab), size=(count, frames), dtype=np.int32)
-    rows = np.zeros((count * frames, PITCHES), dtype=np.float32)
-    sizes = rng.integers(0, 5, size=count * frames)
-    for row, size in zip(rows, sizes, strict=True):
+    return random_pitch_rows(rng, count * frames).reshape(count, frames, PITCHES)
+
+
+def random_pitch_rows(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``(count, 128)`` float32 rows of 0-4 random pitches in 36..83 (duplicates merge)."""
+    rows = np.zeros((count, PITCHES), dtype=np.float32)
+    for row, size in zip(rows, rng.integers(0, 5, size=count), strict=True):
         row[rng.integers(36, 84, size=size)] = 1.0
-    return rows.reshape(count, frames, PITCHES)
+    return rows
 
 
 def pitch_head(artifact: Artifact) -> PitchHead | None:
