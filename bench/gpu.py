@@ -208,21 +208,17 @@ def synthetic_batches(config: Any, vocab_size: int, batch: int, count: int, seed
 
     rng = np.random.default_rng(seed)
     frames = config.window_frames
-
-    def pitch_rows(n: int) -> np.ndarray:
-        return random_pitch_rows(rng, n)
-
     out = []
     for _ in range(count):
         if config.pitch_input:
-            x: np.ndarray = pitch_rows(batch * frames).reshape(batch, frames, PITCHES)
+            x: np.ndarray = random_pitch_rows(rng, batch * frames).reshape(batch, frames, PITCHES)
             prev = x[:, -1]
         else:
             x = rng.integers(1, vocab_size, size=(batch, frames), dtype=np.int32)
-            prev = pitch_rows(batch)
+            prev = random_pitch_rows(rng, batch)
         if config.output == "pitch":
             held = rng.random((batch, 1)) < 0.4
-            y = np.concatenate([prev, np.where(held, prev, pitch_rows(batch))], axis=1)
+            y = np.concatenate([prev, np.where(held, prev, random_pitch_rows(rng, batch))], axis=1)
         else:
             y = rng.integers(1, vocab_size, size=batch, dtype=np.int32)
         out.append((x, y))
