@@ -19,8 +19,9 @@ The scoring rule (DESIGN.md §4, a contract):
   (:func:`_head_timing`).
 * A per-pitch model (``config.output = "pitch"``, :mod:`musicgend.core.pitchhead`) has no
   ``<unk>`` on its output: a chord's probability is the head's own, known to the vocabulary
-  or not, and its top-1 guess is :meth:`~musicgend.core.pitchhead.PitchHead.best` (the more
-  likely of holding the previous chord and the head's greedy chord). Its context is built as
+  or not, and its top-1 guess is :meth:`~musicgend.core.pitchhead.PitchHead.best`, the exact
+  argmax (the more likely of holding the previous chord and the most likely other chord,
+  found by search). Its context is built as
   for any model (unknown chords → ``<unk>``, as in training).
 * Baselines (:mod:`musicgend.training.ngram`), scored by the same rule on the same frames:
   ``repeat`` = λ·[id = previous id] + (1 − λ)·uniform over the vocabulary, and
@@ -236,7 +237,7 @@ def score_model(
     correct = np.empty(frames, dtype=bool)
     width = vocab_size if head is None else head.params_width
     prev_rows, chord_rows = _pitch_rows(pieces)
-    greedy_right = np.empty(frames, dtype=bool)
+    change_right = np.empty(frames, dtype=bool)
     p_hold = np.empty(frames, dtype=np.float64)
     start = 0
     for x, y in _batches(pieces, window_frames, batch_size, predictor.pitch_input):
@@ -251,9 +252,9 @@ def score_model(
             prev, chords = prev_rows[span], chord_rows[span]
             lp = head.log_prob(probs, prev, chords)
             log_p[span] = np.maximum(lp, LOG_FLOOR)
-            greedy = head.greedy(probs, prev)
-            correct[span] = np.all(head.best(probs, prev, greedy) == chords, axis=1)
-            greedy_right[span] = np.all(greedy == chords, axis=1)
+            changed = head.best_change(probs, prev)
+            correct[span] = np.all(head.best(probs, prev, changed) == chords, axis=1)
+            change_right[span] = np.all(changed == chords, axis=1)
             p_hold[span] = head.hold_prob(probs)
         else:
             p = probs[np.arange(len(y)), y].astype(np.float64)
@@ -267,7 +268,7 @@ def score_model(
     changes = np.any(prev_rows != chord_rows, axis=1)
     extra = _top1_by_change(correct, changes)
     if head is not None:
-        extra.update(_head_timing(greedy_right, p_hold, changes))
+        extra.update(_head_timing(change_right, p_hold, changes))
         return _score(log_p, correct, known, extra=extra)
     return _score(log_p + log_spell, correct, known, extra=extra)
 
@@ -288,18 +289,18 @@ def _top1_by_change(correct: np.ndarray, changes: np.ndarray) -> dict[str, float
 
 
 def _head_timing(
-    greedy_right: np.ndarray, p_hold: np.ndarray, changes: np.ndarray
+    change_right: np.ndarray, p_hold: np.ndarray, changes: np.ndarray
 ) -> dict[str, float | None]:
     """A per-pitch model's changes, split into *when* and *what*: ``changes_hold_unlikely``
-    (its copy gate gives holding < 0.5 there: it expects a change), ``top1_changes_greedy``
-    (its greedy chord is the new chord: what top-1 on the changes would be if it knew when
-    the chord changes) and ``top1_timing_oracle`` (right on every hold and that share of the
-    changes)."""
-    on_changes = _share(greedy_right[changes])
+    (its copy gate gives holding < 0.5 there: it expects a change),
+    ``top1_changes_given_timing`` (its most likely chord other than the previous one is the
+    new chord: what top-1 on the changes would be if it knew when the chord changes) and
+    ``top1_timing_oracle`` (right on every hold and that share of the changes)."""
+    on_changes = _share(change_right[changes])
     share = _share(changes) or 0.0
     return {
         "changes_hold_unlikely": _share(p_hold[changes] < 0.5),
-        "top1_changes_greedy": on_changes,
+        "top1_changes_given_timing": on_changes,
         "top1_timing_oracle": (1.0 - share) + share * (on_changes or 0.0),
     }
 
@@ -947,10 +948,11 @@ def _summary(report: Report) -> list[str]:
             f"top-1 on frames that hold the previous chord {_pct(holds)}, on changes "
             f"{_pct(changes)} ({_pct(x['change_share'])} of frames change)"
         )
-    if x.get("top1_changes_greedy") is not None:
+    if x.get("top1_changes_given_timing") is not None:
         lines.append(
             f"the head expects {_pct(x['changes_hold_unlikely'])} of the changes (hold < 0.5); "
-            f"its greedy chord is the new one at {_pct(x['top1_changes_greedy'])} of them "
+            f"its most likely other chord is the new one at "
+            f"{_pct(x['top1_changes_given_timing'])} of them "
             f"(top-1 if it knew when the chord changes: {_pct(x['top1_timing_oracle'])})"
         )
     for c in report.comparisons:

@@ -145,23 +145,47 @@ def test_hold_and_temperature_zero() -> None:
     assert all(np.array_equal(greedy[0], g) for g in greedy)
 
 
-def test_best_guess_is_the_most_likely_of_its_candidates() -> None:
-    head = make_head()
-    params = make_params(head, 8, seed=11)
-    prev = piano_roll([[60, 62]] * 8)
-    best = head.best(params, prev)
+def _every_chord_log_prob(head: PitchHead, params: np.ndarray, prev: np.ndarray) -> np.ndarray:
     chords = all_chords()
-    for row in range(8):
-        lp = head.log_prob(
-            np.repeat(params[row : row + 1], len(chords), 0),
-            np.repeat(prev[row : row + 1], len(chords), 0),
-            piano_roll(chords),
-        )
-        found = head.log_prob(params[row : row + 1], prev[row : row + 1], best[row : row + 1])[0]
-        assert found >= lp.max() - 1.0  # greedy: the true mode or close to it
+    return head.log_prob(
+        np.repeat(params[None], len(chords), 0),
+        np.repeat(prev[None], len(chords), 0),
+        piano_roll(chords),
+    )
+
+
+@pytest.mark.parametrize("gate", [-3.0, 0.0, 1.5])
+def test_best_guess_is_the_argmax_over_every_chord(gate: float) -> None:
+    head = make_head()
+    chords = piano_roll(all_chords())
+    for prev_pitches in ([], [60, 62], [61, 63, 64]):
+        params = make_params(head, 12, seed=11)
+        params[:, -1] = gate
+        prev = piano_roll([prev_pitches] * 12)
+        best = head.best(params, prev)
+        changed = head.best_change(params, prev)
+        for row in range(12):
+            lp = _every_chord_log_prob(head, params[row], prev[row])
+            assert np.array_equal(best[row], chords[int(np.argmax(lp))])
+            other = np.any(chords != prev[row], axis=1)
+            assert np.array_equal(changed[row], chords[other][int(np.argmax(lp[other]))])
     # with the gate at 1 the previous chord is the answer
     params[:, -1] = 50.0
     assert np.array_equal(head.best(params, prev), prev)
+
+
+def test_best_change_never_names_the_previous_chord_and_stops_when_told() -> None:
+    head = make_head()
+    params = make_params(head, 6, seed=5)
+    prev = head.best_change(params, piano_roll([[]] * 6))  # each row's own favourite
+    changed = head.best_change(params, prev)
+    assert not np.any(np.all(changed == prev, axis=1))
+    # a search cut short still answers with a chord it found, never the previous one
+    short = head.best_change(params, prev, max_expansions=1)
+    assert not np.any(np.all(short == prev, axis=1))
+    assert head.best_change(params[:0], prev[:0]).shape == (0, PITCHES)
+    exact = head.best(params, prev, changed)
+    assert np.array_equal(exact, head.best(params, prev))
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -172,16 +196,8 @@ def test_bad_shapes_are_refused() -> None:
         PitchHead(np.zeros((12, 4)), np.zeros((12, 4)), np.zeros(128))
 
 
-def test_greedy_chord_and_hold_probability_are_what_best_weighs() -> None:
+def test_hold_probability_is_the_gate() -> None:
     head = make_head()
     params = make_params(head, 6, seed=5)
-    prev = piano_roll([[60, 62]] * 6)
-    greedy = head.greedy(params, prev)
-    assert np.array_equal(head.best(params, prev, greedy), head.best(params, prev))
-    shut = StepBias(temperature=0.0, hold=0.0)
-    for row in range(6):
-        drawn = head.sample(params[row], prev[row], np.random.default_rng(0), shut)
-        assert np.array_equal(greedy[row], drawn)  # the greedy draw with the gate shut
     _, _, gate = head.split(params)
     np.testing.assert_allclose(head.hold_prob(params), 1 / (1 + np.exp(-gate.astype(float))))
-    assert head.greedy(params[:0], prev[:0]).shape == (0, PITCHES)

@@ -388,10 +388,10 @@ def test_head_timing_splits_changes_into_when_and_what():
     from musicgend.training.evaluate import _head_timing
 
     out = _head_timing(
-        greedy_right=np.array([True, False, True, False]),
+        change_right=np.array([True, False, True, False]),
         p_hold=np.array([0.9, 0.2, 0.4, 0.8]),
         changes=np.array([False, True, True, True]),
     )
     assert out["changes_hold_unlikely"] == pytest.approx(2 / 3)  # 0.2 and 0.4
-    assert out["top1_changes_greedy"] == pytest.approx(1 / 3)  # frame 2
+    assert out["top1_changes_given_timing"] == pytest.approx(1 / 3)  # frame 2
     assert out["top1_timing_oracle"] == pytest.approx(0.25 + 0.75 / 3)
