@@ -200,6 +200,13 @@ def train_cmd(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch (default 64).")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Adam rate (default 1e-3).")] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--lr-schedule",
+            help="constant (default) or cosine (from --learning-rate down to 0 over --epochs).",
+        ),
+    ] = None,
     augment_transpose: Annotated[
         bool | None,
         typer.Option("--augment-transpose/--no-augment-transpose", help="All 12 keys (train)."),
@@ -246,6 +253,7 @@ def train_cmd(
         "config": config,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
         "augment_transpose": augment_transpose,
         "augment_mode": augment_mode,
         "patience": patience,

@@ -70,6 +70,7 @@ RESUMABLE_FIXED = {
     "config": "--config",
     "batch_size": "--batch-size",
     "learning_rate": "--learning-rate",
+    "lr_schedule": "--lr-schedule",
     "augment_transpose": "--augment-transpose",
     "augment_mode": "--augment-mode",
     "seed": "--seed",
@@ -79,6 +80,7 @@ RESUMABLE_FIXED = {
     "base_model": "--from",
 }
 """Options a resumed run must share with the interrupted one, and their command-line names."""
+LR_SCHEDULES = ("constant", "cosine")
 NEGATED = {"--augment-transpose": "--no-augment-transpose", "--xla": "--no-xla"}
 """The flags that have an off form on the command line."""
 
@@ -93,6 +95,8 @@ class TrainOptions:
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    """``constant``, or ``cosine``: from ``learning_rate`` down to 0 over ``epochs``."""
     augment_transpose: bool = False
     augment_mode: str = "random"
     """With ``augment_transpose``: ``random`` (one key per window and epoch) or ``expand``."""
@@ -121,6 +125,10 @@ class TrainOptions:
             raise TrainingError(f"--patience must be >= 0, got {self.patience}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise TrainingError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
         if self.augment_mode not in AUGMENT_MODES:
             raise TrainingError(
                 f"--augment-mode must be one of {', '.join(AUGMENT_MODES)}, "
@@ -430,6 +438,11 @@ def make_strategy(cluster: Cluster | None, stream: TextIO | None = None) -> Any:
     return strategy
 
 
+def steps_per_epoch(n_windows: int, workers: int, global_batch: int) -> int:
+    """Training steps per epoch: whole global batches of each worker's share of windows."""
+    return (n_windows // workers) // (global_batch // workers)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -441,8 +454,16 @@ class Loop:
     """Model, optimizer and compiled steps under one strategy."""
 
     def __init__(
-        self, strategy: Any, vocab_size: int, options: TrainOptions, *, global_batch: int
+        self,
+        strategy: Any,
+        vocab_size: int,
+        options: TrainOptions,
+        *,
+        global_batch: int,
+        total_steps: int = 0,
     ) -> None:
+        """``total_steps``: the run's steps (epochs × steps per epoch), which a learning-rate
+        schedule other than ``constant`` spans."""
         import keras
         import tensorflow as tf
 
@@ -451,9 +472,14 @@ class Loop:
         self.strategy = strategy
         self.replicas = int(strategy.num_replicas_in_sync)
         self.global_batch = global_batch
+        rate: Any = options.learning_rate
+        if options.lr_schedule == "cosine":
+            if total_steps < 1:
+                raise ValueError("a cosine learning-rate schedule needs the run's total steps")
+            rate = keras.optimizers.schedules.CosineDecay(options.learning_rate, total_steps)
         with strategy.scope():
             self.model: keras.Model = build_model(vocab_size, options.config)
-            self.optimizer = keras.optimizers.Adam(options.learning_rate)
+            self.optimizer = keras.optimizers.Adam(rate)
             self.optimizer.build(self.model.trainable_variables)
         model, optimizer = self.model, self.optimizer
         self.per_pitch = options.config.output == "pitch"
@@ -509,6 +535,12 @@ class Loop:
         and :func:`weights_digest` digests."""
         return [np.asarray(w.numpy()) for w in self.model.weights]
 
+    def learning_rate(self) -> float:
+        """The rate of the next step (the schedule's value after the steps taken)."""
+        import keras
+
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
     def optimizer_arrays(self) -> list[np.ndarray]:
         return [np.asarray(v.numpy()) for v in self.optimizer.variables]
 
@@ -551,9 +583,6 @@ class Loop:
             )
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-
-    def steps_per_epoch(self, n_windows: int, workers: int) -> int:
-        return (n_windows // workers) // (self.global_batch // workers)
 
     def evaluate(self, index: WindowIndex) -> tuple[float, float | None]:
         """Validation (NLL nats per window, top-1) over every window of ``index``.
@@ -642,11 +671,12 @@ def _check_best_model(out_dir: Path, best_epoch: int) -> None:
         ) from None
 
 
-def _epoch_line(h: dict[str, Any], epochs: int, best: bool) -> str:
+def _epoch_line(h: dict[str, Any], epochs: int, best: bool, show_rate: bool = False) -> str:
     top1 = "" if h["val_top1"] is None else f"  val_top1 {100 * h['val_top1']:.1f}%"
+    rate = f"  lr {h['learning_rate']:.2e}" if show_rate else ""
     return (
         f"epoch {int(h['epoch'])}/{epochs}  train_nll {h['train_nll']:.4f}  "
-        f"val_nll {h['val_nll']:.4f}{top1}  "
+        f"val_nll {h['val_nll']:.4f}{top1}{rate}  "
         f"{h['windows_per_s']:.0f} windows/s  {h['epoch_s']:.1f} s" + ("  *best" if best else "")
     )
 
@@ -691,6 +721,12 @@ def train(
         state_info, model_vars, opt_vars = read_state(found)
         saved = TrainOptions.from_json(state_info["options"])
         _check_resumable(saved, options, explicit or set())
+        if saved.lr_schedule != "constant" and options.epochs != saved.epochs:
+            raise TrainingError(
+                f"--epochs {options.epochs} differs from the interrupted run (--epochs "
+                f"{saved.epochs}), whose --lr-schedule {saved.lr_schedule} spans its epochs; "
+                "a resumed run keeps them"
+            )
         saved.epochs, saved.patience = options.epochs, options.patience
         saved.out_dir = out_dir
         options = saved
@@ -758,14 +794,20 @@ def train(
         raise TrainingError(
             f"--batch-size {options.batch_size} must be a multiple of the {replicas} replicas"
         )
-    loop = Loop(strategy, len(data.vocab), options, global_batch=options.batch_size)
     workers = len(cluster.workers) if cluster is not None else 1
-    steps = loop.steps_per_epoch(len(data.train), workers)
+    steps = steps_per_epoch(len(data.train), workers, options.batch_size)
     if steps < 1:
         raise TrainingError(
             f"only {len(data.train)} training windows: fewer than one batch of "
             f"{options.batch_size}; lower --batch-size or add data"
         )
+    loop = Loop(
+        strategy,
+        len(data.vocab),
+        options,
+        global_batch=options.batch_size,
+        total_steps=options.epochs * steps,
+    )
 
     history: list[dict[str, Any]] = []
     best_epoch, best_val, bad_epochs, wall_before = 0, math.inf, 0, 0.0
@@ -883,6 +925,7 @@ def train(
                     "windows": windows,
                     "epoch_s": round(epoch_s, 3),
                     "windows_per_s": round(windows / epoch_s, 1),
+                    "learning_rate": loop.learning_rate(),
                 }
                 history.append(h)
                 improved = val_nll < best_val
@@ -925,7 +968,11 @@ def train(
                         loop.optimizer_arrays(),
                     )
                 kept = epoch
-                print(_epoch_line(h, epochs, improved), file=stream, flush=True)
+                print(
+                    _epoch_line(h, epochs, improved, options.lr_schedule != "constant"),
+                    file=stream,
+                    flush=True,
+                )
         except KeyboardInterrupt:
             where = f"in epoch {epoch}" if len(history) < epoch else f"after epoch {epoch}"
             if kept == 0:

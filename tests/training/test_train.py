@@ -93,6 +93,7 @@ def test_training_lowers_the_loss_and_saves_a_complete_model(run_a: Path, bach_d
     split = meta["split"]
     assert (len(split["train"]), len(split["val"]), len(split["test"])) == (6, 1, 1)
     assert meta["windows_per_s"] > 0 and meta["wall_s"] > 0
+    assert all(e["learning_rate"] == pytest.approx(1e-3) for e in h)  # the constant default
     assert meta["tensorflow"] and meta["device"].startswith(("CPU", "GPU"))
     assert meta["command"][1:3] == ["train", "--data"] and "resume_commands" not in meta
     assert art.config == ModelConfig(**TINY_CONFIG)
@@ -242,6 +243,8 @@ def test_clear_errors(bach_dir: Path, tmp_path: Path) -> None:
         cli_train(tmp_path / "new", False, {})
     with pytest.raises(TrainingError, match="batch-size"):
         TrainOptions(bach_dir, tmp_path / "x", batch_size=0)
+    with pytest.raises(TrainingError, match="--lr-schedule must be one of constant, cosine"):
+        TrainOptions(bach_dir, tmp_path / "x", lr_schedule="step")
     proc = cli("train", "--data", bach_dir, "--out", tmp_path / "m", "--config", "huge")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model config 'huge'")
@@ -319,6 +322,49 @@ def test_random_key_augmentation_trains_resumes_and_retraces(
         train(options("b", augment_mode="expand"), resume=True, explicit={"augment_mode"})
     resumed = train(options("b", augment_mode="expand"), resume=True, explicit=set())
     assert load_artifact(tmp_path / "b").training["options"]["augment_mode"] == "random"
+    assert learning(resumed.history) == learning(whole.history)
+    assert resumed.weights_sha256 == whole.weights_sha256
+
+
+def test_a_cosine_schedule_decays_to_zero_and_resumes_only_over_its_epochs(
+    bach_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--lr-schedule cosine`` spans the run's epochs: half the rate after epoch 1 of 2,
+    zero after the last step. A resumed run keeps the epochs the schedule was laid over,
+    and retraces the uninterrupted run."""
+
+    def options(out: str, epochs: int = 2) -> TrainOptions:
+        return TrainOptions(
+            bach_dir,
+            tmp_path / out,
+            ModelConfig(**TINY_CONFIG),
+            epochs=epochs,
+            batch_size=64,
+            learning_rate=0.01,
+            lr_schedule="cosine",
+            seed=3,
+            patience=0,
+        )
+
+    whole = train(options("a"), stream=sys.stderr)
+    rates = [h["learning_rate"] for h in whole.history]
+    assert rates[0] == pytest.approx(0.005, rel=1e-4) and rates[1] == pytest.approx(0.0, abs=1e-9)
+
+    evaluate, calls = Loop.evaluate, []
+
+    def interrupted_in_epoch_2(self: Loop, index):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, index)
+
+    monkeypatch.setattr(Loop, "evaluate", interrupted_in_epoch_2)
+    with pytest.raises(TrainingError, match="state after epoch 1 is kept"):
+        train(options("b"), stream=sys.stderr)
+    monkeypatch.setattr(Loop, "evaluate", evaluate)
+    with pytest.raises(TrainingError, match=r"--epochs 3 differs .* spans its epochs"):
+        train(options("b", epochs=3), resume=True, explicit={"epochs"})
+    resumed = train(options("b"), resume=True, explicit=set())
     assert learning(resumed.history) == learning(whole.history)
     assert resumed.weights_sha256 == whole.weights_sha256
 
@@ -416,6 +462,7 @@ def test_a_damaged_state_json_is_unreadable_with_its_reason(
     [
         ({"batch_size": 16}, "--batch-size 16 (--batch-size 64)"),
         ({"learning_rate": 0.01}, "--learning-rate 0.01 (--learning-rate 0.001)"),
+        ({"lr_schedule": "cosine"}, "--lr-schedule cosine (--lr-schedule constant)"),
         ({"jit_compile": True}, "--xla (--no-xla)"),
         ({"augment_transpose": True}, "--augment-transpose (--no-augment-transpose)"),
         ({"max_pieces": 5}, "--max-pieces 5 (without --max-pieces)"),
