@@ -4,12 +4,14 @@ across processes with one seed), and clear errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +285,24 @@ def test_broken_files_take_no_place_in_the_split(
     assert report["split"] == "test" and report["pieces"] == 1 and report["skipped"] == []
 
 
+@contextlib.contextmanager
+def interrupted_in_epoch_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Ctrl-C at the end of epoch 2 (the second validation), inside the block only."""
+    evaluate, calls = Loop.evaluate, []
+
+    def interrupting(self: Loop, index):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, index)
+
+    monkeypatch.setattr(Loop, "evaluate", interrupting)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Loop, "evaluate", evaluate)
+
+
 def test_random_key_augmentation_trains_resumes_and_retraces(
     bach_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,18 +326,11 @@ def test_random_key_augmentation_trains_resumes_and_retraces(
     assert [h["windows"] for h in whole.history] == [len(plain.train) // 64 * 64] * 2
     assert all(np.isfinite(h["train_nll"]) for h in whole.history)
 
-    evaluate, calls = Loop.evaluate, []
-
-    def interrupted_in_epoch_2(self: Loop, index):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return evaluate(self, index)
-
-    monkeypatch.setattr(Loop, "evaluate", interrupted_in_epoch_2)
-    with pytest.raises(TrainingError, match="state after epoch 1 is kept"):
+    with (
+        interrupted_in_epoch_2(monkeypatch),
+        pytest.raises(TrainingError, match="state after epoch 1 is kept"),
+    ):
         train(options("b"), stream=sys.stderr)
-    monkeypatch.setattr(Loop, "evaluate", evaluate)
     with pytest.raises(TrainingError, match=r"--augment-mode expand differs .*\(--augment-mode ra"):
         train(options("b", augment_mode="expand"), resume=True, explicit={"augment_mode"})
     resumed = train(options("b", augment_mode="expand"), resume=True, explicit=set())
@@ -350,18 +363,11 @@ def test_a_cosine_schedule_decays_to_zero_and_resumes_only_over_its_epochs(
     rates = [h["learning_rate"] for h in whole.history]
     assert rates[0] == pytest.approx(0.005, rel=1e-4) and rates[1] == pytest.approx(0.0, abs=1e-9)
 
-    evaluate, calls = Loop.evaluate, []
-
-    def interrupted_in_epoch_2(self: Loop, index):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return evaluate(self, index)
-
-    monkeypatch.setattr(Loop, "evaluate", interrupted_in_epoch_2)
-    with pytest.raises(TrainingError, match="state after epoch 1 is kept"):
+    with (
+        interrupted_in_epoch_2(monkeypatch),
+        pytest.raises(TrainingError, match="state after epoch 1 is kept"),
+    ):
         train(options("b"), stream=sys.stderr)
-    monkeypatch.setattr(Loop, "evaluate", evaluate)
     with pytest.raises(TrainingError, match=r"--epochs 3 differs .* spans its epochs"):
         train(options("b", epochs=3), resume=True, explicit={"epochs"})
     resumed = train(options("b"), resume=True, explicit=set())
