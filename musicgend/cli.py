@@ -238,6 +238,13 @@ def train_cmd(
             "chords seen twice); defaults: 5 epochs, rate 3e-4, patience 2.",
         ),
     ] = None,
+    keep_vocab: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-vocab",
+            help="With --from: keep the base vocabulary as it is (add no chords).",
+        ),
+    ] = None,
 ) -> None:
     """Train a model on a MIDI corpus (split 80/10/10 by piece) and save the best epoch.
 
@@ -262,6 +269,7 @@ def train_cmd(
         "max_pieces": max_pieces,
         "jit_compile": xla,
         "base_model": base_model,
+        "keep_vocab": keep_vocab,
     }
     print(cli_train(out, resume, {k: v for k, v in given.items() if v is not None}))
 

@@ -8,7 +8,9 @@ differs from training from scratch:
   occur at least :data:`NEW_TOKEN_MIN_COUNT` times in the *training* pieces of the new data
   (after the same quantisation, at the base's fs; with ``--augment-transpose`` counted over
   the 12 keys as training does) are appended after the base's tokens, most frequent first,
-  so every base id keeps its meaning. Rarer unknown chords stay ``<unk>``.
+  so every base id keeps its meaning. Rarer unknown chords stay ``<unk>``. With
+  ``--keep-vocab`` nothing is added: the vocabulary (and its hash) stays the base's, every
+  unknown chord stays ``<unk>``, and the network keeps its size.
 * **New rows start as ``<unk>``.** Each added token's embedding row, output-layer column
   (untied output) and output bias are copies of ``<unk>``'s; with a tied output
   (``tied_output_dim``, the ``musicgend`` preset) the embedding row *is* the output row.
@@ -159,6 +161,7 @@ class FineTune:
     vocab: Vocab
     added: tuple[str, ...]
     pitch_prior: PitchPrior
+    keep_vocab: bool = False
 
     @property
     def config(self) -> ModelConfig:
@@ -181,21 +184,29 @@ class FineTune:
             "added_tokens": len(self.added),
             "added_token_list": list(self.added),
             "new_token_min_count": NEW_TOKEN_MIN_COUNT,
+            "keep_vocab": self.keep_vocab,
             "vocab_size": len(self.vocab),
             "pitch_prior": f"{PRIOR_BASE_SHARE:g} x base + {1 - PRIOR_BASE_SHARE:g} x new data",
         }
 
 
-def plan_finetune(base: Artifact, corpus: Corpus, augment_transpose: bool) -> FineTune:
-    """The extended vocabulary and blended prior for fine-tuning ``base`` on ``corpus``."""
+def plan_finetune(
+    base: Artifact, corpus: Corpus, augment_transpose: bool, keep_vocab: bool = False
+) -> FineTune:
+    """The extended vocabulary (the base's as it is with ``keep_vocab``) and blended prior
+    for fine-tuning ``base`` on ``corpus``."""
     from musicgend.training.dataset import training_frames
 
     if base.vocab.tokens[SILENCE_ID] != "e" or base.vocab.fs != base.config.fs:
         raise VocabError(f"{base.path}: the base vocabulary doesn't fit its config")
-    streams = [tokens_from_frames(f) for f in training_frames(corpus.train, augment_transpose)]
-    vocab, added = extend_vocab(base.vocab, streams)
+    added: tuple[str, ...] = ()
+    if keep_vocab:
+        vocab = base.vocab
+    else:
+        frames = training_frames(corpus.train, augment_transpose)
+        vocab, added = extend_vocab(base.vocab, (tokens_from_frames(f) for f in frames))
     new_prior = PitchPrior.from_frames(f for p in corpus.train for f in p.frames)
-    return FineTune(base, vocab, added, blend_prior(base.pitch_prior, new_prior))
+    return FineTune(base, vocab, added, blend_prior(base.pitch_prior, new_prior), keep_vocab)
 
 
 # -- model card --------------------------------------------------------------------------
@@ -217,6 +228,21 @@ def model_card(meta: Mapping[str, Any]) -> str:
     resumes = "".join(f"; resumed with `{' '.join(c)}`" for c in meta.get("resume_commands", []))
     best = meta.get("best_epoch")
     before, after = ft.get("val_nll_before"), meta.get("best_val_nll")
+    n_added = ft["added_tokens"]
+    if ft.get("keep_vocab"):
+        vocab_line = (
+            f"The base's {ft['base_vocab_size']} tokens, kept as they are (`--keep-vocab`): "
+            "chords the base lacks stay `<unk>`."
+        )
+    else:
+        vocab_line = (
+            f"The base's {ft['base_vocab_size']} tokens keep their ids; "
+            f"{count(n_added, 'chord')} seen at least "
+            f"{count(ft['new_token_min_count'], 'time')} in the training pieces "
+            f"{'was' if n_added == 1 else 'were'} added ({ft['vocab_size']} tokens), "
+            f"{'its row' if n_added == 1 else 'their rows'} initialised from `<unk>`"
+            + (f": {shown}." if added else ".")
+        )
     lines = [
         "# musicgend model card (fine-tuned)",
         "",
@@ -236,12 +262,7 @@ def model_card(meta: Mapping[str, Any]) -> str:
         f"- Created by musicgend on {meta.get('started', '?')}, {meta.get('device', '?')}",
         "",
         "## Vocabulary",
-        f"The base's {ft['base_vocab_size']} tokens keep their ids; "
-        f"{count(ft['added_tokens'], 'chord')} seen at least "
-        f"{count(ft['new_token_min_count'], 'time')} in the training pieces "
-        f"{'was' if ft['added_tokens'] == 1 else 'were'} added "
-        f"({ft['vocab_size']} tokens), {'its row' if ft['added_tokens'] == 1 else 'their rows'} "
-        "initialised from `<unk>`" + (f": {shown}." if added else "."),
+        vocab_line,
         f"Pitch prior (spelling of unknown chords): {ft['pitch_prior']}.",
         "",
         "## Training",

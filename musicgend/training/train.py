@@ -78,6 +78,7 @@ RESUMABLE_FIXED = {
     "distributed": "--distributed",
     "jit_compile": "--xla",
     "base_model": "--from",
+    "keep_vocab": "--keep-vocab",
 }
 """Options a resumed run must share with the interrupted one, and their command-line names."""
 LR_SCHEDULES = ("constant", "cosine")
@@ -111,6 +112,8 @@ class TrainOptions:
     base_model: Path | None = None
     """Fine-tune this model (:mod:`musicgend.training.finetune`); its config replaces
     ``config``."""
+    keep_vocab: bool = False
+    """With ``base_model``: keep its vocabulary as it is (add no chords)."""
 
     def __post_init__(self) -> None:
         # absolute, so that a resumed run finds them from any working directory
@@ -775,7 +778,7 @@ def train(
     if base is not None:
         from musicgend.training.finetune import plan_finetune
 
-        finetune = plan_finetune(base, corpus, options.augment_transpose)
+        finetune = plan_finetune(base, corpus, options.augment_transpose, options.keep_vocab)
     data: TrainingData = prepare(
         corpus,
         options.config,
@@ -1109,6 +1112,8 @@ def cli_train(out_dir: Path, resume: bool, given: dict[str, Any]) -> str:
     """The ``musicgend train`` command: options from the CLI (only those given), a summary."""
     explicit = set(given)
     values = dict(given)
+    if values.get("keep_vocab") and values.get("base_model") is None and not resume:
+        raise TrainingError("--keep-vocab is for fine-tuning: give the base model with --from")
     if values.get("base_model") is not None:
         if "config" in values:
             raise TrainingError("--config can't be combined with --from (the base model's is kept)")

@@ -159,6 +159,31 @@ def test_lineage_model_card_and_a_fresh_litert_export(models: dict[str, Path]) -
     np.testing.assert_allclose(lite, load_predictor(tuned, "numpy").predict_batch(x), atol=1e-5)
 
 
+@pytest.mark.slow
+def test_keep_vocab_fine_tunes_with_the_base_vocabulary(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept"
+    proc = run_musicgend(
+        "train", "--data", models["b"], "--out", kept, "--from", models["base"], "--keep-vocab",
+        "--epochs", "2", "--learning-rate", "1e-2", "--batch-size", "32",
+        timeout_s=240, env=QUIET_TF,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "0 chords added" in proc.stdout
+    base, tuned = load_artifact(models["base"]), load_artifact(kept)
+    assert tuned.vocab.hash == base.vocab.hash and tuned.vocab.tokens == base.vocab.tokens
+    assert {k: v.shape for k, v in tuned.weights.items()} == {
+        k: v.shape for k, v in base.weights.items()
+    }
+    assert any(not np.array_equal(tuned.weights[k], base.weights[k]) for k in base.weights)
+    ft = tuned.training["fine_tune"]
+    assert ft["keep_vocab"] is True and ft["added_tokens"] == 0
+    assert ft["vocab_size"] == len(base.vocab)
+    assert tuned.training["options"]["keep_vocab"] is True
+    assert "kept as they are (`--keep-vocab`)" in (kept / MODEL_CARD).read_text()
+
+
 LOADER = """
 import json, sys
 from musicgend.service.runtime import load_model
@@ -255,6 +280,8 @@ def test_errors(tmp_path: Path) -> None:
         cli_train(tmp_path / "out", False, given)
     with pytest.raises(TrainingError, match="--config can't be combined with --from"):
         cli_train(tmp_path / "out", False, {**given, "config": "seed"})
+    with pytest.raises(TrainingError, match="--keep-vocab is for fine-tuning: give the base"):
+        cli_train(tmp_path / "out", False, {"data_dir": data, "keep_vocab": True})
 
     base = save_tiny_artifact(tmp_path / "base")
     weights = base / "weights.npz"
