@@ -139,6 +139,8 @@ class MidiCounters:
     dropped_sysex: int = 0  # sysex over the size limit
     dropped_overflow: int = 0  # input queue full (consumer too slow)
     sent: int = 0  # messages written to the output port
+    note_ons_sent: int = 0  # of those, note-ons (velocity > 0)
+    note_offs_sent: int = 0  # of those, note-offs (0x8n, or 0x9n with velocity 0)
     sent_late: int = 0  # JACK: written later than their time + one period + the margin
     dropped_output: int = 0  # send() while the backend was down, or output buffer full
     connections: int = 0  # connections made by pattern (including re-connections)
@@ -148,6 +150,43 @@ class MidiCounters:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class WrittenNotes:
+    """The note-ons and note-offs written to the output port, and the keys they leave on.
+
+    Kept by the thread that writes (JACK's process callback, ALSA's sender), one flag per
+    channel and pitch, read the way a synth reads them: a note-on turns its key on, a note-off
+    turns it off. A note a listener never saw released can then be told apart: still on
+    here, the daemon never released it; off here, the release was written and lost on the
+    way (a JACK cycle the server dropped)."""
+
+    __slots__ = ("_on", "note_offs", "note_ons")
+
+    def __init__(self) -> None:
+        self.note_ons = 0
+        self.note_offs = 0
+        self._on = bytearray(16 * 128)
+
+    def record(self, data: bytes) -> None:
+        """Count one written message (anything but a 3-byte note message is ignored)."""
+        if len(data) != 3:
+            return
+        kind = data[0] & 0xF0
+        if kind == 0x90 and data[2]:
+            self.note_ons += 1
+            self._on[(data[0] & 0x0F) << 7 | data[1] & 0x7F] = 1
+        elif kind in (0x80, 0x90):
+            self.note_offs += 1
+            self._on[(data[0] & 0x0F) << 7 | data[1] & 0x7F] = 0
+
+    def forget_keys(self) -> None:
+        """Every key off, counts kept (the port's server went away with what it was sent)."""
+        self._on = bytearray(16 * 128)
+
+    def sounding(self) -> list[tuple[int, int]]:
+        """``(channel 1–16, pitch)`` of every key written on and not written off since."""
+        return [((i >> 7) + 1, i & 0x7F) for i, on in enumerate(self._on) if on]
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +355,7 @@ class MidiPorts(ABC):
         # send-side counters (caller's thread) and MIDI-thread counters
         self._dropped_output = 0
         self._rt_sent = 0
+        self._rt_notes = WrittenNotes()
         self._rt_late = 0
         self._rt_dropped_output = 0
         self._rt_xruns = 0
@@ -365,6 +405,8 @@ class MidiPorts(ABC):
         b = self._bridge
         c = MidiCounters(
             sent=self._rt_sent,
+            note_ons_sent=self._rt_notes.note_ons,
+            note_offs_sent=self._rt_notes.note_offs,
             sent_late=self._rt_late,
             dropped_output=self._dropped_output + self._rt_dropped_output,
             connections=self._connections,
@@ -399,6 +441,11 @@ class MidiPorts(ABC):
         t_ns = time.monotonic_ns() if at_ns is None else at_ns
         for message in messages:
             self.send(message, t_ns)
+
+    def sounding(self) -> list[tuple[int, int]]:
+        """``(channel 1–16, pitch)`` of the notes written on and not yet written off
+        (:class:`WrittenNotes`; empty after a clean stop's note-offs went out)."""
+        return self._rt_notes.sounding()
 
     def connections(self) -> dict[str, list[str]]:
         """Current connections of our ports: {"in": [sources], "out": [destinations]}."""
@@ -681,6 +728,7 @@ class JackMidiPorts(MidiPorts):
                 continue
             last_offset = offset
             self._rt_sent += 1
+            self._rt_notes.record(data)
 
     # send (caller's thread)
 
@@ -780,6 +828,7 @@ class JackMidiPorts(MidiPorts):
 
             self._dead_clients.append((dead, self._inport, self._outport))
             dead._ptr = jack._ffi.NULL  # so that neither close() nor __del__ closes it
+        self._rt_notes.forget_keys()  # what was written went with the server
         # Before any new JACK client is opened (the probe included): let the old server go
         # (its socket vanishes on a clean exit and refuses when it was killed; a client
         # opened against a server that is still shutting down waits on a handshake that
@@ -881,6 +930,7 @@ class AlsaMidiPorts(MidiPorts):
                     self._rt_dropped_output += 1
                     return
             self._rt_sent += 1
+            self._rt_notes.record(data)
 
     def _own(self, name: str) -> bool:
         return name.startswith(self.config.client_name + ":")

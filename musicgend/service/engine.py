@@ -901,6 +901,7 @@ class Engine:
         loader: ModelLoader | None = None,
         session_info: Callable[[], Any] | None = None,
         port_counters: Callable[[], Any] | None = None,
+        port_sounding: Callable[[], list[tuple[int, int]]] | None = None,
         follower: MidiClockFollower | None = None,
         ticks_per_frame: int = 12,
         on_status: Callable[[], None] | None = None,
@@ -922,6 +923,8 @@ class Engine:
         self._committed_upto = 0
         self._last_at_ns = 0  # the latest time a message was scheduled for
         self.port_counters = port_counters
+        self.port_sounding = port_sounding
+        """``(channel, pitch)`` of the notes written to the port on and not yet off."""
         self.out = out
         self._stop = threading.Event()
         self.clock: Clock = clock or MonotonicClock(self._stop)
@@ -1345,6 +1348,8 @@ class Engine:
             c = self.port_counters()
             data["dropped_input"] = c.dropped_malformed + c.dropped_sysex + c.dropped_overflow
             data["midi"] = c.as_dict()
+        if self.port_sounding is not None:
+            data["notes_sounding"] = [list(key) for key in self.port_sounding()]
         return data
 
     def frames_on_time(self, within_ns: int | None = None) -> bool:

@@ -565,6 +565,7 @@ async def serve(
             loader=lambda p: load_model(p, engine_settings.runtime, engine_settings.threads),
             session_info=session_info,
             port_counters=lambda: ports.counters,
+            port_sounding=ports.sounding,
             follower=core.grid if isinstance(core.grid, MidiClockFollower) else None,
             ticks_per_frame=settings.clock.ticks_per_frame,
             freeze_startup_heap=True,
@@ -603,6 +604,11 @@ async def serve(
             engine.shutdown_messages()
             await _wait_output_drained(ports, sent_before, engine.messages_sent - engine_before)
             info.metrics = engine.metrics()
+            if info.metrics.get("notes_sounding"):
+                log.error(
+                    "notes written on and never off at the stop (channel, pitch): %s",
+                    info.metrics["notes_sounding"],
+                )
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()
             info.metrics["runtime"] = (

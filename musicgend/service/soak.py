@@ -20,7 +20,9 @@ samples the daemon's RSS, private memory and open file descriptors from ``/proc`
 At the end (or on Ctrl-C, SIGINT/SIGTERM) the player releases its notes, the daemon is
 stopped with SIGTERM, and the report is computed per 5-minute window and overall: frames,
 late frames, dropped input and decision latency (the daemon's metrics), onset jitter (the
-player's recording), stuck notes (note-ons the player never saw released), RSS and fds.
+player's recording), stuck notes (note-ons the player never saw released; each is checked
+against the note-ons and note-offs the daemon wrote to its port, to tell a daemon that never
+released a note from a release lost on the way), RSS and fds.
 JSON goes to ``<out-dir>/soak-<UTC start>.json``, a PNG of latency, jitter and memory over
 time next to it.
 
@@ -472,6 +474,8 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
     }
     late = overall["late_frames"]
     growth = growth_per_hour(rss)
+    at_exit = m.final_metrics or {}  # not a snapshot from before the end: notes sound then
+    notes = note_accounting(m.events, stuck, at_exit)
     return {
         "minutes": round(duration_s / 60, 3),
         "frames": overall["frames"],
@@ -527,7 +531,7 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "end": fds[-1] if fds else None,
             "max": max(fds) if fds else None,
         },
-        "stuck": [{"channel": ch + 1, "pitch": p} for _, ch, p in stuck[:20]],
+        "stuck": notes["stuck"][:20],
         "commands": {
             "sent": len(m.commands),
             "accepted": outcomes.get("accepted", 0),
@@ -549,8 +553,12 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
         },
         "output": {
             "messages": len(m.events),
-            "note_ons": sum(1 for _, _, d in m.events if is_note_on(d)),
+            "note_ons": notes["received"]["note_ons"],
+            "note_offs": notes["received"]["note_offs"],
             "cc123_channels_at_stop": len(cc123),
+            "daemon_written": notes["written"],
+            "lost_on_the_way": notes["lost_on_the_way"],
+            "stuck_released_by_daemon": notes["stuck_released_by_daemon"],
         },
         "daemon": {
             "exit_code": m.daemon_exit,
@@ -560,14 +568,59 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "late_results": final.get("late_results"),
             "jack_xruns": (final.get("midi") or {}).get("xruns"),
             "sent_late": (final.get("midi") or {}).get("sent_late"),
+            "notes_sounding_at_exit": at_exit.get("notes_sounding"),
             **({"log_tail": m.daemon_log_tail} if m.daemon_log_tail else {}),
         },
         "goals": {
             "late_frames_0": late == 0,
             "stuck_notes_0": not stuck,
+            "daemon_released_every_note": at_exit.get("notes_sounding") == [],
             "rss_growth_le_5_mb_per_hour": growth is not None and growth <= 5.0,
         },
         "window_s": window_s,
+    }
+
+
+def note_accounting(
+    events: Sequence[tuple[float, int, bytes]],
+    stuck: Sequence[tuple[int, int, int]],
+    final: dict[str, Any],
+) -> dict[str, Any]:
+    """The player's note-ons and note-offs next to the ones the daemon wrote to its port
+    (its final metrics: ``midi`` counters and ``notes_sounding``), so that a stuck note is
+    told apart: the daemon never wrote its note-off (``released_by_daemon`` false: a daemon
+    bug), or wrote it and the player never got it (true: lost on the way, e.g. in a JACK
+    cycle the server dropped). None where the daemon's figures are missing (it crashed)."""
+    received = {
+        "note_ons": sum(1 for _, _, d in events if is_note_on(d)),
+        "note_offs": sum(1 for _, _, d in events if is_note_off(d)),
+    }
+    midi = final.get("midi") or {}
+    written: dict[str, int | None] = {
+        "messages": midi.get("sent"),
+        "note_ons": midi.get("note_ons_sent"),
+        "note_offs": midi.get("note_offs_sent"),
+    }
+    seen = {"messages": len(events), **received}
+    lost = {key: None if n is None else n - seen[key] for key, n in written.items()}
+    sounding = final.get("notes_sounding")
+    still_on = None if sounding is None else {(int(ch), int(p)) for ch, p in sounding}
+    rows = [
+        {
+            "channel": ch + 1,
+            "pitch": p,
+            "released_by_daemon": None if still_on is None else (ch + 1, p) not in still_on,
+        }
+        for _, ch, p in stuck
+    ]
+    return {
+        "received": received,
+        "written": written,
+        "lost_on_the_way": lost,
+        "stuck": rows,
+        "stuck_released_by_daemon": (
+            None if still_on is None else sum(1 for r in rows if r["released_by_daemon"])
+        ),
     }
 
 
@@ -609,6 +662,20 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{cmd['unconfirmed']}, refused {cmd['refused']})   model swaps {swaps['done']}/"
         f"{swaps['requested']}",
     ]
+    out = report["output"]
+    if report["stuck_notes"]:
+        lines.append(
+            f"stuck notes: the daemon wrote the note-off of {out['stuck_released_by_daemon']} "
+            f"of {report['stuck_notes']}; written but not received: "
+            f"{out['lost_on_the_way']['note_offs']} note-offs, "
+            f"{out['lost_on_the_way']['messages']} messages in all (JACK xruns "
+            f"{report['daemon']['jack_xruns']})"
+        )
+    if report["daemon"]["notes_sounding_at_exit"]:
+        lines.append(
+            "the daemon exited with notes written on and never off (channel, pitch): "
+            f"{report['daemon']['notes_sounding_at_exit']}"
+        )
     for reason, n in cmd["refused_reasons"].items():
         lines.append(f"  refused ×{n}: {reason}")
     for w in report["windows"]:

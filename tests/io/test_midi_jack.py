@@ -162,8 +162,14 @@ def test_output_is_placed_at_its_time_not_on_the_period_grid(jackd: Any) -> None
             errors = [abs(f - (frames[0] + k * spacing_frames)) for k, f in enumerate(frames)]
             assert statistics.median(errors) <= 8, errors
             assert sum(e <= 32 for e in errors) >= len(errors) - 2, errors
-            assert ports.counters.sent == len(notes)
+            c = ports.counters
+            assert (c.sent, c.note_ons_sent, c.note_offs_sent) == (len(notes), len(notes), 0)
+            assert ports.sounding() == [(1, 48 + k) for k in range(12)]
             assert [d for _, d in ports.echo.recent()] == notes
+            ports.send_many([bytes([0x80, 48, 0]), bytes([0x90, 49, 0]), bytes([0xB0, 123, 0])])
+            await await_until(lambda: ports.counters.sent == len(notes) + 3, what="2 releases")
+            assert ports.counters.note_offs_sent == 2
+            assert ports.sounding() == [(1, 48 + k) for k in range(2, 12)]
 
     run(main)
 
@@ -201,6 +207,8 @@ def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) ->
         with open_ports(cfg) as ports:
             peer = JackPeer("keys")
             await await_until(lambda: ports.connections()["in"] == ["keys:out"])
+            ports.send(NOTE_ON)  # left on when the server goes: forgotten with it
+            await await_until(lambda: ports.sounding() == [(1, 60)], what="the note-on written")
             peer.kill()
             threads_before = _os_threads()  # ours: JACK's two, the supervisor, main
             getattr(jackd, how)()
@@ -220,6 +228,7 @@ def test_ports_come_back_after_the_jack_server_restarts(jackd: Any, how: str) ->
                 assert event.data == NOTE_ON
             c = ports.counters
             assert (c.server_losses, c.reconnects) == (1, 1)
+            assert (c.note_ons_sent, ports.sounding()) == (1, [])
             # the lost client's JACK threads ended: no thread per server loss (fewer is fine:
             # helper threads of the killed peer may still have been winding down before)
             await await_until(lambda: _os_threads() <= threads_before, what="old threads gone")

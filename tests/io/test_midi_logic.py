@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from musicgend.errors import MidiPortError
 from musicgend.io import midi
-from musicgend.io.midi import Check, EchoGuard, MidiPorts, PortConfig, check_message
+from musicgend.io.midi import (
+    Check,
+    EchoGuard,
+    MidiPorts,
+    PortConfig,
+    WrittenNotes,
+    check_message,
+)
 
 VALID = [
     b"\x90\x3c\x64",  # note-on
@@ -85,6 +92,28 @@ def test_echo_guard_matches_once_within_its_window() -> None:
     guard.note_sent(b"\x80\x3c\x00", 2_000_000_000)
     assert not guard.is_echo(b"\x80\x3c\x00", 2_040_000_000)  # too late: not an echo
     assert guard.recent() == []
+
+
+def test_written_notes_reads_note_messages_as_a_synth_does() -> None:
+    w = WrittenNotes()
+    for data in (
+        bytes([0x90, 60, 100]),
+        bytes([0x90, 60, 90]),  # again: still one key on
+        bytes([0x9F, 127, 1]),
+        bytes([0x91, 64, 80]),
+        bytes([0x91, 64, 0]),  # velocity 0 is a note-off
+        bytes([0x80, 61, 0]),  # off for a key never on: counted, changes nothing
+        bytes([0xB0, 123, 0]),  # all notes off is not a note-off
+        bytes([0x90, 62]),  # not a note message
+        bytes([0xF8]),
+    ):
+        w.record(data)
+    assert (w.note_ons, w.note_offs) == (4, 2)
+    assert w.sounding() == [(1, 60), (16, 127)]
+    w.record(bytes([0x80, 60, 64]))
+    assert w.sounding() == [(16, 127)]
+    w.forget_keys()
+    assert (w.sounding(), w.note_ons, w.note_offs) == ([], 4, 3)
 
 
 def test_port_config_rejects_bad_values() -> None:

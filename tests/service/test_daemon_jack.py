@@ -5,6 +5,7 @@ neither crash nor stall it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -136,7 +137,11 @@ def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
         bytes([0x80, 64, 0]),
         bytes([0x80, 67, 0]),
     ]
-    with daemon_and_peer(tiny_model, tmp_path) as (daemon, peer):
+    metrics_out = tmp_path / "metrics.json"
+    with daemon_and_peer(tiny_model, tmp_path, "--metrics-out", str(metrics_out)) as (
+        daemon,
+        peer,
+    ):
         peer.send(played, per_cycle=1)
         # the machine plays: wait for note traffic in at least 8 distinct frames
         wait_until(lambda: len({t for t, _ in notes(peer.received())}) >= 8, 20.0, what="8 frames")
@@ -162,6 +167,13 @@ def test_output_on_the_grid_notes_released_and_sigterm_cleans_up(
     ccs = [m for _, m in events if m[0] & 0xF0 == 0xB0]
     assert {(m[0] & 0x0F) for m in ccs if m[1] == 123} == set(range(16))
     assert {(m[0] & 0x0F) for m in ccs if m[1] == 64 and m[2] == 0} == set(range(16))
+    # the daemon's own count of what it wrote: what the peer got, and nothing left on
+    metrics = json.loads(metrics_out.read_text())
+    ons = sum(1 for _, m in notes(events) if m[0] & 0xF0 == 0x90 and m[2] > 0)
+    assert metrics["midi"]["note_ons_sent"] == ons > 0
+    assert metrics["midi"]["note_offs_sent"] == len(notes(events)) - ons
+    assert metrics["midi"]["sent"] == len(events)
+    assert metrics["notes_sounding"] == []
     # the session .mid: its human track is exactly what was played
     midi_path = Path(daemon.line("session written: ").removeprefix("session written: "))
     mid = mido.MidiFile(midi_path)
