@@ -447,6 +447,13 @@ class MidiPorts(ABC):
         (:class:`WrittenNotes`; empty after a clean stop's note-offs went out)."""
         return self._rt_notes.sounding()
 
+    def release_sounding(self) -> list[tuple[int, int]]:
+        """Send a note-off for every note :meth:`sounding` lists (the last resort at a stop:
+        whatever its sender forgot, no note written on stays on). Returns those notes."""
+        keys = self.sounding()
+        self.send_many(bytes([0x80 | (channel - 1), pitch, 0]) for channel, pitch in keys)
+        return keys
+
     def connections(self) -> dict[str, list[str]]:
         """Current connections of our ports: {"in": [sources], "out": [destinations]}."""
         return self._connections_now()

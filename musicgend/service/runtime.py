@@ -603,12 +603,16 @@ async def serve(
             await engine.aclose()
             engine.shutdown_messages()
             await _wait_output_drained(ports, sent_before, engine.messages_sent - engine_before)
-            info.metrics = engine.metrics()
-            if info.metrics.get("notes_sounding"):
+            info.metrics = engine.metrics()  # notes_sounding: what the engine left on
+            sent_before = ports.counters.sent + ports.counters.dropped_output
+            left_on = ports.release_sounding()
+            if left_on:
                 log.error(
-                    "notes written on and never off at the stop (channel, pitch): %s",
-                    info.metrics["notes_sounding"],
+                    "notes written on and never off at the stop (channel, pitch): %s; "
+                    "their note-offs sent now",
+                    left_on,
                 )
+                await _wait_output_drained(ports, sent_before, len(left_on))
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()
             info.metrics["runtime"] = (

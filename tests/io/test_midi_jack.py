@@ -170,6 +170,15 @@ def test_output_is_placed_at_its_time_not_on_the_period_grid(jackd: Any) -> None
             await await_until(lambda: ports.counters.sent == len(notes) + 3, what="2 releases")
             assert ports.counters.note_offs_sent == 2
             assert ports.sounding() == [(1, 48 + k) for k in range(2, 12)]
+            # the last resort at a stop: a note-off for each of them, and the peer gets them
+            await await_until(lambda: len(peer.received()) == len(notes) + 3, what="all 15")
+            peer.received(clear=True)
+            assert ports.release_sounding() == [(1, 48 + k) for k in range(2, 12)]
+            await await_until(lambda: len(peer.received()) == 10, what="10 note-offs")
+            assert sorted(d for _, d in peer.received()) == [
+                bytes([0x80, 48 + k, 0]) for k in range(2, 12)
+            ]
+            assert ports.sounding() == [] and ports.release_sounding() == []
 
     run(main)
 
