@@ -603,7 +603,7 @@ async def serve(
             await engine.aclose()
             engine.shutdown_messages()
             await _wait_output_drained(ports, sent_before, engine.messages_sent - engine_before)
-            info.metrics = engine.metrics()  # notes_sounding: what the engine left on
+            # the last resort: a note-off for any note written on that the engine left on
             sent_before = ports.counters.sent + ports.counters.dropped_output
             left_on = ports.release_sounding()
             if left_on:
@@ -613,6 +613,8 @@ async def serve(
                     left_on,
                 )
                 await _wait_output_drained(ports, sent_before, len(left_on))
+            info.metrics = engine.metrics()
+            info.metrics["notes_released_by_ports"] = [list(key) for key in left_on]
             info.metrics["rss_mb"] = rss_mb()
             info.metrics["private_mb"] = private_mb()
             info.metrics["runtime"] = (

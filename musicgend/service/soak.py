@@ -569,12 +569,14 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "jack_xruns": (final.get("midi") or {}).get("xruns"),
             "sent_late": (final.get("midi") or {}).get("sent_late"),
             "notes_sounding_at_exit": at_exit.get("notes_sounding"),
+            "notes_released_by_ports": at_exit.get("notes_released_by_ports"),
             **({"log_tail": m.daemon_log_tail} if m.daemon_log_tail else {}),
         },
         "goals": {
             "late_frames_0": late == 0,
             "stuck_notes_0": not stuck,
             "daemon_released_every_note": at_exit.get("notes_sounding") == [],
+            "engine_released_every_note": at_exit.get("notes_released_by_ports") == [],
             "rss_growth_le_5_mb_per_hour": growth is not None and growth <= 5.0,
         },
         "window_s": window_s,
@@ -670,6 +672,11 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{out['lost_on_the_way']['note_offs']} note-offs, "
             f"{out['lost_on_the_way']['messages']} messages in all (JACK xruns "
             f"{report['daemon']['jack_xruns']})"
+        )
+    if report["daemon"]["notes_released_by_ports"]:
+        lines.append(
+            "the engine left notes on at the stop, released by the ports' last resort "
+            f"(channel, pitch): {report['daemon']['notes_released_by_ports']}"
         )
     if report["daemon"]["notes_sounding_at_exit"]:
         lines.append(

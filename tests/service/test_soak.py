@@ -242,6 +242,7 @@ def test_a_stuck_note_is_told_apart_by_what_the_daemon_wrote() -> None:
     m.final_metrics = {
         "midi": {"sent": 5, "note_ons_sent": 2, "note_offs_sent": 2},
         "notes_sounding": [],
+        "notes_released_by_ports": [],
     }
     report = build_report(m, minutes_requested=10 / 60, window_s=300.0)
     assert report["stuck"] == [{"channel": 1, "pitch": 62, "released_by_daemon": True}]
@@ -251,10 +252,19 @@ def test_a_stuck_note_is_told_apart_by_what_the_daemon_wrote() -> None:
     assert out["lost_on_the_way"] == {"messages": 2, "note_ons": 0, "note_offs": 1}
     assert report["goals"]["stuck_notes_0"] is False
     assert report["goals"]["daemon_released_every_note"] is True
+    assert report["goals"]["engine_released_every_note"] is True
     assert "wrote the note-off of 1 of 1" in format_summary(report)
 
-    # the daemon itself left it on: its bug, whatever JACK did
+    # the engine forgot it, the ports' last resort released it at the stop
+    m.final_metrics = {**m.final_metrics, "notes_released_by_ports": [[1, 62]]}
+    report = build_report(m, minutes_requested=10 / 60, window_s=300.0)
+    assert report["stuck"][0]["released_by_daemon"] is True
+    assert report["goals"]["engine_released_every_note"] is False
+    assert "released by the ports' last resort" in format_summary(report)
+
+    # still on at the exit, never released by the daemon, whatever JACK did
     m.final_metrics = {**m.final_metrics, "notes_sounding": [[1, 62]]}
+    m.final_metrics["notes_released_by_ports"] = []
     report = build_report(m, minutes_requested=10 / 60, window_s=300.0)
     assert report["stuck"][0]["released_by_daemon"] is False
     assert report["daemon"]["notes_sounding_at_exit"] == [[1, 62]]
@@ -312,6 +322,7 @@ def _check_report(report: dict[str, object], out_dir: Path) -> None:
     # drops whole cycles now and then (its xruns), input and output alike.
     goals, out = report["goals"], report["output"]
     assert goals["daemon_released_every_note"], report["daemon"]  # type: ignore[index]
+    assert goals["engine_released_every_note"], report["daemon"]  # type: ignore[index]
     assert out["stuck_released_by_daemon"] == report["stuck_notes"], report["stuck"]  # type: ignore[index]
     assert out["lost_on_the_way"]["note_offs"] >= report["stuck_notes"], out  # type: ignore[index]
     assert report["daemon"]["exit_code"] == 0  # type: ignore[index]
