@@ -141,6 +141,7 @@ class MidiCounters:
     sent: int = 0  # messages written to the output port
     note_ons_sent: int = 0  # of those, note-ons (velocity > 0)
     note_offs_sent: int = 0  # of those, note-offs (0x8n, or 0x9n with velocity 0)
+    note_ons_while_on_sent: int = 0  # note-ons for a key written on and not yet off
     sent_late: int = 0  # JACK: written later than their time + one period + the margin
     dropped_output: int = 0  # send() while the backend was down, or output buffer full
     connections: int = 0  # connections made by pattern (including re-connections)
@@ -161,11 +162,13 @@ class WrittenNotes:
     here, the daemon never released it; off here, the release was written and lost on the
     way (a JACK cycle the server dropped)."""
 
-    __slots__ = ("_on", "note_offs", "note_ons")
+    __slots__ = ("_on", "note_offs", "note_ons", "note_ons_while_on")
 
     def __init__(self) -> None:
         self.note_ons = 0
         self.note_offs = 0
+        self.note_ons_while_on = 0
+        """Note-ons for a key already on: a re-strike without its note-off first."""
         self._on = bytearray(16 * 128)
 
     def record(self, data: bytes) -> None:
@@ -175,7 +178,9 @@ class WrittenNotes:
         kind = data[0] & 0xF0
         if kind == 0x90 and data[2]:
             self.note_ons += 1
-            self._on[(data[0] & 0x0F) << 7 | data[1] & 0x7F] = 1
+            key = (data[0] & 0x0F) << 7 | data[1] & 0x7F
+            self.note_ons_while_on += self._on[key]
+            self._on[key] = 1
         elif kind in (0x80, 0x90):
             self.note_offs += 1
             self._on[(data[0] & 0x0F) << 7 | data[1] & 0x7F] = 0
@@ -407,6 +412,7 @@ class MidiPorts(ABC):
             sent=self._rt_sent,
             note_ons_sent=self._rt_notes.note_ons,
             note_offs_sent=self._rt_notes.note_offs,
+            note_ons_while_on_sent=self._rt_notes.note_ons_while_on,
             sent_late=self._rt_late,
             dropped_output=self._dropped_output + self._rt_dropped_output,
             connections=self._connections,

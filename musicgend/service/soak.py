@@ -198,6 +198,22 @@ def stuck_notes(events: Sequence[tuple[int, bytes]]) -> list[tuple[int, int, int
     return sorted((frame, ch, pitch) for (ch, pitch), frame in sounding.items())
 
 
+def note_ons_while_on(events: Sequence[tuple[int, bytes]]) -> int:
+    """Note-ons for a key already on (same channel and pitch, no note-off between): each is a
+    note that hung until it was struck again, its note-off missing. :func:`stuck_notes`
+    counts only the notes still on after all events."""
+    on: set[tuple[int, int]] = set()
+    count = 0
+    for _, data in events:
+        if is_note_on(data):
+            key = (data[0] & 0x0F, data[1])
+            count += key in on
+            on.add(key)
+        elif is_note_off(data):
+            on.discard((data[0] & 0x0F, data[1]))
+    return count
+
+
 def frame_onsets(events: Sequence[tuple[int, bytes]], gap_frames: int) -> list[int]:
     """The JACK frame of each of the daemon's frames that starts notes: the first note-on of
     a run of note messages less than ``gap_frames`` apart (a frame's offs and ons go out
@@ -555,10 +571,12 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "messages": len(m.events),
             "note_ons": notes["received"]["note_ons"],
             "note_offs": notes["received"]["note_offs"],
+            "note_ons_while_on": notes["received"]["note_ons_while_on"],
             "cc123_channels_at_stop": len(cc123),
             "daemon_written": notes["written"],
             "lost_on_the_way": notes["lost_on_the_way"],
             "stuck_released_by_daemon": notes["stuck_released_by_daemon"],
+            "hung_notes": notes["hung_notes"],
         },
         "daemon": {
             "exit_code": m.daemon_exit,
@@ -596,15 +614,21 @@ def note_accounting(
     received = {
         "note_ons": sum(1 for _, _, d in events if is_note_on(d)),
         "note_offs": sum(1 for _, _, d in events if is_note_off(d)),
+        "note_ons_while_on": note_ons_while_on([(frame, d) for _, frame, d in events]),
     }
     midi = final.get("midi") or {}
     written: dict[str, int | None] = {
         "messages": midi.get("sent"),
         "note_ons": midi.get("note_ons_sent"),
         "note_offs": midi.get("note_offs_sent"),
+        "note_ons_while_on": midi.get("note_ons_while_on_sent"),
     }
     seen = {"messages": len(events), **received}
-    lost = {key: None if n is None else n - seen[key] for key, n in written.items()}
+    lost = {
+        key: None if n is None else n - seen[key]
+        for key, n in written.items()
+        if key != "note_ons_while_on"
+    }
     sounding = final.get("notes_sounding")
     still_on = None if sounding is None else {(int(ch), int(p)) for ch, p in sounding}
     rows = [
@@ -615,10 +639,14 @@ def note_accounting(
         }
         for _, ch, p in stuck
     ]
+    extra = received["note_ons_while_on"] - (written["note_ons_while_on"] or 0)
     return {
         "received": received,
         "written": written,
         "lost_on_the_way": lost,
+        # notes whose note-off the player never got: still on at the end, or struck again
+        # while on (more often than the daemon wrote such note-ons)
+        "hung_notes": len(stuck) + max(extra, 0),
         "stuck": rows,
         "stuck_released_by_daemon": (
             None if still_on is None else sum(1 for r in rows if r["released_by_daemon"])
@@ -665,6 +693,12 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{swaps['requested']}",
     ]
     out = report["output"]
+    if out["hung_notes"] > report["stuck_notes"]:
+        lines.append(
+            f"hung notes (their note-off never came): {out['hung_notes']}, of which "
+            f"{report['stuck_notes']} still on at the end; note-offs written but not "
+            f"received: {out['lost_on_the_way']['note_offs']}"
+        )
     if report["stuck_notes"]:
         lines.append(
             f"stuck notes: the daemon wrote the note-off of {out['stuck_released_by_daemon']} "

@@ -108,7 +108,7 @@ def test_written_notes_reads_note_messages_as_a_synth_does() -> None:
         bytes([0xF8]),
     ):
         w.record(data)
-    assert (w.note_ons, w.note_offs) == (4, 2)
+    assert (w.note_ons, w.note_offs, w.note_ons_while_on) == (4, 2, 1)
     assert w.sounding() == [(1, 60), (16, 127)]
     w.record(bytes([0x80, 60, 64]))
     assert w.sounding() == [(16, 127)]
