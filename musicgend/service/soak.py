@@ -199,9 +199,11 @@ def stuck_notes(events: Sequence[tuple[int, bytes]]) -> list[tuple[int, int, int
 
 
 def note_ons_while_on(events: Sequence[tuple[int, bytes]]) -> int:
-    """Note-ons for a key already on (same channel and pitch, no note-off between): each is a
-    note that hung until it was struck again, its note-off missing. :func:`stuck_notes`
-    counts only the notes still on after all events."""
+    """Note-ons for a key already on (same channel and pitch, no note-off between). From a
+    sender that never writes one (the daemon), each is a note-off lost before the key was
+    struck again (the note hung until then), or a message JACK delivered twice (seen in
+    runs with xruns). :func:`stuck_notes` counts only the notes still on
+    after all events."""
     on: set[tuple[int, int]] = set()
     count = 0
     for _, data in events:
@@ -576,7 +578,6 @@ def build_report(m: Measurements, *, minutes_requested: float, window_s: float) 
             "daemon_written": notes["written"],
             "lost_on_the_way": notes["lost_on_the_way"],
             "stuck_released_by_daemon": notes["stuck_released_by_daemon"],
-            "hung_notes": notes["hung_notes"],
         },
         "daemon": {
             "exit_code": m.daemon_exit,
@@ -610,7 +611,10 @@ def note_accounting(
     (its final metrics: ``midi`` counters and ``notes_sounding``), so that a stuck note is
     told apart: the daemon never wrote its note-off (``released_by_daemon`` false: a daemon
     bug), or wrote it and the player never got it (true: lost on the way, e.g. in a JACK
-    cycle the server dropped). None where the daemon's figures are missing (it crashed)."""
+    cycle the server dropped). ``lost_on_the_way`` is written minus received, per kind: it is
+    negative where JACK delivered messages twice (seen in runs with xruns),
+    so only the per-note ``released_by_daemon`` settles a stuck note. None where the daemon's
+    figures are missing (it crashed)."""
     received = {
         "note_ons": sum(1 for _, _, d in events if is_note_on(d)),
         "note_offs": sum(1 for _, _, d in events if is_note_off(d)),
@@ -639,14 +643,10 @@ def note_accounting(
         }
         for _, ch, p in stuck
     ]
-    extra = received["note_ons_while_on"] - (written["note_ons_while_on"] or 0)
     return {
         "received": received,
         "written": written,
         "lost_on_the_way": lost,
-        # notes whose note-off the player never got: still on at the end, or struck again
-        # while on (more often than the daemon wrote such note-ons)
-        "hung_notes": len(stuck) + max(extra, 0),
         "stuck": rows,
         "stuck_released_by_daemon": (
             None if still_on is None else sum(1 for r in rows if r["released_by_daemon"])
@@ -693,11 +693,12 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{swaps['requested']}",
     ]
     out = report["output"]
-    if out["hung_notes"] > report["stuck_notes"]:
+    if out["note_ons_while_on"] or any(out["lost_on_the_way"].values()):
         lines.append(
-            f"hung notes (their note-off never came): {out['hung_notes']}, of which "
-            f"{report['stuck_notes']} still on at the end; note-offs written but not "
-            f"received: {out['lost_on_the_way']['note_offs']}"
+            f"written minus received (< 0 where JACK delivered messages twice): "
+            f"{out['lost_on_the_way']}; note-ons the player got for a key already on: "
+            f"{out['note_ons_while_on']} (the daemon wrote "
+            f"{out['daemon_written']['note_ons_while_on']})"
         )
     if report["stuck_notes"]:
         lines.append(

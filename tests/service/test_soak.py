@@ -256,7 +256,7 @@ def test_a_stuck_note_is_told_apart_by_what_the_daemon_wrote() -> None:
         "note_ons_while_on": 0,
     }
     assert out["lost_on_the_way"] == {"messages": 2, "note_ons": 0, "note_offs": 1}
-    assert out["hung_notes"] == 1 and out["note_ons_while_on"] == 0
+    assert out["note_ons_while_on"] == 0
     assert report["goals"]["stuck_notes_0"] is False
     assert report["goals"]["daemon_released_every_note"] is True
     assert report["goals"]["engine_released_every_note"] is True
@@ -286,10 +286,10 @@ def test_a_stuck_note_is_told_apart_by_what_the_daemon_wrote() -> None:
     assert report["goals"]["daemon_released_every_note"] is False
 
 
-def test_a_note_struck_again_while_on_hung_until_then() -> None:
+def test_note_ons_for_a_key_already_on_are_counted() -> None:
     on, off = bytes([0x90, 60, 80]), bytes([0x80, 60, 0])
     events = [(1, on), (2, off), (3, on), (5, on), (6, off), (7, bytes([0x91, 60, 80]))]
-    assert note_ons_while_on(events) == 1  # frame 5: the note-off of frame 3's note is missing
+    assert note_ons_while_on(events) == 1  # frame 5: a note-off lost, or frame 3's note-on twice
     assert stuck_notes(events) == [(7, 1, 60)]  # channel 2's note, still on at the end
     m = Measurements(duration_s=2.0, stop_s=2.0, rate_hz=1)
     m.events = [(float(f) / 4, f, d) for f, d in events]
@@ -301,9 +301,9 @@ def test_a_note_struck_again_while_on_hung_until_then() -> None:
     }
     report = build_report(m, minutes_requested=2 / 60, window_s=300.0)
     out = report["output"]
-    assert (report["stuck_notes"], out["hung_notes"]) == (1, 2)
-    assert out["lost_on_the_way"]["note_offs"] == 2
-    assert "hung notes (their note-off never came): 2" in format_summary(report)
+    assert (report["stuck_notes"], out["note_ons_while_on"]) == (1, 1)
+    assert out["lost_on_the_way"] == {"messages": 2, "note_ons": 0, "note_offs": 2}
+    assert "for a key already on: 1 (the daemon wrote 0)" in format_summary(report)
 
 
 def test_cpu_steal_is_read_from_proc_stat_and_matched_to_late_onsets(tmp_path: Path) -> None:
@@ -351,10 +351,9 @@ def _check_report(report: dict[str, object], out_dir: Path) -> None:
     assert goals["daemon_released_every_note"], report["daemon"]  # type: ignore[index]
     assert goals["engine_released_every_note"], report["daemon"]  # type: ignore[index]
     assert out["stuck_released_by_daemon"] == report["stuck_notes"], report["stuck"]  # type: ignore[index]
-    # the daemon strikes a key again only after its note-off; every note the player heard
-    # hang (stuck at the end, or struck again while on) is a note-off lost on the way
+    # the daemon strikes a key again only after its note-off. (The counts written minus
+    # received are not asserted: under xruns JACK has also delivered messages twice.)
     assert out["daemon_written"]["note_ons_while_on"] == 0, out  # type: ignore[index]
-    assert out["lost_on_the_way"]["note_offs"] >= out["hung_notes"], out  # type: ignore[index]
     assert report["daemon"]["exit_code"] == 0  # type: ignore[index]
     jsons = list(out_dir.glob("soak-*.json"))
     assert len(jsons) == 1 and json.loads(jsons[0].read_text()) == report
