@@ -156,11 +156,12 @@ class MidiCounters:
 class WrittenNotes:
     """The note-ons and note-offs written to the output port, and the keys they leave on.
 
-    Kept by the thread that writes (JACK's process callback, ALSA's sender), one flag per
-    channel and pitch, read the way a synth reads them: a note-on turns its key on, a note-off
-    turns it off. A note a listener never saw released can then be told apart: still on
-    here, the daemon never released it; off here, the release was written and lost on the
-    way (a JACK cycle the server dropped)."""
+    Kept by the thread that writes (JACK's process callback, ALSA's sender; the soak reads
+    what its player received the same way), one flag per channel and pitch, read the way a
+    synth reads them: a note-on turns its key on, a note-off turns it off. A note a listener
+    never saw released can then be told apart: still on here, the daemon never released it;
+    off here, the release was written and lost on the way (a JACK cycle the server
+    dropped)."""
 
     __slots__ = ("_on", "note_offs", "note_ons", "note_ons_while_on")
 

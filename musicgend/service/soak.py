@@ -63,6 +63,7 @@ import numpy as np
 
 from musicgend.core.pianoroll import Track
 from musicgend.errors import MusicgendError
+from musicgend.io.midi import WrittenNotes
 from musicgend.machine import machine_info
 from musicgend.service.bench import _pcts, frames_lost_by, slips_summary
 
@@ -196,24 +197,6 @@ def stuck_notes(events: Sequence[tuple[int, bytes]]) -> list[tuple[int, int, int
         elif is_note_off(data):
             sounding.pop((data[0] & 0x0F, data[1]), None)
     return sorted((frame, ch, pitch) for (ch, pitch), frame in sounding.items())
-
-
-def note_ons_while_on(events: Sequence[tuple[int, bytes]]) -> int:
-    """Note-ons for a key already on (same channel and pitch, no note-off between). From a
-    sender that never writes one (the daemon), each is a note-off lost before the key was
-    struck again (the note hung until then), or a message JACK delivered twice (seen in
-    runs with xruns). :func:`stuck_notes` counts only the notes still on
-    after all events."""
-    on: set[tuple[int, int]] = set()
-    count = 0
-    for _, data in events:
-        if is_note_on(data):
-            key = (data[0] & 0x0F, data[1])
-            count += key in on
-            on.add(key)
-        elif is_note_off(data):
-            on.discard((data[0] & 0x0F, data[1]))
-    return count
 
 
 def frame_onsets(events: Sequence[tuple[int, bytes]], gap_frames: int) -> list[int]:
@@ -615,10 +598,15 @@ def note_accounting(
     negative where JACK delivered messages twice (seen in runs with xruns),
     so only the per-note ``released_by_daemon`` settles a stuck note. None where the daemon's
     figures are missing (it crashed)."""
+    heard = WrittenNotes()  # the player's side, read as the daemon's ports read their own
+    for _, _, data in events:
+        heard.record(data)
+    # note-ons for a key already on: from the daemon (which writes none) a note-off lost
+    # before the key was struck again, or a message JACK delivered twice
     received = {
-        "note_ons": sum(1 for _, _, d in events if is_note_on(d)),
-        "note_offs": sum(1 for _, _, d in events if is_note_off(d)),
-        "note_ons_while_on": note_ons_while_on([(frame, d) for _, frame, d in events]),
+        "note_ons": heard.note_ons,
+        "note_offs": heard.note_offs,
+        "note_ons_while_on": heard.note_ons_while_on,
     }
     midi = final.get("midi") or {}
     written: dict[str, int | None] = {
@@ -627,12 +615,8 @@ def note_accounting(
         "note_offs": midi.get("note_offs_sent"),
         "note_ons_while_on": midi.get("note_ons_while_on_sent"),
     }
-    seen = {"messages": len(events), **received}
-    lost = {
-        key: None if n is None else n - seen[key]
-        for key, n in written.items()
-        if key != "note_ons_while_on"
-    }
+    seen = {"messages": len(events), "note_ons": heard.note_ons, "note_offs": heard.note_offs}
+    lost = {key: None if (w := written[key]) is None else w - n for key, n in seen.items()}
     sounding = final.get("notes_sounding")
     still_on = None if sounding is None else {(int(ch), int(p)) for ch, p in sounding}
     rows = [

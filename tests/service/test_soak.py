@@ -17,6 +17,7 @@ import pytest
 
 from musicgend.core.pianoroll import Note, Track
 from musicgend.errors import MusicgendError
+from musicgend.io.midi import WrittenNotes
 from musicgend.service.soak import (
     BURST_NOTES,
     CommandRecord,
@@ -31,7 +32,6 @@ from musicgend.service.soak import (
     growth_per_hour,
     is_note_off,
     is_note_on,
-    note_ons_while_on,
     onset_jitter,
     steal_overlaps,
     stretch_jitter,
@@ -289,7 +289,10 @@ def test_a_stuck_note_is_told_apart_by_what_the_daemon_wrote() -> None:
 def test_note_ons_for_a_key_already_on_are_counted() -> None:
     on, off = bytes([0x90, 60, 80]), bytes([0x80, 60, 0])
     events = [(1, on), (2, off), (3, on), (5, on), (6, off), (7, bytes([0x91, 60, 80]))]
-    assert note_ons_while_on(events) == 1  # frame 5: a note-off lost, or frame 3's note-on twice
+    heard = WrittenNotes()
+    for _, data in events:
+        heard.record(data)
+    assert heard.note_ons_while_on == 1  # frame 5: a note-off lost, or frame 3's note-on twice
     assert stuck_notes(events) == [(7, 1, 60)]  # channel 2's note, still on at the end
     m = Measurements(duration_s=2.0, stop_s=2.0, rate_hz=1)
     m.events = [(float(f) / 4, f, d) for f, d in events]
