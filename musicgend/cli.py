@@ -340,6 +340,12 @@ def evaluate_cmd(
             "repeatable.",
         ),
     ] = None,
+    no_memory: Annotated[
+        bool,
+        typer.Option(
+            "--no-memory", help="Score the network alone, without its piece memory (memory.json)."
+        ),
+    ] = False,
 ) -> None:
     """NLL, top-1 and OOV rate of a model next to the repeat and KN5 baselines (same frames)."""
     from musicgend.config import BUNDLED_MODEL_DIR
@@ -359,6 +365,7 @@ def evaluate_cmd(
         baselines=not no_baselines,
         transposed_baseline=transposed_baseline,
         compare=compare or (),
+        memory=not no_memory,
         on_skip=skip,
         on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
         progress_factory=lambda n: progress(n, "scoring", plain_every=max(1, n // 10)),
@@ -403,6 +410,10 @@ def generate_cmd(
         float | None,
         typer.Option(help="Weight × per note begun in the last frame that a chord ends (1 = off)."),
     ] = None,
+    memory: Annotated[
+        float | None,
+        typer.Option(help="Share × of the piece memory's recall (1 = as tuned, 0 = off)."),
+    ] = None,
     seed_sampling: Annotated[
         bool, typer.Option("--seed-sampling", help="The seed's plain softmax draw.")
     ] = False,
@@ -433,6 +444,7 @@ def generate_cmd(
         silence_bias=silence_bias,
         scale_penalty=scale_penalty,
         short_note_penalty=short_note_penalty,
+        memory=memory,
     )
     check_output_file(out, inputs=[prime] if prime else [], what="MIDI file")
     gen = generate_file(
@@ -476,7 +488,7 @@ def plot_cmd(
 
 # -- model directories ------------------------------------------------------------------------
 
-model_app = typer.Typer(help="Maintain model directories (size, LiteRT export).")
+model_app = typer.Typer(help="Maintain model directories (size, LiteRT export, piece memory).")
 app.add_typer(model_app, name="model")
 
 
@@ -516,6 +528,38 @@ def model_compact(
 
     result = compact_artifact(
         model_dir, weights_dtype="float16" if float16 else None, litert=False if no_litert else None
+    )
+    print(result.summary())
+
+
+@model_app.command("tune-memory")
+def model_tune_memory(
+    model_dir: Annotated[
+        Path, typer.Argument(metavar="MODEL_DIR", help="Model directory (rewritten in place).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", metavar="MIDI_DIR", help="The model's training data (its validation pieces)."
+        ),
+    ],
+    runtime: Annotated[str, typer.Option(help="Inference runtime (auto, numpy, litert, tf…).")] = (
+        "auto"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Windows per inference batch.")] = 256,
+) -> None:
+    """Fit the piece memory's weights (memory.json) on the model's validation pieces."""
+    from musicgend.progress import progress
+    from musicgend.training.memory import tune_memory
+
+    if batch_size < 1:
+        raise typer.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
+    result = tune_memory(
+        model_dir,
+        data,
+        runtime=runtime,
+        batch_size=batch_size,
+        progress_factory=lambda n: progress(n, "tuning", plain_every=max(1, n // 10)),
     )
     print(result.summary())
 

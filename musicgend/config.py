@@ -172,6 +172,9 @@ class EngineSettings(_Section):
     """Weight × per pitch outside the key of the recent frames (1 = off)."""
     short_note_penalty: float = Field(DEFAULT_SHORT_NOTE_PENALTY, ge=0, le=1)
     """Weight × per note begun in the last frame that a chord would end (1 = off)."""
+    memory: float = Field(1.0, ge=0, le=1)
+    """Share × of the piece memory's recall, for a model with one (``memory.json``): 1 = as
+    tuned on the model's validation pieces, 0 = off (the network alone)."""
     call_response: CallResponseSettings = Field(default_factory=CallResponseSettings)
     cc: dict[CcParam, int] = Field(default_factory=dict)
     """MIDI CC bindings, e.g. ``{temperature = 21}`` (CC numbers 0–119)."""

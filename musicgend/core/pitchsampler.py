@@ -17,7 +17,12 @@ per-pitch head's terms (:class:`~musicgend.core.pitchhead.StepBias`):
   ``silence_bias`` the weight of the empty chord;
 * ``top_k`` / ``top_p`` cut each step's choice ("which pitch next, or none");
 * ``min_hold_frames`` keeps the sounding chord for that many frames, counted from the
-  ``prev`` chord given (live input that changes the chord restarts the count).
+  ``prev`` chord given (live input that changes the chord restarts the count);
+* ``memory`` scales the share of a model's piece memory
+  (:class:`~musicgend.core.memory.MemoryWeights`): with probability ``memory · m`` the
+  recalled chord is played as it is (the biases above shape the model's draw only; at
+  temperature 0 the recall is played when ``memory · m`` ≥ 0.5, when it is the mixture's
+  most likely chord).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from musicgend.core.memory import MemoryWeights, Recall
 from musicgend.core.musicstats import SCALES, best_scale, piano_roll
 from musicgend.core.pitchhead import PITCHES, PitchHead, StepBias
 from musicgend.core.sampler import SamplerParams
@@ -55,11 +61,18 @@ def key_of(frames: Sequence[PitchSet]) -> int | None:
 class PitchSampler:
     """Draws chords (pitch sets) with a seeded :class:`numpy.random.Generator`."""
 
-    __slots__ = ("_rng", "_run", "_run_frames", "head", "params")
+    __slots__ = ("_rng", "_run", "_run_frames", "head", "memory", "params")
 
-    def __init__(self, head: PitchHead, params: SamplerParams | None = None, seed: int | None = 0):
+    def __init__(
+        self,
+        head: PitchHead,
+        params: SamplerParams | None = None,
+        seed: int | None = 0,
+        memory: MemoryWeights | None = None,
+    ):
         self.head = head
         self.params = params or SamplerParams()
+        self.memory = memory
         self._rng = np.random.default_rng(seed)
         self._run: PitchSet | None = None
         self._run_frames = 0
@@ -95,10 +108,15 @@ class PitchSampler:
         )
 
     def sample(
-        self, head_inputs: np.ndarray, prev: PitchSet | None, context: Sequence[PitchSet]
+        self,
+        head_inputs: np.ndarray,
+        prev: PitchSet | None,
+        context: Sequence[PitchSet],
+        recall: Recall | None = None,
     ) -> PitchSet:
         """The next chord, given the model's head inputs for the window, the chord that
-        sounds now (``None``: nothing yet) and the window's frames (oldest first)."""
+        sounds now (``None``: nothing yet), the window's frames (oldest first) and the
+        piece memory's recall (used only with the model's :attr:`memory` weights)."""
         if not np.all(np.isfinite(head_inputs)):
             raise ValueError("the model's outputs contain NaN or infinity")
         if prev is not None:
@@ -108,9 +126,22 @@ class PitchSampler:
                 return self._emit(prev)
         else:
             self.reset()
+        share = self.recall_share(recall, prev)
+        if share > 0.0 and recall is not None:
+            if self.params.temperature == 0.0:
+                if share >= 0.5:
+                    return self._emit(recall.chord)
+            elif self._rng.random() < share:
+                return self._emit(recall.chord)
         before = piano_roll([prev or ()])[0]
         chord = self.head.sample(head_inputs, before, self._rng, self.step_bias(context))
         return self._emit(frozenset(int(p) for p in np.flatnonzero(chord)))
+
+    def recall_share(self, recall: Recall | None, prev: PitchSet | None) -> float:
+        """The probability of playing the recall: ``memory · m`` (0 without memory)."""
+        if self.memory is None or recall is None or self.params.memory == 0.0:
+            return 0.0
+        return self.params.memory * self.memory.weight(recall, prev)
 
     def _emit(self, chord: PitchSet) -> PitchSet:
         if chord == self._run:

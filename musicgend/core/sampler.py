@@ -191,6 +191,12 @@ class SamplerParams(BaseModel):
         le=1.0,
         description="weight × per pitch outside the context's key; 1 = off",
     )
+    memory: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share × of the piece memory's recall, as tuned for the model; 0 = off",
+    )
 
     @classmethod
     def seed(cls) -> SamplerParams:

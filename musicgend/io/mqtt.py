@@ -4,7 +4,7 @@ Topics under the prefix (default ``musicgend/<instance>``):
 
 - ``…/cmd`` (JSON in): ``{"action": "start"|"stop"|"panic"|"set"|"load_model", …}``; ``set``
   takes ``mode``, ``temperature``, ``top_p``, ``density``, ``seed`` (and ``top_k``,
-  ``hold_bias``, ``scale_penalty``, ``short_note_penalty``, and ``bpm`` for the internal
+  ``hold_bias``, ``scale_penalty``, ``short_note_penalty``, ``memory``, and ``bpm`` for the internal
   clock); ``load_model`` takes ``path``. Every command may carry an
   ``id`` (string or integer) that errors echo. Zero-length payloads (clearing a retained
   message) are ignored; retained commands the broker replays at (re)subscription are refused
@@ -111,6 +111,7 @@ class SetCommand(_Command):
     hold_bias: float | None = Field(None, ge=-10, le=10)
     scale_penalty: float | None = Field(None, ge=0, le=1)
     short_note_penalty: float | None = Field(None, ge=0, le=1)
+    memory: float | None = Field(None, ge=0, le=1)
     bpm: float | None = Field(None, ge=20, le=300)
 
     def params(self) -> dict[str, Any]:

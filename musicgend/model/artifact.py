@@ -11,6 +11,9 @@ Files (all names fixed)::
     vocab.json         :meth:`Vocab.dumps`
     config.json        :class:`ModelConfig`
     pitch_prior.json   the 128 per-pitch probabilities of p_spell
+    memory.json        the piece memory's weights (optional, per-pitch models;
+                       :mod:`musicgend.core.memory`), tuned for these very weights
+                       (``weights_sha256``) by ``musicgend model tune-memory``
     metadata.json      format/version, vocab hash and size, weights dtype, the LiteRT
                        export's quantisation, sha256 of every other file, musicgend version,
                        creation time (``created_utc``; a rewrite by :func:`compact_artifact`
@@ -56,6 +59,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from musicgend import __version__
+from musicgend.core.memory import MemoryWeights
 from musicgend.core.pitchhead import PITCHES
 from musicgend.core.spelling import PitchPrior
 from musicgend.core.vocab import Vocab
@@ -77,10 +81,12 @@ VOCAB_JSON = "vocab.json"
 CONFIG_JSON = "config.json"
 PITCH_PRIOR_JSON = "pitch_prior.json"
 METADATA_JSON = "metadata.json"
+MEMORY_JSON = "memory.json"
 
 REQUIRED_FILES = (WEIGHTS_NPZ, VOCAB_JSON, CONFIG_JSON, PITCH_PRIOR_JSON)
-"""Files every artifact has besides ``metadata.json``; ``model.tflite`` is optional."""
-OWN_FILES = frozenset({*REQUIRED_FILES, TFLITE, METADATA_JSON, WEIGHTS_H5})
+"""Files every artifact has besides ``metadata.json``; ``model.tflite`` and
+``memory.json`` are optional."""
+OWN_FILES = frozenset({*REQUIRED_FILES, TFLITE, MEMORY_JSON, METADATA_JSON, WEIGHTS_H5})
 """Names an artifact writes itself (``model.weights.h5``: older artifacts only)."""
 
 WeightsDtype = Literal["float32", "float16"]
@@ -445,11 +451,14 @@ def _write_artifact(
     litert_quantize: LitertQuantize,
     extra_files: Mapping[str, str | Path],
     created_utc: str | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the files into a temporary sibling of ``out_dir`` and rename it into place.
 
     ``created_utc``: the creation time of the model a rewrite keeps (the metadata then
     records the rewrite as ``rewritten_utc``); ``None`` for a new model, created now.
+    ``memory``: the contents of ``memory.json``; its ``weights_sha256`` must be the new
+    ``weights.npz``'s (else nothing is replaced).
     """
     _check_target(out_dir)
     extras = _check_extra_files(extra_files)
@@ -462,6 +471,13 @@ def _write_artifact(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         _write_npz(tmp / WEIGHTS_NPZ, stored)
+        if memory is not None:
+            if memory.get("weights_sha256") != _sha256(tmp / WEIGHTS_NPZ):
+                raise ModelError(
+                    f"{out_dir}: the piece memory was tuned for other weights; "
+                    f"run `musicgend model tune-memory {out_dir}` again"
+                )
+            _write_text(tmp / MEMORY_JSON, json.dumps(dict(memory), indent=1))
         if tflite is not None:
             with (tmp / TFLITE).open("wb") as f:
                 f.write(tflite)
@@ -475,7 +491,7 @@ def _write_artifact(
             _fsync(tmp / name)
         files = {
             name: _sha256(tmp / name)
-            for name in (*REQUIRED_FILES, TFLITE, *sorted(extras))
+            for name in (*REQUIRED_FILES, TFLITE, MEMORY_JSON, *sorted(extras))
             if (tmp / name).exists()
         }
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -542,6 +558,15 @@ class Artifact:
     weights: dict[str, np.ndarray] = field(repr=False)
     damaged: tuple[tuple[str, str], ...] = ()
     """Listed files found missing or damaged that the caller tolerated (name, problem)."""
+    memory_file: dict[str, Any] | None = None
+    """``memory.json`` as read (weights, how they were tuned), if the model has one."""
+
+    @property
+    def memory(self) -> MemoryWeights | None:
+        """The piece memory's weights (checked when loaded), or None."""
+        if self.memory_file is None:
+            return None
+        return MemoryWeights.from_json(self.memory_file["weights"])
 
     @property
     def training(self) -> dict[str, Any]:
@@ -661,6 +686,11 @@ def _check_files(
                 hint = (
                     f"; `musicgend model export-litert {path}` rebuilds it, "
                     f"`musicgend model compact {path} --no-litert` drops it"
+                )
+            elif name == MEMORY_JSON:
+                hint = (
+                    f"; `musicgend model tune-memory {path} --data DIR` tunes it again, "
+                    f"`musicgend model compact {path}` drops it"
                 )
             elif name not in REQUIRED_FILES:
                 hint = f"; `musicgend model compact {path}` takes it off the model's file list"
@@ -786,7 +816,31 @@ def load_artifact(path: str | Path, *, tolerate: Collection[str] = ()) -> Artifa
     prior = PitchPrior(probs)
 
     weights = _load_npz(path / WEIGHTS_NPZ, config, len(vocab), meta["weights_dtype"])
-    return Artifact(path, config, vocab, prior, meta, weights, tuple(damaged))
+    memory = _load_memory(path, config, meta["files"])
+    return Artifact(path, config, vocab, prior, meta, weights, tuple(damaged), memory)
+
+
+def _load_memory(
+    path: Path, config: ModelConfig, files: Mapping[str, str]
+) -> dict[str, Any] | None:
+    if MEMORY_JSON not in files:
+        return None
+    file = path / MEMORY_JSON
+    data = _read_json(file)
+    if config.output != "pitch":
+        raise ModelError(f"{file}: a piece memory needs a per-pitch model (config output 'pitch')")
+    if not isinstance(data, dict):
+        raise ModelError(f"{file}: expected a JSON object")
+    try:
+        MemoryWeights.from_json(data.get("weights"))
+    except ValueError as exc:
+        raise ModelError(f"{file}: {exc}") from None
+    if data.get("weights_sha256") != files[WEIGHTS_NPZ]:
+        raise ModelError(
+            f"{file}: tuned for other weights than {WEIGHTS_NPZ}; "
+            f"run `musicgend model tune-memory {path}` again"
+        )
+    return data
 
 
 @dataclass(frozen=True)
@@ -829,6 +883,7 @@ def compact_artifact(
     weights_dtype: WeightsDtype | None = None,
     litert: bool | None = None,
     litert_quantize: LitertQuantize | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> CompactResult:
     """Rewrite a model directory in place, atomically, as the current format writes it.
 
@@ -840,6 +895,9 @@ def compact_artifact(
     ``loss_curve.png``) is kept, the training metadata and ``created_utc`` too (the rewrite's
     time goes to ``rewritten_utc``). TensorFlow is imported only when
     a LiteRT export must be built (added, or its weights or quantisation changed).
+    ``memory``: a new ``memory.json`` (:func:`musicgend.training.memory.tune_memory`);
+    otherwise the piece memory is kept while the weights stay as they are, and dropped
+    (with a note) when they are rounded to float16.
     """
     path = Path(path)
     if path.is_symlink():
@@ -847,7 +905,7 @@ def compact_artifact(
     meta_files = _load_metadata(path)["files"] if path.is_dir() else {}
     # a rewrite may meet a damaged extra (e.g. loss_curve.png) or the LiteRT export it is
     # about to rebuild or drop: those are carried as they are, rebuilt or dropped
-    tolerate = {name for name in meta_files if name not in OWN_FILES} | {WEIGHTS_H5}
+    tolerate = {name for name in meta_files if name not in OWN_FILES} | {WEIGHTS_H5, MEMORY_JSON}
     if litert is not None:
         tolerate.add(TFLITE)
     art = load_artifact(path, tolerate=tolerate)
@@ -865,6 +923,10 @@ def compact_artifact(
         raise ModelError(
             f"{art.path}: the weights are float16; widening them to float32 would only "
             "double the size"
+        )
+    if memory is not None and art.config.output != "pitch":
+        raise ModelError(
+            f"{art.path}: a piece memory needs a per-pitch model (config output 'pitch')"
         )
     if litert is False and litert_quantize is not None:
         raise ModelError(f"{art.path}: a LiteRT quantisation needs the LiteRT export kept")
@@ -889,6 +951,15 @@ def compact_artifact(
         else:
             model = keras_model_from_arrays(art.config, len(art.vocab), stored)
             tflite = tflite_bytes(model, art.config, quantize)
+    notes = [_damage_note(name, problem, tflite is not None) for name, problem in art.damaged]
+    if memory is None and art.memory_file is not None:
+        if dtype == art.weights_dtype:
+            memory = art.memory_file
+        else:
+            notes.append(
+                f"{MEMORY_JSON} dropped (tuned for the {art.weights_dtype} weights; "
+                f"`musicgend model tune-memory {art.path}` tunes it again)"
+            )
     _write_artifact(
         art.path,
         stored,
@@ -901,6 +972,7 @@ def compact_artifact(
         litert_quantize=quantize,
         extra_files=art.extra_files,
         created_utc=art.metadata.get("created_utc"),
+        memory=memory,
     )
     load_artifact(art.path)
     return CompactResult(
@@ -910,13 +982,15 @@ def compact_artifact(
         dtype,
         tflite is not None,
         quantize,
-        tuple(_damage_note(name, problem, tflite is not None) for name, problem in art.damaged),
+        tuple(notes),
     )
 
 
 def _damage_note(name: str, problem: str, litert: bool) -> str:
     if name == TFLITE:
         return f"{name} {'rebuilt' if litert else 'dropped'} ({problem})"
+    if name == MEMORY_JSON:
+        return f"{name} dropped ({problem}; `musicgend model tune-memory` tunes it again)"
     if problem == "missing":
         return f"{name} taken off the file list (missing)"
     return f"{name} kept as it is now ({problem})"

@@ -63,6 +63,7 @@ from musicgend.core.clock import (
     bpm_for_frame_ns,
     frame_ns_for_bpm,
 )
+from musicgend.core.memory import MemoryWeights, PieceMemory, Recall
 from musicgend.core.modes import CallResponseSettings, Mode, ModeMachine
 from musicgend.core.pianoroll import PEDAL_CC, StreamQuantiser
 from musicgend.core.sampling_defaults import (
@@ -95,6 +96,8 @@ SENSING_STEADY_NS = 400_000_000
 """The check starts after two keep-alives this close: a steady sender, not a stray one."""
 MAX_TOP_K = 1_000_000
 """``top_k`` at most (any value above the vocabulary's size keeps every chord)."""
+MEMORY_FRAMES = 9_000
+"""Frames the piece memory keeps: the last 30 minutes at fs 5 (about 1 MB)."""
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -144,6 +147,8 @@ class LoadedModel:
     runtime: str = ""
     head: PitchHead | None = None
     pitch_input: bool = False
+    memory: MemoryWeights | None = None
+    """The piece memory's weights (a per-pitch model tuned with ``tune-memory``)."""
     reader: WindowReader = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +191,7 @@ class EngineParams:
     seed: int | None = None
     scale_penalty: float = DEFAULT_SCALE_PENALTY
     short_note_penalty: float = DEFAULT_SHORT_NOTE_PENALTY
+    memory: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
@@ -198,7 +204,7 @@ class EngineParams:
             raise ValueError(f"density must be in [0, 1], got {self.density}")
         if not -10.0 <= self.hold_bias <= 10.0:
             raise ValueError(f"hold_bias must be in [-10, 10], got {self.hold_bias}")
-        for name in ("scale_penalty", "short_note_penalty"):
+        for name in ("scale_penalty", "short_note_penalty", "memory"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -216,6 +222,7 @@ class EngineParams:
             "hold_bias",
             "scale_penalty",
             "short_note_penalty",
+            "memory",
         ):
             if name in changes:
                 changes[name] = _number(name, changes[name], float)
@@ -236,6 +243,7 @@ class EngineParams:
             "seed": self.seed,
             "scale_penalty": self.scale_penalty,
             "short_note_penalty": self.short_note_penalty,
+            "memory": self.memory,
         }
 
 
@@ -292,6 +300,7 @@ def sampler_params(params: EngineParams) -> SamplerParams:
         hold_bias=float(np.exp(params.hold_bias)),
         scale_penalty=params.scale_penalty,
         short_note_penalty=params.short_note_penalty,
+        memory=params.memory,
     )
 
 
@@ -308,7 +317,7 @@ def pitch_sampler(model: LoadedModel, params: EngineParams) -> PitchSampler | No
         return None
     from musicgend.core.pitchsampler import PitchSampler
 
-    return PitchSampler(model.head, sampler_params(params), seed=params.seed)
+    return PitchSampler(model.head, sampler_params(params), seed=params.seed, memory=model.memory)
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -439,6 +448,8 @@ class Job:
     context: tuple[PitchSet, ...] = ()
     """The window's chords, oldest first (per-pitch models: key and short-note bias)."""
     pitch_sampler: PitchSampler | None = None
+    recall: Recall | None = None
+    """The piece memory's recall after the window (models with a memory)."""
 
 
 @dataclass(frozen=True)
@@ -495,6 +506,8 @@ class FrameCore:
         self._rng = random.Random(self.params.seed)
         # the window's frames as chords (it holds them as ids or rows): a swap re-reads them
         self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
+        # every frame of the last half hour, for the piece memory (models that have one)
+        self.memory = PieceMemory(capacity_frames=MEMORY_FRAMES)
         self.window = model.reader.window(window_frames)
         self.next_frame = 0
         self.frame_done = -1  # last frame pushed into the window
@@ -606,6 +619,7 @@ class FrameCore:
             "seed",
             "scale_penalty",
             "short_note_penalty",
+            "memory",
         )
         if any(getattr(params, k) != getattr(self.params, k) for k in sampler_keys):
             # built before anything changes: a refused setting leaves everything as it was
@@ -672,6 +686,7 @@ class FrameCore:
             return Job(self.next_frame, self.version, window, prev_id, self.model, self.sampler)
         history = list(self.history)
         history = history[max(0, len(history) - (self.window_frames - 1)) :]
+        recall = self.memory.recall((chord,)) if self.model.memory is not None else None
         return Job(
             self.next_frame,
             self.version,
@@ -682,6 +697,7 @@ class FrameCore:
             self.voicer.chord,
             (*history, chord),
             self.pitch_sampler,
+            recall,
         )
 
     @staticmethod
@@ -692,7 +708,7 @@ class FrameCore:
         infer_ns = time.perf_counter_ns() - t0
         if job.pitch_sampler is not None:
             try:
-                chord = job.pitch_sampler.sample(out, job.prev_chord, job.context)
+                chord = job.pitch_sampler.sample(out, job.prev_chord, job.context, job.recall)
             except ValueError:  # NaN from the model: play silence rather than noise
                 chord = frozenset()
             return Result(job.frame, job.version, chord, job.model, infer_ns)
@@ -764,6 +780,7 @@ class FrameCore:
             chord = self._frame_chord(self._pending_human, self.machine_prev)
             self.window.push(self.model.reader.encode(chord))
             self.history.append(chord)
+            self.memory.push(chord)
             self.frame_done = k - 1
         self.machine_prev = self.voicer.chord
         self.version += 1
@@ -775,6 +792,7 @@ class FrameCore:
             chord = self._frame_chord(human, self.machine_prev)
             self.window.push(self.model.reader.encode(chord))
             self.history.append(chord)
+            self.memory.push(chord)
             self.frame_done = j
         self.next_frame = k
         self.result = None
@@ -818,7 +836,7 @@ class EngineControl(Protocol):
 
     def set_params(self, **params: Any) -> None:
         """Change ``mode``, ``temperature``, ``top_p``, ``top_k``, ``density``,
-        ``hold_bias``, ``seed``, ``scale_penalty``, ``short_note_penalty``."""
+        ``hold_bias``, ``seed``, ``scale_penalty``, ``short_note_penalty``, ``memory``."""
         ...
 
     async def load_model(self, path: str | Path) -> None:

@@ -245,6 +245,7 @@ def load_model(path: Path, runtime: str = "auto", threads: int = 1) -> LoadedMod
         predictor.runtime,
         pitch_head(artifact),
         artifact.config.pitch_input,
+        artifact.memory,
     )
 
 
@@ -280,6 +281,7 @@ def params_from(settings: Settings) -> EngineParams:
         seed=e.seed,
         scale_penalty=e.scale_penalty,
         short_note_penalty=e.short_note_penalty,
+        memory=e.memory,
     )
 
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 
 from musicgend.core.augment import transpositions
+from musicgend.core.memory import MemoryWeights, mixed_log_prob, recalls
 from musicgend.core.musicstats import piano_roll
 from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.spelling import PitchPrior
@@ -220,13 +221,19 @@ def score_model(
     batch_size: int = 256,
     on_batch: Callable[[], None] | None = None,
     head: PitchHead | None = None,
+    memory: MemoryWeights | None = None,
 ) -> Score:
     """Score a model's predictions on every frame of ``pieces`` by the scoring rule.
 
     With ``head`` (a per-pitch model) the predictor's outputs are the head's inputs, each
     chord's probability is the head's (no ``<unk>``, no p_spell) and its top-1 guess is
-    :meth:`PitchHead.best`.
+    :meth:`PitchHead.best`. With ``memory`` too, each frame's probabilities are the head's
+    mixed with the piece memory's recall from the piece's frames before it
+    (:mod:`musicgend.core.memory`); ``extra["without_memory"]`` then scores the head alone,
+    and the timing figures (:func:`_head_timing`) are the head's.
     """
+    if memory is not None and head is None:
+        raise ModelError("a piece memory needs a per-pitch model")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     frames = sum(len(p) for p in pieces)
@@ -239,6 +246,11 @@ def score_model(
     prev_rows, chord_rows = _pitch_rows(pieces)
     change_right = np.empty(frames, dtype=bool)
     p_hold = np.empty(frames, dtype=np.float64)
+    recalled = _recalled(pieces, prev_rows, memory) if memory is not None else None
+    # ln p of the candidates for the mixture's most likely chord (with memory)
+    kept = frames if recalled is not None else 0
+    lp_cand = np.full((3, kept), -np.inf)
+    changed_rows = np.zeros((kept, PITCHES), dtype=bool)
     start = 0
     for x, y in _batches(pieces, window_frames, batch_size, predictor.pitch_input):
         probs = np.asarray(predictor.predict_batch(x))
@@ -254,6 +266,9 @@ def score_model(
             log_p[span] = np.maximum(lp, LOG_FLOOR)
             changed = head.best_change(probs, prev)
             correct[span] = np.all(head.best(probs, prev, changed) == chords, axis=1)
+            if recalled is not None:
+                lp_cand[:, span] = _candidate_log_probs(head, probs, prev, changed, recalled, span)
+                changed_rows[span] = changed
             change_right[span] = np.all(changed == chords, axis=1)
             p_hold[span] = head.hold_prob(probs)
         else:
@@ -266,11 +281,96 @@ def score_model(
             on_batch()
     known = np.concatenate([p.known for p in pieces])
     changes = np.any(prev_rows != chord_rows, axis=1)
-    extra = _top1_by_change(correct, changes)
+    extra: dict[str, Any] = {**_top1_by_change(correct, changes)}
     if head is not None:
         extra.update(_head_timing(change_right, p_hold, changes))
+        if recalled is not None:
+            alone = {"nll_nats_per_frame": float(-log_p.mean()), "top1": float(correct.mean())}
+            log_p, correct = _with_memory(
+                log_p, lp_cand, changed_rows, recalled, chord_rows, prev_rows
+            )
+            extra.update(_top1_by_change(correct, changes))
+            extra["without_memory"] = alone
+            extra["memory"] = recalled.summary()
         return _score(log_p, correct, known, extra=extra)
     return _score(log_p + log_spell, correct, known, extra=extra)
+
+
+@dataclass(frozen=True)
+class _Recalled:
+    """Each scored frame's piece-memory recall: its chord ``(frames, 128)``, whether there
+    is one, whether it is the frame's chord, and the recall's share ``m``."""
+
+    chords: np.ndarray
+    has: np.ndarray
+    hit: np.ndarray
+    share: np.ndarray
+
+    def summary(self) -> dict[str, float | None]:
+        return {
+            "recall_share": _share(self.has),
+            "recall_right": _share(self.hit[self.has]),
+            "mean_weight": _share(self.share),
+        }
+
+
+def _recalled(
+    pieces: Sequence[EncodedPiece], prev_rows: np.ndarray, memory: MemoryWeights
+) -> _Recalled:
+    found = [r for p in pieces for r in recalls(p.frames)]
+    rows = piano_roll([() if r is None else r.chord for r in found])
+    prev = [frozenset(int(i) for i in np.flatnonzero(row)) for row in prev_rows]
+    share = np.array([memory.weight(r, before) for r, before in zip(found, prev, strict=True)])
+    has = np.array([r is not None for r in found])
+    frames = np.concatenate([piano_roll(p.frames) for p in pieces])
+    return _Recalled(rows, has, has & np.all(rows == frames, axis=1), share)
+
+
+def _candidate_log_probs(
+    head: PitchHead,
+    params: np.ndarray,
+    prev: np.ndarray,
+    changed: np.ndarray,
+    recalled: _Recalled,
+    span: slice,
+) -> np.ndarray:
+    """The head's ln p of the previous chord, its best other chord and the recall ``(3, n)``
+    (−inf where there is no recall). The mixture's most likely chord is one of these three:
+    every other chord has the head's share of its probability only, less than the best
+    other chord's."""
+    out = np.full((3, len(params)), -np.inf)
+    out[0] = head.log_prob(params, prev, prev)
+    out[1] = head.log_prob(params, prev, changed)
+    has = recalled.has[span]
+    if has.any():
+        out[2, has] = head.log_prob(params[has], prev[has], recalled.chords[span][has])
+    return out
+
+
+def _with_memory(
+    log_p: np.ndarray,
+    lp_cand: np.ndarray,
+    changed_rows: np.ndarray,
+    recalled: _Recalled,
+    chord_rows: np.ndarray,
+    prev_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's ln p and top-1 under the mixture of the head and the recall."""
+    m, rec = recalled.share, recalled.chords
+    mixed = np.maximum(mixed_log_prob(log_p, m, recalled.hit), LOG_FLOOR)
+    rows = (prev_rows, changed_rows, rec)
+    scores = np.stack(
+        [
+            mixed_log_prob(lp_cand[i], m, recalled.has & np.all(rows[i] == rec, axis=1))
+            for i in range(3)
+        ]
+    )
+    scores[2, ~recalled.has] = -np.inf
+    choice = np.argmax(scores, axis=0)
+    guess = np.where(
+        (choice == 0)[:, None], prev_rows, np.where((choice == 1)[:, None], changed_rows, rec)
+    )
+    return mixed, np.all(guess == chord_rows, axis=1)
 
 
 def _share(mask: np.ndarray) -> float | None:
@@ -669,10 +769,12 @@ def evaluate(
     transposed_baseline: bool = False,
     head: PitchHead | None = None,
     on_warning: Callable[[str], None] | None = None,
+    memory: MemoryWeights | None = None,
 ) -> Report:
     """Read the plan's pieces, score the model and (if the plan has them) the baselines.
 
-    ``head``: the model's per-pitch head, if it has one (see :func:`score_model`).
+    ``head``: the model's per-pitch head, if it has one; ``memory``: its piece memory's
+    weights, if it has them and they are to be used (see :func:`score_model`).
     ``on_warning`` gets :meth:`Report.seen_warning` when there is one.
 
     ``transposed_baseline`` adds ``kn5_repeat_transposed``: the n-gram fit on the training
@@ -693,11 +795,24 @@ def evaluate(
     if progress_factory is not None:
         with progress_factory(n_batches) as bar:
             score = score_model(
-                predictor, target.pieces, len(vocab), window_frames, batch_size, bar.advance, head
+                predictor,
+                target.pieces,
+                len(vocab),
+                window_frames,
+                batch_size,
+                bar.advance,
+                head,
+                memory,
             )
     else:
         score = score_model(
-            predictor, target.pieces, len(vocab), window_frames, batch_size, head=head
+            predictor,
+            target.pieces,
+            len(vocab),
+            window_frames,
+            batch_size,
+            head=head,
+            memory=memory,
         )
     seconds["model"] = time.perf_counter() - t0
 
@@ -782,9 +897,11 @@ def run_evaluation(
     transposed_baseline: bool = False,
     compare: Sequence[str | Path] = (),
     on_warning: Callable[[str], None] | None = None,
+    memory: bool = True,
 ) -> Report:
     """``musicgend evaluate``: load the model, pick the files, score model and baselines,
-    and every ``compare`` model on the same files (:class:`Comparison`).
+    and every ``compare`` model on the same files (:class:`Comparison`). ``memory``: use
+    each model's piece memory (``memory.json``) where it has one.
 
     Raises :class:`~musicgend.errors.ModelError` for a broken model directory (or a compare
     model that quantises differently) and :class:`~musicgend.errors.CorpusError` when the
@@ -838,12 +955,13 @@ def run_evaluation(
             transposed_baseline=transposed_baseline,
             head=pitch_head(artifact),
             on_warning=on_warning,
+            memory=artifact.memory if memory else None,
         )
     finally:
         _close(predictor)
     for other, name in zip(others, compare, strict=True):
         comparison = score_other(
-            str(name), other, the_plan.files, runtime, batch_size, progress_factory
+            str(name), other, the_plan.files, runtime, batch_size, progress_factory, memory
         )
         report.comparisons.append(comparison)
         warning = comparison.seen_warning(report.split)
@@ -865,9 +983,11 @@ def score_other(
     runtime: str = "auto",
     batch_size: int = 256,
     progress_factory: Callable[[int], Any] | None = None,
+    memory: bool = True,
 ) -> Comparison:
-    """Score another model on ``files`` by the same rule, with its own vocabulary and prior;
-    count the pieces named like ones of its own training or validation split."""
+    """Score another model on ``files`` by the same rule, with its own vocabulary and prior
+    (and its own piece memory, if it has one and ``memory``); count the pieces named like
+    ones of its own training or validation split."""
     from musicgend.model.runtime import load_predictor, pitch_head
 
     cfg = artifact.config
@@ -883,11 +1003,12 @@ def score_other(
     try:
         args = (predictor, target.pieces, len(artifact.vocab), cfg.window_frames, batch_size)
         head = pitch_head(artifact)
+        weights = artifact.memory if memory else None
         if progress_factory is not None:
             with progress_factory(math.ceil(target.frames / batch_size)) as bar:
-                score = score_model(*args, bar.advance, head)
+                score = score_model(*args, bar.advance, head, weights)
         else:
-            score = score_model(*args, head=head)
+            score = score_model(*args, head=head, memory=weights)
     finally:
         _close(predictor)
     oov = float(sum(int((~p.known).sum()) for p in target.pieces)) / target.frames
@@ -909,6 +1030,16 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
             "",
         )
     ]
+    alone = report.score.extra.get("without_memory")
+    if alone is not None:
+        rows.append(
+            (
+                "model without its piece memory",
+                f"{alone['nll_nats_per_frame']:.3f}",
+                f"{100 * alone['top1']:.1f} %",
+                "",
+            )
+        )
     for name, s in report.baselines.items():
         lam = f"{s.lam:.3f}" if s.lam is not None else ""
         rows.append((name, f"{s.nll_nats_per_frame:.3f}", f"{100 * s.top1:.1f} %", lam))
@@ -947,6 +1078,13 @@ def _summary(report: Report) -> list[str]:
         lines.append(
             f"top-1 on frames that hold the previous chord {_pct(holds)}, on changes "
             f"{_pct(changes)} ({_pct(x['change_share'])} of frames change)"
+        )
+    if x.get("memory") is not None:
+        mem = x["memory"]
+        lines.append(
+            f"piece memory: a recall on {_pct(mem['recall_share'])} of frames, the frame's "
+            f"chord on {_pct(mem['recall_right'])} of them (mean weight "
+            f"{_pct(mem['mean_weight'])})"
         )
     if x.get("top1_changes_given_timing") is not None:
         lines.append(

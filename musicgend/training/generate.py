@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from musicgend.core.memory import PieceMemory
 from musicgend.core.musicstats import MusicStats, corpus_stats, frame_stats
 from musicgend.core.pianoroll import Note
 from musicgend.core.pitchsampler import PitchSampler
@@ -126,14 +127,21 @@ def generate_pitch_frames(
     lacks is its nearest known chord, as in the daemon (with ``<unk>`` there instead, the
     model's own new chords blurred its context and it drifted to 5.8 pitches a frame against
     Bach's 4.0); a model reading pitches reads the chord itself. ``prime_frames``: the
-    prime's chords (they fill the window, and give the previous chord and the key)."""
+    prime's chords (they fill the window, and give the previous chord and the key). A
+    sampler with piece-memory weights recalls from the prime and every chord since."""
     window = reader.window(window_frames, prime_frames[-window_frames:])
     context: deque[PitchSet] = deque(prime_frames, maxlen=window_frames)
+    memory = PieceMemory() if sampler.memory is not None else None
+    if memory is not None:
+        memory.extend(prime_frames)
     prev = context[-1] if context else None
     frames: list[PitchSet] = []
     ids: list[int] = []
     for _ in range(n_frames):
-        chord = sampler.sample(predict(window.array()), prev, context)
+        recall = memory.recall() if memory is not None else None
+        chord = sampler.sample(predict(window.array()), prev, context, recall)
+        if memory is not None:
+            memory.push(chord)
         token_id = reader.vocab.nearest(chord)
         window.push(reader.encode(chord))
         context.append(chord)
@@ -243,7 +251,7 @@ def generate_frames(
     else:
         frames, ids = generate_pitch_frames(
             predictor.predict,
-            PitchSampler(head, params, seed=seed),
+            PitchSampler(head, params, seed=seed, memory=artifact.memory),
             WindowReader(vocab, cfg.pitch_input),
             context,
             n_draw,

@@ -93,3 +93,34 @@ def test_temperature_zero_is_deterministic_and_nan_is_refused() -> None:
     assert all(s.sample(inputs, None, []) == first for _ in range(5))
     with pytest.raises(ValueError, match="NaN"):
         s.sample(np.full_like(inputs, np.nan), None, [])
+
+
+def test_the_piece_memory_plays_its_recall_at_its_share() -> None:
+    """With memory weights, the recall is played with probability ``memory · m``; the
+    ``memory`` setting scales it, 0 turns it off; without weights or a recall nothing
+    changes; at temperature 0 the recall is played when it holds half the mass or more."""
+    from musicgend.core.memory import LEVELS, MemoryWeights, Recall
+
+    head, inputs = flat_head(range(60, 72))
+    recall = Recall(frozenset({40, 43}), 16)  # a chord the head never draws
+    w = MemoryWeights((0.0,) * LEVELS, (0.8,) * LEVELS)
+
+    def share(weights: MemoryWeights | None, given: Recall | None = recall, **kw: float) -> float:
+        s = PitchSampler(head, params(**kw), seed=4, memory=weights)
+        chords = []
+        for _ in range(2000):
+            s.reset()
+            chords.append(s.sample(inputs, None, C_MAJOR, given))
+        return sum(c == recall.chord for c in chords) / len(chords)
+
+    assert share(w) == pytest.approx(0.8, abs=0.03)
+    assert share(w, memory=0.5) == pytest.approx(0.4, abs=0.03)
+    assert share(w, memory=0.0) == 0.0
+    assert share(None) == 0.0
+    assert share(w, None) == 0.0
+    assert share(w, temperature=0.0) == 1.0
+    assert share(w, temperature=0.0, memory=0.5) == 0.0
+    # the hold table applies when the recall is the chord that sounds
+    s = PitchSampler(head, params(), seed=4, memory=w)
+    assert s.recall_share(Recall(frozenset({60}), 4), frozenset({60})) == 0.0
+    assert s.recall_share(recall, frozenset({60})) == pytest.approx(0.8)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from musicgend.core.memory import MemoryWeights
 from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.tokens import token_from_pitches
 from musicgend.core.vocab import Vocab
@@ -139,10 +140,12 @@ class ScriptedHeadPredictor:
 
 
 def pitch_model(
-    script: list[set[int]], pitch_input: bool = False
+    script: list[set[int]], pitch_input: bool = False, memory: MemoryWeights | None = None
 ) -> tuple[LoadedModel, ScriptedHeadPredictor]:
-    """A per-pitch model playing ``script``; ``pitch_input``: one reading pitches."""
+    """A per-pitch model playing ``script``; ``pitch_input``: one reading pitches;
+    ``memory``: its piece memory's weights."""
     vocab = small_vocab()
     head = forcing_head()
     predictor = ScriptedHeadPredictor(head, script)
-    return LoadedModel(predictor, vocab, "fake-pitch", "fake", head, pitch_input), predictor
+    loaded = LoadedModel(predictor, vocab, "fake-pitch", "fake", head, pitch_input, memory)
+    return loaded, predictor

@@ -366,3 +366,46 @@ def test_active_sensing_that_stops_releases_the_players_keys() -> None:
     core.on_input(9_200 * ms, bytes([0xFE]))
     assert not core.check_input_alive(10_000 * ms)
     assert core.quantiser.held_pitches == {62}
+
+
+def test_the_piece_memory_hears_every_frame_and_recalls_what_followed() -> None:
+    """A model with a piece memory: every committed frame (the human's keys and the
+    machine's chord) goes into the memory; the job carries the recall after the window
+    with its provisional frame, and the sampler plays it at its share; ``memory = 0``
+    plays the network alone."""
+    from musicgend.core.memory import LEVELS, MemoryWeights, Recall
+
+    sure = MemoryWeights((0.99,) * LEVELS, (0.99,) * LEVELS)
+    a, b, c, x = {60}, {62}, {64}, {70}
+    m, _ = pitch_model([a, b, c, a, b, x, x, x], memory=sure)
+    params = EngineParams(scale_penalty=1.0, short_note_penalty=1.0, seed=1, memory=0.0)
+    core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler, params)
+    core.start_at(1)
+    for _ in range(5):  # a b c a b: the memory off, the script plays
+        frame(core)
+    assert core.voicer.chord == frozenset(b)
+    assert len(core.memory) == 5  # frames 0 (silence) to 4
+    core.set_params(memory=1.0)
+    job = core.job()
+    assert job is not None
+    assert job.recall == Recall(frozenset(c), 2)  # "a b" was followed by c
+    core.offer(FrameCore.compute(job))
+    core.tick(core.next_frame)
+    core.after_tick(core.next_frame - 1)
+    assert core.voicer.chord == frozenset(c)  # the recall, not the script's x
+    core.set_params(memory=0.0)
+    frame(core)
+    assert core.voicer.chord == frozenset(x)
+    with pytest.raises(ValueError, match="memory must be in"):
+        core.set_params(memory=1.5)
+
+
+def test_a_model_without_memory_gets_no_recall() -> None:
+    m, _ = pitch_model([{60}, {60}])
+    core = FrameCore(m, FrameGrid(0, F), ArgmaxSampler, EngineParams())
+    core.start_at(1)
+    frame(core)
+    frame(core)
+    job = core.job()
+    assert job is not None and job.recall is None
+    assert len(core.memory) == 2  # it listens all the same: a model swap may bring weights

@@ -6,11 +6,13 @@ runtime agreeing, ``evaluate`` scoring chords the vocabulary lacks by the model 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from musicgend.core.memory import mixed_log_prob, recalls
 from musicgend.core.musicstats import piano_roll
 from musicgend.core.pitchhead import PitchHead
 from musicgend.core.vocab import UNK_ID
@@ -18,6 +20,7 @@ from musicgend.io.midifile import read_piece
 from musicgend.model.artifact import load_artifact
 from musicgend.model.runtime import load_predictor, pitch_head
 from musicgend.training.dataset import Split, load_corpus, prepare
+from musicgend.training.evaluate import LOG_FLOOR
 from tests.conftest import run_musicgend
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -103,7 +106,15 @@ def test_evaluate_scores_unknown_chords_by_the_model(pitch_model: Path, bach_dir
     assert 0.0 <= report["top1"] <= 1.0
     assert set(report["baselines"]) == {"repeat", "kn5_repeat"}
     # the same figure, computed here from the test piece and the head
-    art = load_artifact(pitch_model)
+    _, ids, lp = _test_piece_log_probs(pitch_model, bach_dir, report["runtime"])
+    assert report["nll_nats_per_frame"] == pytest.approx(-lp.mean(), rel=1e-6)
+    assert (ids == UNK_ID).mean() == pytest.approx(report["oov_rate"])
+    assert report["nll_unknown"] < 40  # no p(<unk>) × p_spell: the head's own probability
+
+
+def _test_piece_log_probs(model: Path, bach_dir: Path, runtime: str):
+    """The test piece's frames, token ids and the head's ln p of each frame's chord."""
+    art = load_artifact(model)
     test_file = bach_dir / Split.from_json(art.training["split"]).test[0]
     frames = read_piece(test_file, art.config.fs).frames
     ids = np.asarray(art.vocab.ids(_tokens(frames)), np.int32)
@@ -113,15 +124,59 @@ def test_evaluate_scores_unknown_chords_by_the_model(pitch_model: Path, bach_dir
     if art.config.pitch_input:  # the frames themselves, unknown chords as they are
         roll = np.concatenate([np.zeros((w, 128), np.float32), piano_roll(frames)])
         x = np.stack([roll[t : t + w] for t in range(len(ids))]).astype(np.float32)
-    out = load_predictor(art, report["runtime"]).predict_batch(x)
+    out = load_predictor(art, runtime).predict_batch(x)
     chords = piano_roll(frames)
     prev = np.concatenate([np.zeros((1, 128), bool), chords[:-1]])
     head = pitch_head(art)
     assert head is not None
-    nll = -head.log_prob(out, prev, chords).mean()
-    assert report["nll_nats_per_frame"] == pytest.approx(nll, rel=1e-6)
-    assert (ids == UNK_ID).mean() == pytest.approx(report["oov_rate"])
-    assert report["nll_unknown"] < 40  # no p(<unk>) × p_spell: the head's own probability
+    return frames, ids, head.log_prob(out, prev, chords)
+
+
+def test_tune_memory_and_the_mixture_evaluate_scores(
+    pitch_model: Path, bach_dir: Path, tmp_path: Path
+) -> None:
+    """``model tune-memory`` fits weights on the validation piece; ``evaluate`` then scores
+    the head mixed with the recall (checked here frame by frame), ``--no-memory`` the head
+    alone, and ``generate`` plays the model with its memory, reproducibly."""
+    model = tmp_path / "model"
+    shutil.copytree(pitch_model, model)
+    proc = cli("model", "tune-memory", model, "--data", bach_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "piece memory tuned on 1 validation pieces" in proc.stdout
+    art = load_artifact(model)
+    weights = art.memory
+    assert weights is not None and art.memory_file is not None
+    tuned = art.memory_file["tuned_on"]
+    assert tuned["nll_with_memory"] <= tuned["nll_without_memory"]  # fitted on these frames
+
+    def scores(*extra: str) -> dict:
+        proc = cli("evaluate", "--model", model, bach_dir, "--json", "--no-baselines", *extra)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    mixed, alone = scores(), scores("--no-memory")
+    assert "memory" not in alone and "without_memory" not in alone
+    assert mixed["without_memory"]["nll_nats_per_frame"] == pytest.approx(
+        alone["nll_nats_per_frame"], rel=1e-9
+    )
+    assert mixed["without_memory"]["top1"] == alone["top1"]
+    frames, _, lp = _test_piece_log_probs(model, bach_dir, mixed["runtime"])
+    found = recalls(frames)
+    prev = [frozenset(), *frames[:-1]]
+    share = np.array([weights.weight(r, p) for r, p in zip(found, prev, strict=True)])
+    hit = np.array([r is not None and r.chord == f for r, f in zip(found, frames, strict=True)])
+    by_hand = np.maximum(mixed_log_prob(lp, share, hit), LOG_FLOOR)
+    assert mixed["nll_nats_per_frame"] == pytest.approx(-by_hand.mean(), rel=1e-6)
+    assert mixed["memory"]["recall_share"] == pytest.approx(np.mean([r is not None for r in found]))
+    assert 0.0 <= mixed["top1"] <= 1.0
+
+    out = tmp_path / "gen.mid"
+    runs = []
+    for _ in range(2):
+        proc = cli("generate", "--model", model, "-o", out, "--seconds", "20", "--seed", "5")
+        assert proc.returncode == 0, proc.stderr
+        runs.append(read_piece(out, 5).frames)
+    assert runs[0] == runs[1] and any(runs[0])
 
 
 def _tokens(frames):
