@@ -11,6 +11,11 @@ and checked against the issue's goals.
         --json bench/results/generation-stats.json
 
 For one setting, ``musicgend generate --model M -o x.mid --stats-against D`` does the same.
+
+Beside the goals it prints ``long_repeat_share``: the share of frames that go on
+repeating a stretch of at least 16 frames (3.2 s) heard before in the same piece, exactly
+as it went on then (:mod:`musicgend.core.memory`). Bach repeats whole sections; a
+model with a piece memory could also fall into loops of its own: this shows which.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from musicgend.core.memory import recalls  # noqa: E402
 from musicgend.core.musicstats import (  # noqa: E402
     COMPARED,
     corpus_stats,
@@ -31,10 +37,24 @@ from musicgend.core.musicstats import (  # noqa: E402
     ratios,
 )
 from musicgend.core.sampler import SamplerParams  # noqa: E402
+from musicgend.io.midifile import find_midi_files, iter_pieces  # noqa: E402
 from musicgend.model.artifact import load_artifact  # noqa: E402
 from musicgend.model.runtime import load_predictor  # noqa: E402
 from musicgend.text import count  # noqa: E402
 from musicgend.training.generate import generate_frames, reference_stats  # noqa: E402
+
+LONG_MATCH_FRAMES = 16
+
+
+def long_repeat_share(pieces: list[list[frozenset[int]]]) -> float:
+    """Share of frames that continue a stretch of ``LONG_MATCH_FRAMES`` or more frames
+    heard before in the same piece as it went on then."""
+    hits = total = 0
+    for frames in pieces:
+        for frame, r in zip(frames, recalls(frames), strict=True):
+            total += 1
+            hits += r is not None and r.frames >= LONG_MATCH_FRAMES and r.chord == frame
+    return hits / max(1, total)
 
 
 def _hold_short_key_t(
@@ -121,6 +141,14 @@ GRIDS: dict[str, list[tuple[str, SamplerParams]]] = {
             ]
         ),
     ],
+    # the piece memory (a model with ``memory.json``): on, scaled, off
+    "memory": [
+        ("seed (plain softmax)", SamplerParams.seed()),
+        ("seed, memory off", SamplerParams.seed().model_copy(update={"memory": 0.0})),
+        ("defaults", SamplerParams()),
+        ("defaults, memory 0.5", SamplerParams(memory=0.5)),
+        ("defaults, memory off", SamplerParams(memory=0.0)),
+    ],
     # around the defaults for the bundled model that reads pitches (``roll`` preset): under
     # the key bias it holds chords a little more often than Bach, and a milder short-note
     # penalty than the ``pitch`` preset's 0.45 evens that out
@@ -167,6 +195,13 @@ def main() -> None:
         f"({time.perf_counter() - t0:.1f} s to read)",
         flush=True,
     )
+    corpus_frames = [
+        list(p.frames)
+        for p in iter_pieces(find_midi_files(args.data), fs, artifact.config.first_track_only)
+        if not isinstance(p, Exception)
+    ]
+    corpus_repeats = long_repeat_share(corpus_frames)
+    print(f"corpus long_repeat_share {corpus_repeats:.3f}")
     n_frames = round(args.seconds * fs)
     header = f"{'setting':22s}" + "".join(f"{name[:16]:>18s}" for name in COMPARED) + "  goals"
     print(header)
@@ -181,8 +216,12 @@ def main() -> None:
             pieces.append(frames)
         stats = corpus_stats(pieces, fs)
         r, ok = ratios(stats, corpus), goals(stats, corpus)
+        repeats = long_repeat_share(pieces)
         cells = "".join(f"{getattr(stats, n):9.3f} ({r[n]:4.2f})" for n in COMPARED)
-        print(f"{label:22s}{cells}  {sum(ok.values())}/{len(ok)}", flush=True)
+        print(
+            f"{label:22s}{cells}  {sum(ok.values())}/{len(ok)}  long repeats {repeats:.3f}",
+            flush=True,
+        )
         rows.append(
             {
                 "setting": label,
@@ -190,6 +229,7 @@ def main() -> None:
                 "stats": stats.to_dict(),
                 "ratios": r,
                 "goals": ok,
+                "long_repeat_share": repeats,
             }
         )
     if args.json:
@@ -202,6 +242,7 @@ def main() -> None:
             "seeds": args.seeds,
             "runtime": predictor.runtime,
             "corpus": corpus.to_dict(),
+            "corpus_long_repeat_share": corpus_repeats,
             "settings": rows,
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -96,8 +96,9 @@ SENSING_STEADY_NS = 400_000_000
 """The check starts after two keep-alives this close: a steady sender, not a stray one."""
 MAX_TOP_K = 1_000_000
 """``top_k`` at most (any value above the vocabulary's size keeps every chord)."""
-MEMORY_FRAMES = 9_000
-"""Frames the piece memory keeps: the last 30 minutes at fs 5 (about 1 MB)."""
+MEMORY_FRAMES = 3_000
+"""Frames the piece memory keeps: the last 10 minutes at fs 5 (about 4 MB at most, 30 µs a
+frame; `bench/piece_memory.py`)."""
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ class FrameCore:
         self._rng = random.Random(self.params.seed)
         # the window's frames as chords (it holds them as ids or rows): a swap re-reads them
         self.history: collections.deque[PitchSet] = collections.deque(maxlen=window_frames)
-        # every frame of the last half hour, for the piece memory (models that have one)
+        # every frame of the last 10 minutes, for the piece memory (models that have one)
         self.memory = PieceMemory(capacity_frames=MEMORY_FRAMES)
         self.window = model.reader.window(window_frames)
         self.next_frame = 0
