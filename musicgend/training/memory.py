@@ -20,7 +20,7 @@ import numpy as np
 
 from musicgend.core.memory import MemoryWeights, evidence, fit_weights, mixed_log_prob
 from musicgend.errors import CorpusError, ModelError
-from musicgend.text import none_could_be_read
+from musicgend.text import count, none_could_be_read
 from musicgend.training.evaluate import (
     LOG_FLOOR,
     _batches,
@@ -44,9 +44,9 @@ class TuneResult:
 
     def summary(self) -> str:
         return (
-            f"{self.path}: piece memory tuned on {self.pieces} validation pieces "
-            f"({self.frames} frames, {self.runtime}): validation NLL {self.nll_without:.3f} "
-            f"→ {self.nll_with:.3f} nats/frame"
+            f"{self.path}: piece memory tuned on {count(self.pieces, 'validation piece')} "
+            f"({count(self.frames, 'frame')}, {self.runtime}): validation NLL "
+            f"{self.nll_without:.3f} → {self.nll_with:.3f} nats/frame"
         )
 
 

@@ -142,7 +142,7 @@ def test_tune_memory_and_the_mixture_evaluate_scores(
     shutil.copytree(pitch_model, model)
     proc = cli("model", "tune-memory", model, "--data", bach_dir)
     assert proc.returncode == 0, proc.stderr
-    assert "piece memory tuned on 1 validation pieces" in proc.stdout
+    assert "piece memory tuned on 1 validation piece (" in proc.stdout
     art = load_artifact(model)
     weights = art.memory
     assert weights is not None and art.memory_file is not None
