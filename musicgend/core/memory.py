@@ -13,8 +13,8 @@ The model's distribution and the recall are mixed (a cache, as in cache language
 where ``m`` (:class:`MemoryWeights`) depends on how long the matched stretch is and on
 whether the recalled chord holds the chord sounding now or changes it, tuned by maximum
 likelihood on a model's validation pieces (:func:`fit_weights`). A longer match is more
-often right: on the Bach chorales a match of 16 frames or more named the next frame in more
-than nine cases out of ten.
+often right: on the bundled model's validation chorales a match of 8 or 16 frames named the
+next frame 92–100 % of the time, a match of one frame 9 % (a change) to 33 % (a hold).
 
 Matching costs a few dictionary look-ups per frame (a rolling polynomial hash of each
 stretch, checked frame by frame on a hit), whatever the length of the history;
@@ -36,7 +36,7 @@ MATCH_LENGTHS = tuple(2**i for i in range(9))
 """Lengths of the stretches looked up, in frames: 1, 2, 4, … 256 (51 s at fs 5)."""
 LEVELS = len(MATCH_LENGTHS)
 MAX_WEIGHT = 0.99
-"""A recall never takes all the probability: the model keeps at least this much less."""
+"""The largest share a recall may take: the network always keeps 1 % of the probability."""
 MIN_BUCKET_FRAMES = 20
 """A (length, hold or change) bucket with fewer validation frames takes the weight of the
 next shorter length instead of one fitted to a handful of frames."""
