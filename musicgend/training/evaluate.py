@@ -1087,8 +1087,10 @@ def _summary(report: Report) -> list[str]:
             f"{_pct(mem['mean_weight'])})"
         )
     if x.get("top1_changes_given_timing") is not None:
+        alone = "without the memory, " if x.get("memory") is not None else ""
         lines.append(
-            f"the head expects {_pct(x['changes_hold_unlikely'])} of the changes (hold < 0.5); "
+            f"{alone}the head expects {_pct(x['changes_hold_unlikely'])} of the changes "
+            "(hold < 0.5); "
             f"its most likely other chord is the new one at "
             f"{_pct(x['top1_changes_given_timing'])} of them "
             f"(top-1 if it knew when the chord changes: {_pct(x['top1_timing_oracle'])})"
