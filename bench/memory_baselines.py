@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from musicgend.core.memory import (  # noqa: E402
+    FrameEvidence,
     MemoryWeights,
-    Recall,
     evidence,
     fit_weights,
     mixed_log_prob,
-    recalls,
+    mixture_choice,
 )
 from musicgend.core.tokens import PitchSet, pitches_from_token, token_from_pitches  # noqa: E402
 from musicgend.core.vocab import SILENCE_ID, UNK_ID  # noqa: E402
@@ -48,37 +48,35 @@ from musicgend.training.ngram import KneserNey  # noqa: E402
 
 class Frames:
     """Per frame, for one baseline: ln p of the frame's chord, of the previous chord, of
-    the best other chord and of the recall (−inf: none), and which chord each names."""
+    the best other chord and of the recall (−inf: none), the chord each candidate names,
+    and the piece memory's :class:`FrameEvidence`."""
 
-    def __init__(self) -> None:
+    def __init__(self, ev: FrameEvidence) -> None:
+        self.ev = ev
         self.lp: list[float] = []
         self.lp_prev: list[float] = []
         self.lp_best: list[float] = []
         self.lp_recall: list[float] = []
         self.chord: list[PitchSet] = []
-        self.prev: list[PitchSet] = []
         self.prev_name: list[PitchSet | None] = []
         self.best: list[PitchSet | None] = []
-        self.recall: list[PitchSet | None] = []
-        self.found: list[Recall | None] = []
-        self.pieces: list[Sequence[PitchSet]] = []
 
 
 def baseline_frames(
     pieces: Sequence[EncodedPiece], vocab, prior, lam: float, kn: KneserNey | None
 ) -> Frames:
     """``λ·[id = previous id] + (1 − λ)·q``, q the Kneser-Ney distribution (or uniform)."""
-    out = Frames()
+    out = Frames(evidence([p.frames for p in pieces]))
+    recalled = iter(out.ev.recalled)
     size = len(vocab)
     for piece in pieces:
         ids = piece.ids.tolist()
-        frames = list(piece.frames)
-        out.pieces.append(frames)
         width = kn.order - 1 if kn is not None else 0
         history = [SILENCE_ID] * width + ids  # silence before the piece, as kn_stats pads it
         prev_chord: PitchSet = frozenset()
         prev_id = SILENCE_ID
-        for t, (frame, r) in enumerate(zip(frames, recalls(frames), strict=True)):
+        for t, frame in enumerate(piece.frames):
+            r = next(recalled)
             q = (
                 kn.distribution(history[t : t + width])
                 if kn is not None
@@ -102,30 +100,22 @@ def baseline_frames(
             j = int(masked.argmax())
             out.best.append(None if j == UNK_ID else pitches_from_token(vocab.token(j)))
             out.lp_best.append(float(np.log((1 - lam) * q[j])))
-            out.found.append(r)
-            out.recall.append(None if r is None else r.chord)
             out.lp_recall.append(-np.inf if r is None else lp_of(r.chord))
             out.chord.append(frame)
-            out.prev.append(prev_chord)
             prev_chord, prev_id = frame, ids[t]
     return out
 
 
 def scores(f: Frames, weights: MemoryWeights | None) -> dict[str, float]:
+    ev = f.ev
     lp = np.maximum(np.array(f.lp), LOG_FLOOR)
-    if weights is None:
-        m = np.zeros(len(lp))
-    else:
-        m = np.array([weights.weight(r, p) for r, p in zip(f.found, f.prev, strict=True)])
-    has = np.array([r is not None for r in f.recall])
-    hit = np.array([r == c for r, c in zip(f.recall, f.chord, strict=True)]) & has
-    mixed = np.maximum(mixed_log_prob(lp, m, hit), LOG_FLOOR)
-    names: list[Sequence[PitchSet | None]] = [f.prev_name, f.best, f.recall]
+    m = np.zeros(len(lp)) if weights is None else weights.shares(ev.level, ev.holds)
+    mixed = np.maximum(mixed_log_prob(lp, m, ev.hit), LOG_FLOOR)
+    recall = [None if r is None else r.chord for r in ev.recalled]
+    names: list[Sequence[PitchSet | None]] = [f.prev_name, f.best, recall]
     lps = [np.array(f.lp_prev), np.array(f.lp_best), np.array(f.lp_recall)]
-    same = [np.array([r == c for r, c in zip(f.recall, n, strict=True)]) & has for n in names]
-    cand = np.stack([mixed_log_prob(lps[k], m, same[k]) for k in range(3)])
-    cand[2, ~has] = -np.inf
-    choice = cand.argmax(axis=0)
+    same = [np.array([r == c for r, c in zip(recall, n, strict=True)]) & ev.has for n in names]
+    choice = mixture_choice(lps, same, m)
     right = [names[k][i] == f.chord[i] for i, k in enumerate(choice.tolist())]
     return {"nll_nats_per_frame": float(-mixed.mean()), "top1": float(np.mean(right))}
 
@@ -153,8 +143,7 @@ def main() -> None:
         ("kn5_repeat", fitted.lam_kn, fitted.kn),
     ):
         on_val = baseline_frames(val, art.vocab, art.pitch_prior, lam, kn)
-        ev = evidence(on_val.pieces, np.exp(np.array(on_val.lp)))
-        weights, _ = fit_weights(ev)
+        weights, _ = fit_weights(on_val.ev, np.exp(np.array(on_val.lp)))
         on_test = baseline_frames(test, art.vocab, art.pitch_prior, lam, kn)
         alone, mixed = scores(on_test, None), scores(on_test, weights)
         report[name] = {"alone": alone, "with_memory": mixed, "memory": weights.to_json()}

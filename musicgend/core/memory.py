@@ -67,7 +67,7 @@ class PieceMemory:
     forgotten one by one, so the daemon's memory stays bounded in a session of any length.
     """
 
-    __slots__ = ("_base", "_capacity", "_ends", "_frames", "_keys", "_prefix", "_start")
+    __slots__ = ("_base", "_capacity", "_ends", "_frames", "_prefix", "_start")
 
     def __init__(self, capacity_frames: int | None = None) -> None:
         if capacity_frames is not None and capacity_frames < 2:
@@ -78,7 +78,6 @@ class PieceMemory:
     def clear(self) -> None:
         """Forget every frame."""
         self._frames: list[PitchSet] = []
-        self._keys: list[int] = []  # each frame's hash
         self._prefix: list[int] = [0]  # rolling hash of the frames before each position
         # per length: stretch hash → absolute position of the frame that followed it last
         self._ends: list[dict[int, int]] = [{} for _ in MATCH_LENGTHS]
@@ -121,7 +120,6 @@ class PieceMemory:
             ends[key] = t
         key = hash(frame) & 0xFFFF_FFFF_FFFF
         self._frames.append(frame)
-        self._keys.append(key)
         self._prefix.append((self._prefix[-1] * _BASE + key + 1) % _MOD)
 
     def _forget_oldest(self) -> None:
@@ -136,7 +134,7 @@ class PieceMemory:
         self._base = base + 1
         drop = self._base - self._start
         if drop >= 1024 and drop * 2 >= len(self._frames):
-            del self._frames[:drop], self._keys[:drop], self._prefix[:drop]
+            del self._frames[:drop], self._prefix[:drop]
             self._start = self._base
 
     def recall(self, then: Sequence[PitchSet] = ()) -> Recall | None:
@@ -151,7 +149,7 @@ class PieceMemory:
         try:
             return self._recall()
         finally:
-            del self._frames[-len(then) :], self._keys[-len(then) :], self._prefix[-len(then) :]
+            del self._frames[-len(then) :], self._prefix[-len(then) :]
             for level, key, old in reversed(undo):
                 if old is None:
                     del self._ends[level][key]
@@ -245,29 +243,35 @@ class MemoryWeights:
 
 @dataclass(frozen=True)
 class FrameEvidence:
-    """What tuning needs per frame: the recall's length index (−1: none), whether it
-    holds, whether it is the frame's chord, and the model's probability of that chord."""
+    """Each frame's recall from its piece's earlier frames (``None``: none), its length
+    index (−1: none), whether it holds the previous frame's chord and whether it is the
+    frame's chord: what scoring and tuning need from the memory."""
 
+    recalled: list[Recall | None]
     level: np.ndarray
     holds: np.ndarray
     hit: np.ndarray
-    p_model: np.ndarray
+
+    @property
+    def has(self) -> np.ndarray:
+        """Whether each frame has a recall."""
+        return self.level >= 0
 
 
-def evidence(frames_by_piece: Sequence[Sequence[PitchSet]], p_model: np.ndarray) -> FrameEvidence:
-    """:class:`FrameEvidence` for pieces (frames in scoring order, as ``p_model``)."""
+def evidence(frames_by_piece: Sequence[Sequence[PitchSet]]) -> FrameEvidence:
+    """:class:`FrameEvidence` for pieces, frame by frame in order; each piece recalls from
+    its own frames only."""
+    recalled: list[Recall | None] = []
     level, holds, hit = [], [], []
     for frames in frames_by_piece:
         prev: PitchSet = frozenset()
         for frame, r in zip(frames, recalls(frames), strict=True):
+            recalled.append(r)
             level.append(-1 if r is None else r.level)
             holds.append(r is not None and r.chord == prev)
             hit.append(r is not None and r.chord == frame)
             prev = frame
-    p = np.asarray(p_model, dtype=np.float64)
-    if len(p) != len(level):
-        raise ValueError(f"{len(p)} probabilities for {len(level)} frames")
-    return FrameEvidence(np.array(level), np.array(holds), np.array(hit), p)
+    return FrameEvidence(recalled, np.array(level, dtype=np.int64), np.array(holds), np.array(hit))
 
 
 def _fit_one(hit: np.ndarray, p: np.ndarray, iterations: int = 500) -> float:
@@ -284,8 +288,14 @@ def _fit_one(hit: np.ndarray, p: np.ndarray, iterations: int = 500) -> float:
     return min(max(m, 0.0), MAX_WEIGHT)
 
 
-def fit_weights(ev: FrameEvidence) -> tuple[MemoryWeights, dict[str, list[int]]]:
-    """Weights that maximise the likelihood of the frames, and the frame count per bucket."""
+def fit_weights(
+    ev: FrameEvidence, p_model: np.ndarray
+) -> tuple[MemoryWeights, dict[str, list[int]]]:
+    """Weights that maximise the likelihood of the frames, given the model's probability of
+    each frame's chord, and the frame count per bucket."""
+    p = np.asarray(p_model, dtype=np.float64)
+    if len(p) != len(ev.level):
+        raise ValueError(f"{len(p)} probabilities for {len(ev.level)} frames")
     out: dict[str, list[float]] = {"hold": [], "change": []}
     counts: dict[str, list[int]] = {"hold": [], "change": []}
     for name, holds in (("hold", True), ("change", False)):
@@ -296,7 +306,7 @@ def fit_weights(ev: FrameEvidence) -> tuple[MemoryWeights, dict[str, list[int]]]
             if n < MIN_BUCKET_FRAMES:
                 out[name].append(out[name][-1] if out[name] else 0.0)
             else:
-                out[name].append(round(_fit_one(ev.hit[sel], ev.p_model[sel]), 6))
+                out[name].append(round(_fit_one(ev.hit[sel], p[sel]), 6))
     return MemoryWeights(tuple(out["hold"]), tuple(out["change"])), counts
 
 
@@ -308,3 +318,17 @@ def mixed_log_prob(lp_model: np.ndarray, m: np.ndarray, hit: np.ndarray) -> np.n
         kept = np.log1p(-m) + lp
         recalled = np.where(np.asarray(hit, dtype=bool), np.log(m), -math.inf)
     return np.logaddexp(kept, recalled)
+
+
+def mixture_choice(
+    lp_candidates: Sequence[np.ndarray] | np.ndarray,
+    is_recall: Sequence[np.ndarray],
+    share: np.ndarray,
+) -> np.ndarray:
+    """Per frame, the index of the candidate chord the mixture makes most likely:
+    ``lp_candidates[k]`` is the model's ln p of candidate ``k`` (−inf where there is none),
+    ``is_recall[k]`` whether it is the recalled chord, ``share`` the recall's ``m``."""
+    scores = np.stack(
+        [mixed_log_prob(lp, share, same) for lp, same in zip(lp_candidates, is_recall, strict=True)]
+    )
+    return np.asarray(scores.argmax(axis=0))

@@ -271,9 +271,17 @@ class PitchHead:
         """The most likely chord per row ``(N, 128)`` bool, exactly: the previous chord (the
         copy gate's mass plus the NADE's) or :meth:`best_change` (``changed`` when already
         computed), since every other chord has less than the latter."""
+        return self.best_of_two(params, prev, changed)[0]
+
+    def best_of_two(
+        self, params: np.ndarray, prev: np.ndarray, changed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`best`, with what it compared: ``(best, changed, ln p(previous chord),
+        ln p(changed))``."""
         before = np.asarray(prev, dtype=bool)
         if changed is None:
             changed = self.best_change(params, before)
         lp_prev = self.log_prob(params, before, before)
         lp_changed = self.log_prob(params, before, changed)
-        return np.where((lp_prev >= lp_changed)[:, None], before, changed)
+        chosen = np.where((lp_prev >= lp_changed)[:, None], before, changed)
+        return chosen, changed, lp_prev, lp_changed

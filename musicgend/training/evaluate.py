@@ -51,7 +51,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 
 from musicgend.core.augment import transpositions
-from musicgend.core.memory import MemoryWeights, mixed_log_prob, recalls
+from musicgend.core.memory import (
+    FrameEvidence,
+    MemoryWeights,
+    evidence,
+    mixed_log_prob,
+    mixture_choice,
+)
 from musicgend.core.musicstats import piano_roll
 from musicgend.core.pitchhead import PITCHES, PitchHead
 from musicgend.core.spelling import PitchPrior
@@ -246,7 +252,7 @@ def score_model(
     prev_rows, chord_rows = _pitch_rows(pieces)
     change_right = np.empty(frames, dtype=bool)
     p_hold = np.empty(frames, dtype=np.float64)
-    recalled = _recalled(pieces, prev_rows, memory) if memory is not None else None
+    recalled = _recalled(pieces, memory) if memory is not None else None
     # ln p of the candidates for the mixture's most likely chord (with memory)
     kept = frames if recalled is not None else 0
     lp_cand = np.full((3, kept), -np.inf)
@@ -264,10 +270,11 @@ def score_model(
             prev, chords = prev_rows[span], chord_rows[span]
             lp = head.log_prob(probs, prev, chords)
             log_p[span] = np.maximum(lp, LOG_FLOOR)
-            changed = head.best_change(probs, prev)
-            correct[span] = np.all(head.best(probs, prev, changed) == chords, axis=1)
+            best, changed, lp_prev, lp_changed = head.best_of_two(probs, prev)
+            correct[span] = np.all(best == chords, axis=1)
             if recalled is not None:
-                lp_cand[:, span] = _candidate_log_probs(head, probs, prev, changed, recalled, span)
+                lp_cand[0, span], lp_cand[1, span] = lp_prev, lp_changed
+                lp_cand[2, span] = _recall_log_probs(head, probs, prev, recalled, span)
                 changed_rows[span] = changed
             change_right[span] = np.all(changed == chords, axis=1)
             p_hold[span] = head.hold_prob(probs)
@@ -298,52 +305,35 @@ def score_model(
 
 @dataclass(frozen=True)
 class _Recalled:
-    """Each scored frame's piece-memory recall: its chord ``(frames, 128)``, whether there
-    is one, whether it is the frame's chord, and the recall's share ``m``."""
+    """Each scored frame's piece-memory recall (:class:`FrameEvidence`), its chord as a row
+    ``(frames, 128)`` and the recall's share ``m``."""
 
+    ev: FrameEvidence
     chords: np.ndarray
-    has: np.ndarray
-    hit: np.ndarray
     share: np.ndarray
 
     def summary(self) -> dict[str, float | None]:
         return {
-            "recall_share": _share(self.has),
-            "recall_right": _share(self.hit[self.has]),
+            "recall_share": _share(self.ev.has),
+            "recall_right": _share(self.ev.hit[self.ev.has]),
             "mean_weight": _share(self.share),
         }
 
 
-def _recalled(
-    pieces: Sequence[EncodedPiece], prev_rows: np.ndarray, memory: MemoryWeights
-) -> _Recalled:
-    found = [r for p in pieces for r in recalls(p.frames)]
-    rows = piano_roll([() if r is None else r.chord for r in found])
-    prev = [frozenset(int(i) for i in np.flatnonzero(row)) for row in prev_rows]
-    share = np.array([memory.weight(r, before) for r, before in zip(found, prev, strict=True)])
-    has = np.array([r is not None for r in found])
-    frames = np.concatenate([piano_roll(p.frames) for p in pieces])
-    return _Recalled(rows, has, has & np.all(rows == frames, axis=1), share)
+def _recalled(pieces: Sequence[EncodedPiece], memory: MemoryWeights) -> _Recalled:
+    ev = evidence([p.frames for p in pieces])
+    rows = piano_roll([() if r is None else r.chord for r in ev.recalled])
+    return _Recalled(ev, rows, memory.shares(ev.level, ev.holds))
 
 
-def _candidate_log_probs(
-    head: PitchHead,
-    params: np.ndarray,
-    prev: np.ndarray,
-    changed: np.ndarray,
-    recalled: _Recalled,
-    span: slice,
+def _recall_log_probs(
+    head: PitchHead, params: np.ndarray, prev: np.ndarray, recalled: _Recalled, span: slice
 ) -> np.ndarray:
-    """The head's ln p of the previous chord, its best other chord and the recall ``(3, n)``
-    (−inf where there is no recall). The mixture's most likely chord is one of these three:
-    every other chord has the head's share of its probability only, less than the best
-    other chord's."""
-    out = np.full((3, len(params)), -np.inf)
-    out[0] = head.log_prob(params, prev, prev)
-    out[1] = head.log_prob(params, prev, changed)
-    has = recalled.has[span]
+    """The head's ln p of each row's recall (−inf where there is none)."""
+    out = np.full(len(params), -np.inf)
+    has = recalled.ev.has[span]
     if has.any():
-        out[2, has] = head.log_prob(params[has], prev[has], recalled.chords[span][has])
+        out[has] = head.log_prob(params[has], prev[has], recalled.chords[span][has])
     return out
 
 
@@ -355,18 +345,14 @@ def _with_memory(
     chord_rows: np.ndarray,
     prev_rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each frame's ln p and top-1 under the mixture of the head and the recall."""
-    m, rec = recalled.share, recalled.chords
-    mixed = np.maximum(mixed_log_prob(log_p, m, recalled.hit), LOG_FLOOR)
+    """Each frame's ln p and top-1 under the mixture of the head and the recall. The
+    mixture's most likely chord is the previous chord, the head's best other chord or the
+    recall: every other chord has the head's share of its probability only, less than the
+    best other chord's."""
+    m, rec, has = recalled.share, recalled.chords, recalled.ev.has
+    mixed = np.maximum(mixed_log_prob(log_p, m, recalled.ev.hit), LOG_FLOOR)
     rows = (prev_rows, changed_rows, rec)
-    scores = np.stack(
-        [
-            mixed_log_prob(lp_cand[i], m, recalled.has & np.all(rows[i] == rec, axis=1))
-            for i in range(3)
-        ]
-    )
-    scores[2, ~recalled.has] = -np.inf
-    choice = np.argmax(scores, axis=0)
+    choice = mixture_choice(lp_cand, [has & np.all(r == rec, axis=1) for r in rows], m)
     guess = np.where(
         (choice == 0)[:, None], prev_rows, np.where((choice == 1)[:, None], changed_rows, rec)
     )

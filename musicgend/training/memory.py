@@ -102,8 +102,8 @@ def tune_memory(
         used = predictor.runtime
     finally:
         _close(predictor)
-    ev = evidence([p.frames for p in val.pieces], np.exp(log_p))
-    weights, counts = fit_weights(ev)
+    ev = evidence([p.frames for p in val.pieces])
+    weights, counts = fit_weights(ev, np.exp(log_p))
     shares = weights.shares(ev.level, ev.holds)
     nll_with = float(-np.maximum(mixed_log_prob(log_p, shares, ev.hit), LOG_FLOOR).mean())
     nll_without = float(-log_p.mean())

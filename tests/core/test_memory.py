@@ -21,6 +21,7 @@ from musicgend.core.memory import (
     evidence,
     fit_weights,
     mixed_log_prob,
+    mixture_choice,
     recalls,
 )
 
@@ -177,13 +178,14 @@ def test_fit_finds_the_maximum_likelihood_share() -> None:
     n = 200
     hit = np.arange(n) < 140
     level = np.full(n, 2)
+    frames = n + MIN_BUCKET_FRAMES - 1 + 50
     ev = FrameEvidence(
+        [None] * frames,  # the recalled chords: fitting reads only the arrays
         np.concatenate([level, [3] * (MIN_BUCKET_FRAMES - 1), [4] * 50]),
-        np.zeros(n + MIN_BUCKET_FRAMES - 1 + 50, dtype=bool),
+        np.zeros(frames, dtype=bool),
         np.concatenate([hit, [False] * (MIN_BUCKET_FRAMES - 1), [True] * 50]),
-        np.full(n + MIN_BUCKET_FRAMES - 1 + 50, 0.1),
     )
-    fitted, counts = fit_weights(ev)
+    fitted, counts = fit_weights(ev, np.full(frames, 0.1))
     grid = np.linspace(0, 0.99, 9901)
     ll = [np.log((1 - g) * 0.1 + g * hit).sum() for g in grid]
     assert fitted.change[2] == pytest.approx(grid[int(np.argmax(ll))], abs=2e-4)
@@ -196,9 +198,26 @@ def test_fit_finds_the_maximum_likelihood_share() -> None:
 
 def test_evidence_per_frame() -> None:
     pieces = [[A, B, A, B, B], [C, C, C]]  # each piece recalls from its own frames only
-    ev = evidence(pieces, np.full(8, 0.5))
+    ev = evidence(pieces)
     assert ev.level.tolist() == [-1, -1, -1, 0, 1, -1, -1, 0]
     assert ev.hit.tolist() == [False, False, False, True, False, False, False, True]
     assert ev.holds.tolist() == [False] * 7 + [True]
+    assert ev.has.tolist() == [False, False, False, True, True, False, False, True]
+    assert ev.recalled[3] == Recall(B, 1) and ev.recalled[7] == Recall(C, 1)
     with pytest.raises(ValueError, match="7 probabilities for 8 frames"):
-        evidence(pieces, np.full(7, 0.5))
+        fit_weights(ev, np.full(7, 0.5))
+
+
+def test_mixture_choice_picks_the_candidate_the_mixture_favours() -> None:
+    """Three candidates per frame; the recall's share moves the choice to the recall
+    (or to a candidate that is the recall) and does nothing where there is none."""
+    lp = np.log(np.array([[0.5, 0.5, 0.5], [0.3, 0.3, 0.3], [0.1, 0.1, 1e-9]]))
+    lp[2, 2] = -math.inf  # no recall in the last frame
+    is_recall = [
+        np.array([False, False, False]),
+        np.array([False, True, False]),
+        np.array([True, False, False]),
+    ]
+    share = np.array([0.5, 0.5, 0.9])
+    assert mixture_choice(lp, is_recall, share).tolist() == [2, 1, 0]
+    assert mixture_choice(lp, is_recall, np.zeros(3)).tolist() == [0, 0, 0]
